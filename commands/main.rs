@@ -1,0 +1,77 @@
+//! The `ace` binary: parses the command line and hands each subcommand to its module. All the
+//! computing lives in the `ace` library; these files only translate flags into calls, print
+//! results and map outcomes to exit codes (0 success, 1 some inputs failed, 2 usage or fatal
+//! error, 130 interrupted).
+
+mod cli;
+mod completions;
+
+use std::process::ExitCode;
+
+/// What a subcommand reports when it returns normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything was processed.
+    Success,
+    /// Some inputs failed (each was reported); the rest were processed.
+    SomeFailed,
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse_args() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(&cli.global);
+    let _ = ctrlc::set_handler(|| {
+        if ace::cancel::requested() {
+            std::process::exit(130);
+        }
+        ace::cancel::request();
+    });
+    let result = cli::run(cli);
+    if ace::cancel::requested() {
+        eprintln!("ace: interrupted");
+        return ExitCode::from(130);
+    }
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::SomeFailed) => ExitCode::from(1),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ace: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A reader that went away (`ace ... -o - | head`) is not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(g: &cli::Global) {
+    let level = if g.quiet {
+        log::LevelFilter::Error
+    } else {
+        match g.verbose {
+            0 => log::LevelFilter::Warn,
+            1 => log::LevelFilter::Info,
+            2 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        }
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .format_target(false)
+        .target(env_logger::Target::Stderr)
+        .init();
+}

@@ -1,0 +1,69 @@
+//! The library's error type: every failure names the file or tensor it concerns, so that the
+//! binary can print one clear line per bad input.
+
+use std::path::PathBuf;
+
+/// Errors of the `ace` library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An image file could not be read, decoded or written.
+    #[error("{path}: {message}")]
+    Image { path: PathBuf, message: String },
+
+    /// A filesystem operation failed on a path.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An argument or parameter value is out of its domain.
+    #[error("invalid {what}: {message}")]
+    Invalid { what: String, message: String },
+
+    /// A model file (ONNX, Caffe, checkpoint) is missing, unreadable or of the wrong layout.
+    #[error("{path}: {message}")]
+    Model { path: PathBuf, message: String },
+
+    /// A tensor has a shape other than the one the model asks for.
+    #[error("tensor {name}: expected shape {expected:?}, found {found:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// A configuration file does not follow the schema.
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    /// An OpenCV call failed.
+    #[error("opencv: {0}")]
+    OpenCv(#[from] opencv::Error),
+
+    /// A tensor operation failed.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// Shorthand for an [`Error::Invalid`].
+    pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

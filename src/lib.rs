@@ -1,0 +1,15 @@
+//! `ace`: a native re-implementation of ACE, the All-round Creator and Editor.
+//!
+//! The library holds everything that computes: image input/output, the low-level visual
+//! analysis operations of the paper (appendix B.2), the ACE model core (DiT, T5 text encoder,
+//! VAE, sampler) and the pipeline that turns instructions and images into frames. The `ace`
+//! binary in `commands/` is a thin layer of argument parsing over this crate.
+
+pub mod analyze;
+pub mod cancel;
+pub mod device;
+pub mod error;
+pub mod imageio;
+pub mod model;
+
+pub use error::{Error, Result};

@@ -1,0 +1,139 @@
+//! Reading checkpoint files into named tensors: torch zip pickles (`.pth`, `.bin`, `.pt`, read
+//! as data only, never executing pickle code), safetensors (memory-mapped), and Hugging Face
+//! folders, sharded (`*.index.json`) or not. Key renaming for particular layouts lives with each
+//! model; this module only gets the tensors out of the files.
+
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Named tensors of one checkpoint, as stored (dtype unchanged).
+pub type Tensors = HashMap<String, Tensor>;
+
+/// Loads every tensor of a checkpoint file or Hugging Face folder onto `device`.
+pub fn load(path: &Path, device: &Device) -> Result<Tensors> {
+    let mut out = Tensors::new();
+    for file in weight_files(path)? {
+        let part = if is_safetensors(&file) {
+            load_safetensors(&file, device)?
+        } else {
+            load_pickle(&file, device)?
+        };
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+/// The weight files a checkpoint path stands for: the file itself, or in a folder the shards an
+/// index names, else its safetensors files, else its torch files.
+pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if !path.is_dir() {
+        return Err(Error::Model {
+            path: path.to_path_buf(),
+            message: "no such checkpoint file or folder".into(),
+        });
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    let named = |suffix: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = entries
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    let index = named(".safetensors.index.json")
+        .into_iter()
+        .chain(named(".bin.index.json"))
+        .next();
+    if let Some(index) = index {
+        return shards_of_index(&index);
+    }
+    for suffix in [".safetensors", ".bin", ".pth", ".pt"] {
+        let files = named(suffix);
+        if !files.is_empty() {
+            return Ok(files);
+        }
+    }
+    Err(Error::Model {
+        path: path.to_path_buf(),
+        message: "folder holds no weights (*.safetensors, *.bin, *.pth or an *.index.json)".into(),
+    })
+}
+
+fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let bad = |message: String| Error::Model {
+        path: index.to_path_buf(),
+        message,
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid index JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("index has no weight_map".into()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = map
+        .values()
+        .filter_map(|v| v.as_str())
+        .map(|f| dir.join(f))
+        .collect();
+    files.sort();
+    files.dedup();
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(bad(format!("shard {} is missing", missing.display())));
+    }
+    Ok(files)
+}
+
+fn is_safetensors(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
+}
+
+fn load_safetensors(path: &Path, device: &Device) -> Result<Tensors> {
+    // SAFETY: the file is mapped read-only; ace does not write checkpoints it is reading.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| {
+        Error::Model {
+            path: path.to_path_buf(),
+            message: format!("cannot read safetensors: {e}"),
+        }
+    })?;
+    st.tensors()
+        .into_iter()
+        .map(|(name, _)| {
+            let t = st.load(&name, device)?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
+/// Reads a torch zip pickle, unwrapping a top-level `state_dict` when the tensors sit there.
+fn load_pickle(path: &Path, device: &Device) -> Result<Tensors> {
+    let bad = |e: candle_core::Error| Error::Model {
+        path: path.to_path_buf(),
+        message: format!("cannot read torch checkpoint: {e}"),
+    };
+    let mut tensors = candle_core::pickle::read_all_with_key(path, None).map_err(bad)?;
+    if tensors.is_empty() {
+        tensors = candle_core::pickle::read_all_with_key(path, Some("state_dict")).map_err(bad)?;
+    }
+    if tensors.is_empty() {
+        return Err(Error::Model {
+            path: path.to_path_buf(),
+            message: "torch checkpoint holds no tensors".into(),
+        });
+    }
+    tensors
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_device(device)?)))
+        .collect()
+}

@@ -1,0 +1,4 @@
+//! The ACE model core: the DiT (DiTACE), the T5 text encoder and tokenizer, the ldm VAE, and
+//! loading of the official checkpoints in their release layouts.
+
+pub mod checkpoint;
