@@ -5,6 +5,7 @@
 
 mod cli;
 mod completions;
+mod manpages;
 
 use std::process::ExitCode;
 
