@@ -6,6 +6,7 @@
 mod cli;
 mod completions;
 mod manpages;
+mod model;
 
 use std::process::ExitCode;
 

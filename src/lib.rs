@@ -9,6 +9,7 @@ pub mod analyze;
 pub mod cancel;
 pub mod device;
 pub mod error;
+pub mod hub;
 pub mod imageio;
 pub mod model;
 
