@@ -6,6 +6,10 @@
 //! of them: inside the mask the condition, outside it the input, bit for bit.
 
 pub mod cv;
+pub mod depth;
+pub mod dnn;
+pub mod pose;
+pub mod skeleton;
 
 use crate::{Error, Result};
 use image::{GrayImage, RgbImage};
