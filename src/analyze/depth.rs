@@ -2,11 +2,14 @@
 //! DNN) turns a photograph into a relative inverse-depth map, drawn as grey (near = bright).
 //!
 //! Pre-processing follows MiDaS's own ONNX runner: RGB scaled to [0, 1], resized bicubically to
-//! the network's square input (256 for `midas_v21_small`, 384 for the large v2.1 model). The
-//! official v2.1 ONNX exports normalise inside the graph; exports without that step take
-//! `normalize: true`, the ImageNet mean/std MiDaS trains with. Post-processing: the prediction
-//! is resized bicubically back to the input size, then min-max scaled to 0..255 (truncated, as
-//! the ControlNet/scepter annotator does) and repeated over three channels.
+//! the network's square input (256 for `midas_v21_small`, 384 for the large v2.1 model), then
+//! normalised with the ImageNet mean/std MiDaS trains with. The v2.1 release ONNX files
+//! (`model-small.onnx`, `model-f6b98070.onnx`) expect that; exports that normalise inside the
+//! graph (MiDaS v2's `model-f46da743.onnx`) take `normalize: false`.
+//!
+//! Post-processing: the prediction is resized bicubically back to the input size, then min-max
+//! scaled to 0..255 (truncated, as the ControlNet/scepter annotator does) and repeated over
+//! three channels.
 
 use crate::analyze::dnn::{self, ModelFiles, Tensor};
 use crate::analyze::{cv, Operation};
@@ -32,7 +35,7 @@ pub const MODEL_HINT: &str = "pass --model FILE.onnx with a MiDaS v2.1 ONNX file
 pub struct DepthParams {
     /// Side of the square network input, in pixels.
     pub size: u32,
-    /// Subtract the ImageNet mean and divide by its std (for exports that do not do it).
+    /// Subtract the ImageNet mean and divide by its std (off for exports that do it inside).
     pub normalize: bool,
 }
 
@@ -40,7 +43,7 @@ impl Default for DepthParams {
     fn default() -> Self {
         DepthParams {
             size: DEFAULT_SIZE,
-            normalize: false,
+            normalize: true,
         }
     }
 }
@@ -149,7 +152,8 @@ pub fn to_image(
     out_h: u32,
 ) -> Result<RgbImage> {
     let (lo, hi) = min_max(prediction);
-    if !(hi - lo > f32::EPSILON * lo.abs().max(hi.abs())) {
+    let flat = (hi - lo).partial_cmp(&(f32::EPSILON * lo.abs().max(hi.abs())));
+    if flat != Some(std::cmp::Ordering::Greater) {
         return Ok(RgbImage::new(out_w, out_h));
     }
     let map = Mat::new_rows_cols_with_data::<f32>(h as i32, w as i32, prediction)?;

@@ -393,8 +393,8 @@ pub fn assemble(maps: &Maps, geometry: &Geometry, threshold: f32) -> Vec<Person>
                 .map(|(n, _)| n)
                 .take(2)
                 .collect();
-            match found.as_slice() {
-                &[j] => {
+            match *found.as_slice() {
+                [j] => {
                     let row = &mut rows[j];
                     if row.parts[pb] != Some(b) {
                         row.parts[pb] = Some(b);
@@ -402,7 +402,7 @@ pub fn assemble(maps: &Maps, geometry: &Geometry, threshold: f32) -> Vec<Person>
                         row.score += all[b].score + s;
                     }
                 }
-                &[j1, j2] => {
+                [j1, j2] => {
                     let disjoint = (0..KEYPOINTS)
                         .all(|p| rows[j1].parts[p].is_none() || rows[j2].parts[p].is_none());
                     if disjoint {
