@@ -5,7 +5,16 @@
 //! Every operation implements [`Operation`]; [`apply`] adds the regional behaviour shared by all
 //! of them: inside the mask the condition, outside it the input, bit for bit.
 
+pub mod canny;
 pub mod cv;
+#[cfg(test)]
+mod fixtures;
+pub mod gray;
+pub mod mosaic;
+
+pub use canny::Canny;
+pub use gray::Gray;
+pub use mosaic::Mosaic;
 
 use crate::{Error, Result};
 use image::{GrayImage, RgbImage};
@@ -36,7 +45,11 @@ pub fn apply(op: &dyn Operation, image: &RgbImage, mask: Option<&GrayImage>) -> 
     }
     match mask {
         None => Ok(out),
-        Some(mask) => Ok(composite(image, &out, &inside(mask, image.width(), image.height()))),
+        Some(mask) => Ok(composite(
+            image,
+            &out,
+            &inside(mask, image.width(), image.height()),
+        )),
     }
 }
 
