@@ -610,6 +610,97 @@ mod tests {
         );
     }
 
+    /// A 57-channel output on a `w` x `h` grid with a 1.0 peak for each (part, cell) and, for
+    /// each limb k, its unit direction in its PAF channels over the box between its ends.
+    fn synthetic(w: usize, h: usize, peaks: &[(usize, (usize, usize))], limbs: &[usize]) -> Tensor {
+        let mut data = vec![0f32; 57 * w * h];
+        let cell = |part: usize| peaks.iter().find(|p| p.0 == part).unwrap().1;
+        for &(part, (x, y)) in peaks {
+            data[part * w * h + y * w + x] = 1.0;
+        }
+        for &k in limbs {
+            let [a, b] = LIMBS[k];
+            let ((xa, ya), (xb, yb)) = (cell(a), cell(b));
+            let (dx, dy) = (xb as f32 - xa as f32, yb as f32 - ya as f32);
+            let n = (dx * dx + dy * dy).sqrt();
+            for y in ya.min(yb)..=ya.max(yb) {
+                for x in xa.min(xb)..=xa.max(xb) {
+                    data[PAF_CHANNELS[k][0] * w * h + y * w + x] = dx / n;
+                    data[PAF_CHANNELS[k][1] * w * h + y * w + x] = dy / n;
+                }
+            }
+        }
+        Tensor {
+            shape: vec![1, 57, h, w],
+            data,
+        }
+    }
+
+    fn parts_of(p: &Person) -> Vec<usize> {
+        (0..KEYPOINTS)
+            .filter(|&i| p.keypoints[i].is_some())
+            .collect()
+    }
+
+    #[test]
+    fn two_people_side_by_side_stay_apart() {
+        // Neck, right shoulder, right elbow, left shoulder each, 5 cells apart; limbs 0, 1, 2.
+        let mut peaks = Vec::new();
+        for dx in [0, 5] {
+            peaks.extend([
+                (1, (2 + dx, 2)),
+                (2, (1 + dx, 2)),
+                (3, (1 + dx, 3)),
+                (5, (3 + dx, 2)),
+            ]);
+        }
+        // Fields for the first person only here; the second's are added below at its cells.
+        let mut t = synthetic(10, 6, &peaks[..4], &[0, 1, 2]);
+        let second = synthetic(10, 6, &peaks[4..], &[0, 1, 2]);
+        for (v, s) in t.data.iter_mut().zip(&second.data) {
+            *v += s;
+        }
+        let maps = Maps::new(&t).unwrap();
+        let g = Geometry {
+            scale: 1.0,
+            resized: (80, 48),
+            image: (80, 48),
+        };
+        let people = assemble(&maps, &g, 0.1);
+        assert_eq!(people.len(), 2);
+        for (person, dx) in people.iter().zip([0.0, 40.0]) {
+            assert_eq!(parts_of(person), vec![1, 2, 3, 5]);
+            assert_eq!(person.keypoints[1], Some((19.5 + dx, 19.5)));
+            assert_eq!(person.keypoints[3], Some((11.5 + dx, 27.5)));
+        }
+    }
+
+    #[test]
+    fn limbs_joining_two_partial_people_merge_them() {
+        // Right shoulder-elbow (limb 2) and nose-eye-ear (limbs 13, 14) start two rows of 2
+        // and 3 parts, both too small to keep; limb 17 (shoulder to ear) merges them.
+        let peaks = [
+            (0, (5, 1)),
+            (14, (4, 1)),
+            (16, (3, 2)),
+            (2, (3, 4)),
+            (3, (3, 6)),
+        ];
+        let t = synthetic(8, 8, &peaks, &[2, 13, 14, 17]);
+        let maps = Maps::new(&t).unwrap();
+        let g = Geometry {
+            scale: 1.0,
+            resized: (64, 64),
+            image: (64, 64),
+        };
+        let people = assemble(&maps, &g, 0.1);
+        assert_eq!(people.len(), 1);
+        assert_eq!(parts_of(&people[0]), vec![0, 2, 3, 14, 16]);
+        // Without limb 17 nothing joins them and both rows are dropped.
+        let t = synthetic(8, 8, &peaks, &[2, 13, 14]);
+        assert!(assemble(&Maps::new(&t).unwrap(), &g, 0.1).is_empty());
+    }
+
     #[test]
     fn wrong_output_shape_and_missing_model_are_errors() {
         let t = Tensor {
