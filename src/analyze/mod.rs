@@ -5,7 +5,22 @@
 //! Every operation implements [`Operation`]; [`apply`] adds the regional behaviour shared by all
 //! of them: inside the mask the condition, outside it the input, bit for bit.
 
+pub mod canny;
 pub mod cv;
+pub mod depth;
+pub mod dnn;
+#[cfg(test)]
+mod fixtures;
+pub mod gray;
+pub mod mosaic;
+pub mod pose;
+pub mod skeleton;
+
+pub use canny::Canny;
+pub use depth::Depth;
+pub use gray::Gray;
+pub use mosaic::Mosaic;
+pub use pose::Pose;
 
 use crate::{Error, Result};
 use image::{GrayImage, RgbImage};
