@@ -5,7 +5,18 @@
 //! Every operation implements [`Operation`]; [`apply`] adds the regional behaviour shared by all
 //! of them: inside the mask the condition, outside it the input, bit for bit.
 
+mod blur;
+mod check;
+mod components;
+pub mod contour;
 pub mod cv;
+pub mod degrade;
+pub mod doodle;
+mod lines;
+pub mod scribble;
+pub mod segment;
+#[cfg(test)]
+mod testing;
 
 use crate::{Error, Result};
 use image::{GrayImage, RgbImage};
@@ -36,7 +47,11 @@ pub fn apply(op: &dyn Operation, image: &RgbImage, mask: Option<&GrayImage>) -> 
     }
     match mask {
         None => Ok(out),
-        Some(mask) => Ok(composite(image, &out, &inside(mask, image.width(), image.height()))),
+        Some(mask) => Ok(composite(
+            image,
+            &out,
+            &inside(mask, image.width(), image.height()),
+        )),
     }
 }
 
