@@ -6,17 +6,31 @@
 //! of them: inside the mask the condition, outside it the input, bit for bit.
 
 mod blur;
+pub mod canny;
 mod check;
 mod components;
 pub mod contour;
 pub mod cv;
 pub mod degrade;
 pub mod doodle;
+#[cfg(test)]
+mod fixtures;
+pub mod gray;
 mod lines;
+pub mod mosaic;
 pub mod scribble;
 pub mod segment;
 #[cfg(test)]
 mod testing;
+
+pub use canny::Canny;
+pub use contour::Contour;
+pub use degrade::Degrade;
+pub use doodle::Doodle;
+pub use gray::Gray;
+pub use mosaic::Mosaic;
+pub use scribble::Scribble;
+pub use segment::Segment;
 
 use crate::{Error, Result};
 use image::{GrayImage, RgbImage};
