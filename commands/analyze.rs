@@ -7,6 +7,7 @@
 //! operation's flags, its [`Build`] impl calling the library constructor, and one arm in
 //! [`Op::parts`].
 
+use crate::analyze_ops::{ContourArgs, DegradeArgs, DoodleArgs, ScribbleArgs, SegmentArgs};
 use crate::cli::Global;
 use crate::Outcome;
 use ace::analyze::{canny, mosaic, Canny, Gray, Mosaic, Operation};
@@ -35,6 +36,18 @@ pub enum Op {
     Gray(Run<GrayArgs>),
     /// Pixelation: a bicubic shrink to side/RATIO cells, then a nearest-neighbour enlargement.
     Mosaic(Run<MosaicArgs>),
+    /// Real-ESRGAN-style degradation (noise, down/up-scale, JPEG, blur in a random order),
+    /// seeded.
+    Degrade(Run<DegradeArgs>),
+    /// ControlNet 1.1 scribble: XDoG edges, non-maximum suppression, widened strokes.
+    Scribble(Run<ScribbleArgs>),
+    /// Line drawing (ControlNet 1.1 lineart_standard), white lines on black.
+    Contour(Run<ContourArgs>),
+    /// Rough hand-drawn strokes: a coarse scribble without short strokes.
+    Doodle(Run<DoodleArgs>),
+    /// Colour regions (mean shift, k-means in Lab, connected components) filled with their
+    /// mean colour or a palette.
+    Segment(Run<SegmentArgs>),
 }
 
 impl Op {
@@ -44,6 +57,11 @@ impl Op {
             Op::Canny(r) => (&r.common, &r.op),
             Op::Gray(r) => (&r.common, &r.op),
             Op::Mosaic(r) => (&r.common, &r.op),
+            Op::Degrade(r) => (&r.common, &r.op),
+            Op::Scribble(r) => (&r.common, &r.op),
+            Op::Contour(r) => (&r.common, &r.op),
+            Op::Doodle(r) => (&r.common, &r.op),
+            Op::Segment(r) => (&r.common, &r.op),
         }
     }
 }
