@@ -4,8 +4,10 @@
 //! 1. mean-shift filtering (OpenCV `pyrMeanShiftFiltering`, spatial radius 8, colour radius 16
 //!    by default) flattens texture while keeping edges;
 //! 2. k-means with `regions` clusters on the CIE Lab colours (OpenCV's 8-bit Lab) of the
-//!    filtered image: k-means++ seeding from a fixed ChaCha8 stream (`seed`), then Lloyd
-//!    iterations, all on one thread in a fixed order, so the result is deterministic;
+//!    filtered image, fitted on at most 16384 pixels (every n-th in raster order):
+//!    k-means++ seeding from a fixed ChaCha8 stream (`seed`), then Lloyd iterations, all on
+//!    one thread in a fixed order, so the result is deterministic; every pixel then takes the
+//!    nearest centre;
 //! 3. connected components (8-connectivity) of the cluster map; components smaller than
 //!    `min_area` of the image take the cluster most common around them, and the components are
 //!    computed again;
@@ -21,6 +23,10 @@ use opencv::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+
+/// At most this many pixels (every n-th in raster order) fit the k-means centres; all pixels
+/// are then assigned to the nearest centre.
+const KMEANS_SAMPLE: usize = 16384;
 
 /// How regions are coloured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,7 +116,9 @@ impl Operation for Segment {
         let p = &self.params;
         let (w, h) = image.dimensions();
         let lab = lab_colours(image, p.spatial_radius, p.color_radius)?;
-        let centres = kmeans(&lab, p.regions as usize, p.iterations, p.seed);
+        let stride = lab.len().div_ceil(KMEANS_SAMPLE).max(1);
+        let sample: Vec<[f32; 3]> = lab.iter().step_by(stride).copied().collect();
+        let centres = kmeans(&sample, p.regions as usize, p.iterations, p.seed);
         let mut clusters: Vec<u32> = lab.iter().map(|c| nearest(&centres, c) as u32).collect();
         let min_area = (p.min_area * f64::from(w) * f64::from(h)).round() as usize;
         absorb_small(&mut clusters, w, h, min_area);
