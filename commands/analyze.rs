@@ -7,6 +7,7 @@
 //! operation's flags, its [`Build`] impl calling the library constructor, and one arm in
 //! [`Op::parts`].
 
+use crate::analyze_ops::{ContourArgs, DegradeArgs, DoodleArgs, ScribbleArgs, SegmentArgs};
 use crate::cli::Global;
 use crate::Outcome;
 use ace::analyze::{canny, depth, mosaic, pose, Canny, Depth, Gray, Mosaic, Operation, Pose};
@@ -40,6 +41,18 @@ pub enum Op {
     /// Pose: an OpenPose COCO-18 body network (--model), drawn as the ControlNet skeleton on
     /// black.
     Pose(Run<PoseArgs>),
+    /// Real-ESRGAN-style degradation (noise, down/up-scale, JPEG, blur in a random order),
+    /// seeded.
+    Degrade(Run<DegradeArgs>),
+    /// ControlNet 1.1 scribble: XDoG edges, non-maximum suppression, widened strokes.
+    Scribble(Run<ScribbleArgs>),
+    /// Line drawing (ControlNet 1.1 lineart_standard), white lines on black.
+    Contour(Run<ContourArgs>),
+    /// Rough hand-drawn strokes: a coarse scribble without short strokes.
+    Doodle(Run<DoodleArgs>),
+    /// Colour regions (mean shift, k-means in Lab, connected components) filled with their
+    /// mean colour or a palette.
+    Segment(Run<SegmentArgs>),
 }
 
 impl Op {
@@ -51,6 +64,11 @@ impl Op {
             Op::Mosaic(r) => (&r.common, &r.op),
             Op::Depth(r) => (&r.common, &r.op),
             Op::Pose(r) => (&r.common, &r.op),
+            Op::Degrade(r) => (&r.common, &r.op),
+            Op::Scribble(r) => (&r.common, &r.op),
+            Op::Contour(r) => (&r.common, &r.op),
+            Op::Doodle(r) => (&r.common, &r.op),
+            Op::Segment(r) => (&r.common, &r.op),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! error, 130 interrupted).
 
 mod analyze;
+mod analyze_ops;
 mod cli;
 mod completions;
 mod manpages;
