@@ -7,9 +7,12 @@
 
 pub mod analyze;
 pub mod cancel;
+pub mod config;
 pub mod device;
 pub mod error;
 pub mod imageio;
 pub mod model;
+pub mod pipeline;
+pub mod sampler;
 
 pub use error::{Error, Result};
