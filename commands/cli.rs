@@ -1,7 +1,7 @@
 //! The command-line definition (clap derive): global options and the subcommand list. The man
 //! pages in `man/` and the shell completions are generated from this one definition.
 
-use crate::{completions, Outcome};
+use crate::{completions, edit, generate, Outcome};
 use clap::{Parser, Subcommand};
 
 /// ACE, the All-round Creator and Editor: generate and edit images by instruction.
@@ -33,6 +33,10 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Generate an image from an instruction (text-to-image).
+    Generate(generate::Args),
+    /// Edit images by instruction (inpainting, reference, multi-turn, ...).
+    Edit(edit::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -54,5 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
     match cli.command {
         Command::Completions(args) => completions::run(args),
+        Command::Generate(args) => generate::run(args, &cli.global),
+        Command::Edit(args) => edit::run(args, &cli.global),
     }
 }

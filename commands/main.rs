@@ -5,6 +5,9 @@
 
 mod cli;
 mod completions;
+mod edit;
+mod generate;
+mod generate_common;
 
 use std::process::ExitCode;
 
