@@ -236,7 +236,9 @@ impl Ace {
             all_prompts.extend(null_contexts.iter().cloned());
         }
         let states = self.encode_prompts(&all_prompts)?;
-        let lookup = |list: &[String]| -> Vec<Tensor> { list.iter().map(|p| states[p].clone()).collect() };
+        let lookup = |list: &[String]| -> Vec<Tensor> {
+            list.iter().filter_map(|p| states.get(p).cloned()).collect()
+        };
         let cond_contexts = lookup(&contexts);
         let uncond_contexts = lookup(&null_contexts);
 

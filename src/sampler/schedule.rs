@@ -35,11 +35,12 @@ impl LinearSchedule {
         let mut prod = 1f64;
         let mut sigmas = Vec::with_capacity(num_timesteps);
         for i in 0..num_timesteps {
-            // torch.linspace fills the first half from the start and the second from the end.
+            // torch.linspace fills the first half from the start and the second from the end,
+            // each value with one rounding (a fused multiply-add).
             let beta = if i < halfway {
-                start + step * i as f32
+                (f64::from(start) + f64::from(step) * i as f64) as f32
             } else {
-                end - step * (num_timesteps - i - 1) as f32
+                (f64::from(end) - f64::from(step) * (num_timesteps - i - 1) as f64) as f32
             };
             prod *= f64::from(1.0 - beta);
             sigmas.push((1.0 - prod as f32).sqrt());
