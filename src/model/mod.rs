@@ -2,3 +2,4 @@
 //! loading of the official checkpoints in their release layouts.
 
 pub mod checkpoint;
+pub mod dit;
