@@ -2,4 +2,5 @@
 //! loading of the official checkpoints in their release layouts.
 
 pub mod checkpoint;
+pub mod dit;
 pub mod text;
