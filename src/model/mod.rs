@@ -4,3 +4,4 @@
 pub mod checkpoint;
 pub mod dit;
 pub mod text;
+pub mod vae;
