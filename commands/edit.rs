@@ -26,5 +26,11 @@ pub struct Args {
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
     let inputs = generate_common::read_inputs(&args.images, &args.masks, &args.tasks)?;
-    generate_common::run(&args.common, global, &args.instruction, inputs, (None, None))
+    generate_common::run(
+        &args.common,
+        global,
+        &args.instruction,
+        inputs,
+        (None, None),
+    )
 }

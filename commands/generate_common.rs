@@ -84,7 +84,8 @@ fn parse_dtype(s: &str) -> Result<DType> {
 
 /// `None` for the "no mask / no task" spellings.
 fn optional(v: Option<&String>) -> Option<&str> {
-    v.map(String::as_str).filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("none"))
+    v.map(String::as_str)
+        .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("none"))
 }
 
 /// Reads an input image with its optional mask.
@@ -103,7 +104,11 @@ pub fn read_input(image: &Path, mask: Option<&Path>, task: &str) -> Result<Input
 }
 
 /// Reads the images given with their positional masks and tasks.
-pub fn read_inputs(images: &[PathBuf], masks: &[String], tasks: &[String]) -> Result<Vec<InputImage>> {
+pub fn read_inputs(
+    images: &[PathBuf],
+    masks: &[String],
+    tasks: &[String],
+) -> Result<Vec<InputImage>> {
     if masks.len() > images.len() || tasks.len() > images.len() {
         bail!(
             "{} --mask and {} --task for {} --image (they pair by position)",
@@ -124,15 +129,23 @@ pub fn read_inputs(images: &[PathBuf], masks: &[String], tasks: &[String]) -> Re
 
 fn read_history(path: &Path) -> Result<Vec<Turn>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let entries: Vec<HistoryEntry> = serde_yaml::from_str(&text)
-        .with_context(|| format!("{}: not a history list [{{image, mask?, instruction, task?}}]", path.display()))?;
+    let entries: Vec<HistoryEntry> = serde_yaml::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a history list [{{image, mask?, instruction, task?}}]",
+            path.display()
+        )
+    })?;
     let base = path.parent().unwrap_or(Path::new(""));
     entries
         .into_iter()
         .map(|e| {
             let mask = e.mask.as_ref().map(|m| base.join(m));
             Ok(Turn {
-                input: read_input(&base.join(&e.image), mask.as_deref(), e.task.as_deref().unwrap_or(""))?,
+                input: read_input(
+                    &base.join(&e.image),
+                    mask.as_deref(),
+                    e.task.as_deref().unwrap_or(""),
+                )?,
                 instruction: e.instruction,
             })
         })
@@ -166,12 +179,20 @@ fn encode_png(img: &image::RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>>
 }
 
 fn save_tensors(path: &Path, g: &Generated) -> Result<()> {
-    let tmp = tempfile::NamedTempFile::new_in(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    let tmp = tempfile::NamedTempFile::new_in(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
     candle_core::safetensors::save(
-        &[("latent", g.latent.clone()), ("image", g.image.clone())].into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        &[("latent", g.latent.clone()), ("image", g.image.clone())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
         tmp.path(),
     )?;
-    tmp.persist(path).with_context(|| format!("{}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("{}", path.display()))?;
     Ok(())
 }
 
@@ -225,8 +246,10 @@ pub fn run(
     let bar = if !global.quiet && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(steps as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}, {per_sec}]")?
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps [{elapsed_precise}, {per_sec}]",
+            )?
+            .progress_chars("=> "),
         );
         Some(bar)
     } else {
@@ -242,7 +265,10 @@ pub fn run(
     }
 
     let rgb = generated.to_rgb8()?;
-    let seed_text = seed.map_or_else(|| format!("noise {}", c.noise.clone().unwrap_or_default()), |s| s.to_string());
+    let seed_text = seed.map_or_else(
+        || format!("noise {}", c.noise.clone().unwrap_or_default()),
+        |s| s.to_string(),
+    );
     let settings = [
         ("Software", format!("ace {}", env!("CARGO_PKG_VERSION"))),
         ("instruction", instruction.to_string()),
@@ -265,7 +291,12 @@ pub fn run(
         ace::imageio::write_atomic(&c.output, &png)?;
     }
     if !global.quiet {
-        eprintln!("ace: seed {seed_text}, {}x{} -> {}", rgb.width(), rgb.height(), c.output.display());
+        eprintln!(
+            "ace: seed {seed_text}, {}x{} -> {}",
+            rgb.width(),
+            rgb.height(),
+            c.output.display()
+        );
     }
     if c.json && !to_stdout {
         let summary = serde_json::json!({

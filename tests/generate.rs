@@ -17,7 +17,9 @@ fn ace() -> Command {
 
 fn load(path: &Path, name: &str) -> Vec<f32> {
     let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
-    let t: &Tensor = t.get(name).unwrap_or_else(|| panic!("{}: no {name}", path.display()));
+    let t: &Tensor = t
+        .get(name)
+        .unwrap_or_else(|| panic!("{}: no {name}", path.display()));
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
@@ -36,7 +38,11 @@ fn case_args(case: &serde_json::Value, dir: &Path) -> Vec<String> {
         for (i, img) in images.iter().enumerate() {
             args.extend(["--image".into(), root.join(s(img)).display().to_string()]);
             let mask = &case["masks"][i];
-            let mask = if mask.is_null() { "none".into() } else { root.join(s(mask)).display().to_string() };
+            let mask = if mask.is_null() {
+                "none".into()
+            } else {
+                root.join(s(mask)).display().to_string()
+            };
             args.extend(["--mask".into(), mask]);
             args.extend(["--task".into(), s(&case["tasks"][i])]);
         }
@@ -91,7 +97,11 @@ fn whole_runs_match_the_reference() {
         let tensors = dir.path().join(format!("{name}.safetensors"));
         let mut args = case_args(case, dir.path());
         args.extend(["-o".into(), out.display().to_string()]);
-        args.extend(["--save-latent".into(), tensors.display().to_string(), "--json".into()]);
+        args.extend([
+            "--save-latent".into(),
+            tensors.display().to_string(),
+            "--json".into(),
+        ]);
         let assert = ace().args(&args).assert().success();
         let summary: serde_json::Value =
             serde_json::from_slice(&assert.get_output().stdout).unwrap();
@@ -103,8 +113,15 @@ fn whole_runs_match_the_reference() {
         assert_eq!(lat.len(), lat_ref.len(), "{name}: latent size");
         assert_eq!(img.len(), img_ref.len(), "{name}: image size");
         let scale = lat_ref.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let lat_err = lat.iter().zip(&lat_ref).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        let diffs: Vec<f32> = img.iter().zip(&img_ref).map(|(a, b)| (a - b).abs()).collect();
+        let lat_err = lat
+            .iter()
+            .zip(&lat_ref)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let diffs: Vec<f32> = img
+            .iter()
+            .zip(&img_ref)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
         let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
         let max = diffs.iter().fold(0f32, |m, v| m.max(*v));
         report.push(format!(
@@ -114,7 +131,11 @@ fn whole_runs_match_the_reference() {
             max * 255.0
         ));
         assert!(lat_err <= 2e-3 * scale, "{}", report.join("\n"));
-        assert!(mean <= 0.5 / 255.0 && max <= 4.0 / 255.0, "{}", report.join("\n"));
+        assert!(
+            mean <= 0.5 / 255.0 && max <= 4.0 / 255.0,
+            "{}",
+            report.join("\n")
+        );
 
         let png = image::open(&out).unwrap().to_rgb8();
         assert_eq!(png.len(), img.len(), "{name}: png size");
@@ -124,9 +145,18 @@ fn whole_runs_match_the_reference() {
 
 fn tiny_edit(out: &Path, instruction: &str, image: &Path) -> Command {
     let mut cmd = ace();
-    cmd.args(["edit", "--steps", "1", "--seed", "3", "--instruction", instruction]);
+    cmd.args([
+        "edit",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "--instruction",
+        instruction,
+    ]);
     cmd.arg("--image").arg(image);
-    cmd.arg("--config").arg(fixtures().join("model/ace_tiny.yaml"));
+    cmd.arg("--config")
+        .arg(fixtures().join("model/ace_tiny.yaml"));
     cmd.arg("-o").arg(out);
     cmd
 }
@@ -136,7 +166,9 @@ fn png_carries_the_settings_and_stdout_works() {
     let dir = tempfile::tempdir().unwrap();
     let image = fixtures().join("inputs/astronaut.png");
     let out = dir.path().join("out.png");
-    tiny_edit(&out, "make {image} brighter", &image).assert().success();
+    tiny_edit(&out, "make {image} brighter", &image)
+        .assert()
+        .success();
     let decoder = png::Decoder::new(std::fs::File::open(&out).unwrap());
     let reader = decoder.read_info().unwrap();
     let text: Vec<(String, String)> = reader
@@ -146,10 +178,18 @@ fn png_carries_the_settings_and_stdout_works() {
         .map(|c| (c.keyword.clone(), c.text.clone()))
         .collect();
     assert!(text.contains(&("seed".into(), "3".into())), "{text:?}");
-    assert!(text.contains(&("instruction".into(), "make {image} brighter".into())), "{text:?}");
-    assert!(text.iter().any(|(k, v)| k == "steps" && v == "1"), "{text:?}");
+    assert!(
+        text.contains(&("instruction".into(), "make {image} brighter".into())),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|(k, v)| k == "steps" && v == "1"),
+        "{text:?}"
+    );
 
-    let out = tiny_edit(Path::new("-"), "make {image} brighter", &image).output().unwrap();
+    let out = tiny_edit(Path::new("-"), "make {image} brighter", &image)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(image::load_from_memory(&out.stdout).unwrap().width(), 96);
 }
@@ -160,7 +200,9 @@ fn bad_inputs_fail_cleanly() {
     let image = fixtures().join("inputs/astronaut.png");
     let out = dir.path().join("out.png");
 
-    let assert = tiny_edit(&out, "put {image2} into {image}", &image).assert().failure();
+    let assert = tiny_edit(&out, "put {image2} into {image}", &image)
+        .assert()
+        .failure();
     let err = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
     assert!(err.contains("{image2}"), "{err}");
     assert!(!out.exists());
@@ -169,17 +211,30 @@ fn bad_inputs_fail_cleanly() {
     std::fs::write(&broken, b"not a png").unwrap();
     let assert = tiny_edit(&out, "x", &broken).assert().failure();
     let err = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
-    assert!(err.contains("broken.png") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("broken.png") && err.lines().count() == 1,
+        "{err}"
+    );
     assert!(!out.exists());
 
     let assert = ace()
-        .args(["generate", "--instruction", "x", "--preset", "ace_0.6b_512", "--model-dir"])
+        .args([
+            "generate",
+            "--instruction",
+            "x",
+            "--preset",
+            "ace_0.6b_512",
+            "--model-dir",
+        ])
         .arg(dir.path())
         .arg("-o")
         .arg(&out)
         .assert()
         .failure();
     let err = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
-    assert!(err.contains("expected layout") && err.contains("models/vae/vae.bin"), "{err}");
+    assert!(
+        err.contains("expected layout") && err.contains("models/vae/vae.bin"),
+        "{err}"
+    );
     assert!(!out.exists());
 }

@@ -108,7 +108,12 @@ fn section<T: serde::de::DeserializeOwned>(
 
 impl Ace {
     /// Loads the three models from `files` and computes the image indicator embeddings.
-    pub fn load(cfg: &AceConfig, files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn load(
+        cfg: &AceConfig,
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let dit_cfg: dit::Config = section(cfg, &cfg.model.diffusion_model, "DIFFUSION_MODEL")?;
         let vae_cfg: vae::Config = section(cfg, &cfg.model.first_stage_model, "FIRST_STAGE_MODEL")?;
         let cond = &cfg.model.cond_stage_model;
@@ -180,7 +185,11 @@ impl Ace {
         if has_images && req.tar_index >= inputs.len() {
             return Err(Error::invalid(
                 "target index",
-                format!("{} (there are {} input images)", req.tar_index, inputs.len()),
+                format!(
+                    "{} (there are {} input images)",
+                    req.tar_index,
+                    inputs.len()
+                ),
             ));
         }
         let negative = req
@@ -273,7 +282,9 @@ impl Ace {
                 batch.len(),
                 &self.device,
             )?;
-            let out = self.dit.forward(&batch, &t, &self.text_position_embeddings)?;
+            let out = self
+                .dit
+                .forward(&batch, &t, &self.text_position_embeddings)?;
             let cond = out[0].to_dtype(DType::F32)?;
             let uncond = out.get(1).map(|u| u.to_dtype(DType::F32)).transpose()?;
             let eps = req.guidance.combine(&cond, uncond.as_ref())?;
@@ -283,8 +294,8 @@ impl Ace {
 
         let z = (x.unsqueeze(0)? / self.cfg.model.scale_factor)?.to_dtype(self.dtype)?;
         let decoded = self.vae.decode(&z)?.to_dtype(DType::F32)?.squeeze(0)?;
-        let image = (((decoded + 1.0)? / 2.0)? + self.cfg.model.decoder_bias / 255.0)?
-            .clamp(0f32, 1f32)?;
+        let image =
+            (((decoded + 1.0)? / 2.0)? + self.cfg.model.decoder_bias / 255.0)?.clamp(0f32, 1f32)?;
         Ok(Generated {
             image,
             latent: x,
