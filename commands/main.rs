@@ -7,6 +7,9 @@ mod analyze;
 mod analyze_ops;
 mod cli;
 mod completions;
+mod edit;
+mod generate;
+mod generate_common;
 mod manpages;
 mod model;
 
