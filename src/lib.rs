@@ -17,5 +17,6 @@ pub mod inputs;
 pub mod model;
 pub mod pipeline;
 pub mod sampler;
+pub mod train;
 
 pub use error::{Error, Result};
