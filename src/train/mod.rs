@@ -3,9 +3,14 @@
 //! accumulation and clipping, an EMA of the trained weights, a held-out validation split,
 //! atomic checkpoints that resume bit for bit, and a JSONL log with a loss plot.
 
+pub mod cache;
+pub mod checkpointing;
+pub mod config;
 pub mod dataset;
 pub mod ema;
+pub mod r#loop;
 pub mod lora;
 pub mod model;
 pub mod optimizer;
+pub mod plot;
 pub mod weights;

@@ -111,8 +111,14 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// Loads the T5 embedder and the VAE (float32) and computes the image indicator embeddings.
-    pub fn load(cfg: &AceConfig, files: &ModelFiles, device: &Device) -> Result<Self> {
+    /// Loads the T5 embedder and the VAE (float32) and computes the image indicator embeddings;
+    /// images are prepared under a budget of `max_seq_len` tokens per frame.
+    pub fn load(
+        cfg: &AceConfig,
+        files: &ModelFiles,
+        max_seq_len: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let vae_cfg: vae::Config = section(cfg, &cfg.model.first_stage_model, "FIRST_STAGE_MODEL")?;
         let cond = &cfg.model.cond_stage_model;
         let clean: Clean = cond.clean.parse()?;
@@ -133,7 +139,7 @@ impl Frozen {
         let ns = &cfg.model.diffusion.noise_scheduler;
         Ok(Self {
             schedule: LinearSchedule::new(ns.num_timesteps, ns.beta_min, ns.beta_max)?,
-            max_seq_len: cfg.max_seq_len()?,
+            max_seq_len,
             cfg: cfg.clone(),
             text,
             vae,

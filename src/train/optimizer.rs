@@ -59,9 +59,9 @@ impl AdamW {
         self.params
     }
 
-    /// Changes the learning rate (a new training stage).
-    pub fn set_lr(&mut self, lr: f64) {
-        self.params.lr = lr;
+    /// Changes the hyper-parameters, keeping the moments (a new training stage).
+    pub fn set_params(&mut self, params: AdamWParams) {
+        self.params = params;
     }
 
     /// Number of updates done so far.
