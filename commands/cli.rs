@@ -1,7 +1,7 @@
 //! The command-line definition (clap derive): global options and the subcommand list. The man
 //! pages in `man/` and the shell completions are generated from this one definition.
 
-use crate::{analyze, completions, edit, generate, model, Outcome};
+use crate::{analyze, completions, edit, generate, model, train, Outcome};
 use clap::{Parser, Subcommand};
 
 /// ACE, the All-round Creator and Editor: generate and edit images by instruction.
@@ -41,6 +41,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Edit images by instruction (inpainting, reference, multi-turn, ...).
     Edit(edit::Args),
+    /// Fine-tune the DiT on instruction/image pairs; merge LoRA adapters.
+    Train(train::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -66,5 +68,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Completions(args) => completions::run(args),
         Command::Generate(args) => generate::run(args, &cli.global),
         Command::Edit(args) => edit::run(args, &cli.global),
+        Command::Train(args) => train::run(args, &cli.global),
     }
 }

@@ -12,6 +12,7 @@ mod generate;
 mod generate_common;
 mod manpages;
 mod model;
+mod train;
 
 use std::process::ExitCode;
 

@@ -180,6 +180,47 @@ pub fn merge(
     Ok(merged)
 }
 
+/// Merges the adapters of a LoRA training checkpoint (its live weights, or with `use_ema` its
+/// EMA) into a DiT checkpoint (`base`, by default the one training started from) and writes the
+/// whole merged DiT to `output` (safetensors, ACE names). Returns the number of merged modules.
+pub fn merge_checkpoint(
+    checkpoint: &std::path::Path,
+    base: Option<&std::path::Path>,
+    use_ema: bool,
+    output: &std::path::Path,
+) -> Result<usize> {
+    let device = Device::Cpu;
+    let ck = super::checkpointing::load(checkpoint, &device)?;
+    let source = checkpoint.display().to_string();
+    let info = ck.state.lora.as_ref().ok_or_else(|| {
+        Error::invalid(
+            "merge-lora",
+            format!("{source}: not a LoRA checkpoint (no TUNER)"),
+        )
+    })?;
+    let adapters = if use_ema {
+        ck.ema.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "merge-lora",
+                format!("{source}: has no EMA weights (USE_EMA was off)"),
+            )
+        })?
+    } else {
+        &ck.weights
+    };
+    let base_path = base
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| ck.state.base_model.clone());
+    let mut weights: BTreeMap<String, Tensor> =
+        crate::model::checkpoint::load(&base_path, &device)?
+            .into_iter()
+            .collect();
+    let scale = info.alpha / info.rank as f64;
+    let merged = merge(&mut weights, adapters, scale, &source)?;
+    super::checkpointing::save_tensors_atomic(&weights, output)?;
+    Ok(merged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

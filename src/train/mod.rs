@@ -14,3 +14,5 @@ pub mod model;
 pub mod optimizer;
 pub mod plot;
 pub mod weights;
+
+pub use r#loop::{run, Finish, LogLine, Options, Summary};
