@@ -32,7 +32,7 @@ pub const LOG_JSONL: &str = "train_log.jsonl";
 /// The loss plot, in `WORK_DIR`.
 pub const PLOT_FILE: &str = "loss.png";
 /// Seed offset of the validation randomness (kept apart from the training streams).
-const VAL_SEED_OFFSET: u64 = 0x5eed_0f_7a1;
+const VAL_SEED_OFFSET: u64 = 0x0005_eed0_f7a1;
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
