@@ -367,3 +367,48 @@ fn bad_config_is_one_line_naming_the_file() {
     assert!(err.contains("bad.yaml"), "{err}");
     ace().arg("train").assert().code(2);
 }
+
+#[test]
+fn stages_run_in_turn_and_the_encoding_cache_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(dir.path());
+    let staged = |name: &str, cache: bool| {
+        let path = write_config(dir.path(), name, "train.csv", 2, "");
+        let mut cfg: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        if cache {
+            cfg["SOLVER"]["TRAIN_DATA"]["CACHE_DIR"] = Value::from("cache");
+        }
+        cfg["STAGES"] = serde_yaml::from_str(
+            "- MAX_STEPS: 2\n- MAX_STEPS: 2\n  ACCU_STEP: 1\n  OPTIMIZER:\n    LEARNING_RATE: 5e-4\n",
+        )
+        .unwrap();
+        std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+        ace()
+            .arg("train")
+            .arg("--config")
+            .arg(&path)
+            .assert()
+            .success();
+        curve(&dir.path().join(format!("work-{name}")))
+    };
+    let plain = staged("plain", false);
+    let lrs: Vec<f64> = log(&dir.path().join("work-plain"))
+        .iter()
+        .map(|l| l["lr"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lrs, [1e-3, 1e-3, 5e-4, 5e-4]);
+    // Validation at the end of each stage and at EVAL_INTERVAL.
+    assert!(plain
+        .iter()
+        .all(|(step, _, val)| val.is_some() == (step % 2 == 0)));
+
+    let cold = staged("cold", true);
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .collect();
+    assert_eq!(cached.len(), 3, "one entry per example");
+    let warm = staged("warm", true);
+    assert_eq!(plain, cold);
+    assert_eq!(plain, warm);
+}
