@@ -70,6 +70,28 @@ fn one_training_step_matches_the_reference() {
     };
     let mut encoded = frozen.encode(&example).unwrap();
     let shape = encoded.target.dims().to_vec();
+
+    // Our own target: the source through PIL's grayscale and back to RGB, prepared and encoded
+    // as a training target, lands on the reference's latent.
+    let dir = tempfile::tempdir().unwrap();
+    let gray = ace::pipeline::luma_pil(&ace::imageio::load_rgb(&example.inputs[0]).unwrap());
+    let gray_path = dir.path().join("gray.png");
+    image::DynamicImage::ImageLuma8(gray)
+        .to_rgb8()
+        .save(&gray_path)
+        .unwrap();
+    let ours = frozen
+        .encode(&Example {
+            target: gray_path,
+            ..example.clone()
+        })
+        .unwrap();
+    let reference = &expected["target_latent"];
+    let scale = values(reference).iter().fold(1f32, |m, v| m.max(v.abs()));
+    let err = absolute(&ours.target.flatten_from(1).unwrap(), reference) / scale;
+    eprintln!("target latent: error {err:e}");
+    assert!(err <= 1e-4, "target latent differs by {err}");
+
     encoded.target = expected["target_latent"].reshape(shape.as_slice()).unwrap();
     let noise = expected["noise"].reshape(shape.as_slice()).unwrap();
     let t = json["t"].as_u64().unwrap() as usize;

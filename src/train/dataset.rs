@@ -193,6 +193,26 @@ fn parse_csv(text: &str) -> std::result::Result<Vec<Vec<String>>, String> {
     Ok(rows)
 }
 
+/// Checks that every file the examples name exists; the error names the example and the file.
+pub fn check_files(examples: &[Example], list: &Path) -> Result<()> {
+    for ex in examples {
+        let files = ex
+            .inputs
+            .iter()
+            .chain(ex.masks.iter().flatten())
+            .chain([&ex.target]);
+        for f in files {
+            if !f.is_file() {
+                return Err(Error::Config {
+                    path: list.to_path_buf(),
+                    message: format!("example {}: no such file {}", ex.id, f.display()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Splits examples into (train, validation): a seeded shuffle, then the first
 /// `round(n * fraction)` go to validation (at least one when `fraction > 0`, never all).
 pub fn split(
@@ -292,6 +312,18 @@ mod tests {
                 target: PathBuf::from(format!("{i}.png")),
             })
             .collect()
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let err = check_files(&examples(1), Path::new("list.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("list.csv") && err.contains("example 0") && err.contains("0.png"),
+            "{err}"
+        );
+        assert!(check_files(&[], Path::new("list.csv")).is_ok());
     }
 
     #[test]

@@ -398,14 +398,12 @@ pub fn run(
         let stage = &cfg.stages[stage_index];
         run.optimizer.set_params(stage.optimizer);
         let stage_end: u64 = cfg.stages[..=stage_index].iter().map(|s| s.max_steps).sum();
+        let examples = dataset::read_list(&stage.data.list)?;
+        dataset::check_files(&examples, &stage.data.list)?;
         let files = stage.model.model_files(None)?;
         let frozen = Frozen::load(&stage.model, &files, stage.data.max_seq_len, device)?;
         let encoder = Encoder::new(&frozen, stage.data.cache_dir.clone(), salt(stage)?, device);
-        let (train, val) = dataset::split(
-            dataset::read_list(&stage.data.list)?,
-            stage.data.val_fraction,
-            cfg.seed,
-        )?;
+        let (train, val) = dataset::split(examples, stage.data.val_fraction, cfg.seed)?;
         let val: Vec<Encoded> = val
             .iter()
             .map(|e| encoder.encode(e))

@@ -111,13 +111,20 @@ impl DitWeights {
         )
     }
 
-    /// The DiT on the current weights without gradient tracking (validation, sampling).
+    /// The DiT on the current weights without gradient tracking (validation): the weights are
+    /// detached views, so a later optimizer step shows through; build it, use it, drop it.
     pub fn frozen_model(&self) -> Result<DitAce> {
         let detached = self
-            .effective()?
-            .into_iter()
-            .map(|(n, t)| (n, t.detach()))
-            .collect();
+            .base
+            .iter()
+            .map(|(n, t)| {
+                let w = match &self.lora {
+                    Some(ad) => ad.effective(n, t)?,
+                    None => t.clone(),
+                };
+                Ok((n.clone(), w.detach()))
+            })
+            .collect::<Result<_>>()?;
         let backend = Backend {
             base: Arc::new(detached),
             lora: None,
@@ -126,20 +133,6 @@ impl DitWeights {
             &self.cfg,
             VarBuilder::from_backend(Box::new(backend), DType::F32, self.device.clone()),
         )
-    }
-
-    /// Every DiT weight as the model sees it (adapters merged), detached.
-    pub fn effective(&self) -> Result<BTreeMap<String, Tensor>> {
-        self.base
-            .iter()
-            .map(|(n, t)| {
-                let w = match &self.lora {
-                    Some(ad) => ad.effective(n, t)?,
-                    None => t.clone(),
-                };
-                Ok((n.clone(), w.detach().copy()?))
-            })
-            .collect()
     }
 
     /// Sets the trained weights to saved values; each must be present with its shape.
