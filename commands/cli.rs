@@ -1,7 +1,7 @@
 //! The command-line definition (clap derive): global options and the subcommand list. The man
 //! pages in `man/` and the shell completions are generated from this one definition.
 
-use crate::{completions, Outcome};
+use crate::{completions, data, Outcome};
 use clap::{Parser, Subcommand};
 
 /// ACE, the All-round Creator and Editor: generate and edit images by instruction.
@@ -35,6 +35,8 @@ pub struct Global {
 pub enum Command {
     /// Print a shell completion script.
     Completions(completions::Args),
+    /// Build training pairs: masks, mined pairs, template instructions, low-level pairs.
+    Data(data::Args),
 }
 
 impl Cli {
@@ -54,5 +56,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
     match cli.command {
         Command::Completions(args) => completions::run(args),
+        Command::Data(args) => data::run(args, cli.global.quiet),
     }
 }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod completions;
+mod data;
 
 use std::process::ExitCode;
 

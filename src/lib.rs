@@ -7,6 +7,7 @@
 
 pub mod analyze;
 pub mod cancel;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod imageio;

@@ -36,7 +36,11 @@ pub fn apply(op: &dyn Operation, image: &RgbImage, mask: Option<&GrayImage>) -> 
     }
     match mask {
         None => Ok(out),
-        Some(mask) => Ok(composite(image, &out, &inside(mask, image.width(), image.height()))),
+        Some(mask) => Ok(composite(
+            image,
+            &out,
+            &inside(mask, image.width(), image.height()),
+        )),
     }
 }
 
