@@ -128,8 +128,10 @@ pub fn generate(
     Err(Error::invalid(
         "coverage",
         format!(
-            "no {kind:?} mask of {width}x{height} with coverage in {}-{} after {ATTEMPTS} tries",
-            range.min, range.max
+            "no {} mask of {width}x{height} with coverage in {}-{} after {ATTEMPTS} tries",
+            format!("{kind:?}").to_lowercase(),
+            range.min,
+            range.max
         ),
     ))
 }

@@ -27,6 +27,7 @@ pub mod dataset;
 pub mod embeddings;
 pub mod instructions;
 pub mod kmeans;
+pub mod lowlevel;
 pub mod masks;
 pub mod pairs;
 pub mod templates;

@@ -82,7 +82,7 @@ pub fn default_clusters(rows: usize) -> usize {
 }
 
 /// Rows of a cluster compared per matrix product.
-const BLOCK: usize = 2048;
+const BLOCK: usize = 256;
 
 /// Mines pairs and sets from `emb`, whose rows are normalised here (cosine similarity).
 pub fn mine(mut emb: Embeddings, cfg: &PairConfig) -> Result<Mined> {
