@@ -3,6 +3,7 @@
 //! results and map outcomes to exit codes (0 success, 1 some inputs failed, 2 usage or fatal
 //! error, 130 interrupted).
 
+mod analyze;
 mod cli;
 mod completions;
 mod data;

@@ -6,11 +6,13 @@
 //! binary in `commands/` is a thin layer of argument parsing over this crate.
 
 pub mod analyze;
+pub mod batch;
 pub mod cancel;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod imageio;
+pub mod inputs;
 pub mod model;
 
 pub use error::{Error, Result};

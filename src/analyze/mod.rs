@@ -5,7 +5,16 @@
 //! Every operation implements [`Operation`]; [`apply`] adds the regional behaviour shared by all
 //! of them: inside the mask the condition, outside it the input, bit for bit.
 
+pub mod canny;
 pub mod cv;
+#[cfg(test)]
+mod fixtures;
+pub mod gray;
+pub mod mosaic;
+
+pub use canny::Canny;
+pub use gray::Gray;
+pub use mosaic::Mosaic;
 
 use crate::{Error, Result};
 use image::{GrayImage, RgbImage};
