@@ -22,6 +22,9 @@ pub enum DataCommand {
     Pairs(PairsArgs),
     /// Turn a pairs file into a dataset with template instructions for a task.
     Instructions(InstructionsArgs),
+    /// Low-level analysis (image -> condition) and controllable generation (condition -> image)
+    /// pairs, global and regional.
+    Lowlevel(LowlevelArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,11 +106,37 @@ pub struct InstructionsArgs {
     pub seed: u64,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct LowlevelArgs {
+    /// Folder of photos.
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// Analysis operations, comma-separated (canny, gray, mosaic).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub ops: Vec<String>,
+    /// Probability that a pair is regional (the operation applied inside a random mask).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub regional: f64,
+    /// Coverage range of the regional masks, MIN-MAX.
+    #[arg(long, default_value = "0.1-0.5", value_name = "MIN-MAX")]
+    pub coverage: String,
+    /// Captions, JSON lines {"image": FILE_NAME, "caption": TEXT}, used by the control pairs.
+    #[arg(long, value_name = "FILE")]
+    pub captions: Option<PathBuf>,
+    /// Seed of the regional choice, masks and phrasings.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Dataset folder to write.
+    #[arg(long, value_name = "DATASET")]
+    pub out: PathBuf,
+}
+
 pub fn run(args: Args, quiet: bool) -> anyhow::Result<Outcome> {
     match args.command {
         DataCommand::Masks(a) => run_masks(a, quiet),
         DataCommand::Pairs(a) => run_pairs(a, quiet),
         DataCommand::Instructions(a) => run_instructions(a, quiet),
+        DataCommand::Lowlevel(a) => run_lowlevel(a, quiet),
     }
 }
 
@@ -198,4 +227,45 @@ fn run_instructions(a: InstructionsArgs, quiet: bool) -> anyhow::Result<Outcome>
         );
     }
     Ok(Outcome::Success)
+}
+
+fn run_lowlevel(a: LowlevelArgs, quiet: bool) -> anyhow::Result<Outcome> {
+    use ace::data::lowlevel;
+    let ops = a
+        .ops
+        .iter()
+        .map(|n| lowlevel::operation(n.trim()))
+        .collect::<ace::Result<Vec<_>>>()?;
+    let images = lowlevel::list_images(&a.images)?;
+    if images.is_empty() {
+        bail!(
+            "{}: no images (png, jpg, webp, bmp, tiff) in this folder",
+            a.images.display()
+        );
+    }
+    let captions = match &a.captions {
+        Some(p) => lowlevel::load_captions(p)?,
+        None => Default::default(),
+    };
+    let cfg = lowlevel::LowLevelConfig {
+        regional: a.regional,
+        coverage: a.coverage.parse()?,
+        seed: a.seed,
+    };
+    let s = lowlevel::build(&images, &ops, &captions, &a.out, &cfg)?;
+    for f in &s.failures {
+        eprintln!("ace: {f}");
+    }
+    if !quiet {
+        eprintln!(
+            "lowlevel: {} images, {} pairs kept ({} regional); conditions {} computed, {} reused; \
+             dropped: {} unreadable images",
+            s.images, s.pairs, s.regional, s.computed, s.reused, s.failed
+        );
+    }
+    Ok(if s.failed > 0 {
+        Outcome::SomeFailed
+    } else {
+        Outcome::Success
+    })
 }

@@ -306,3 +306,78 @@ fn instructions_turn_pairs_into_a_dataset() {
         .code(2)
         .stderr(contains("juggling"));
 }
+
+#[test]
+fn lowlevel_builds_analysis_and_control_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for i in 0..2u8 {
+        image::RgbImage::from_fn(96, 64, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, i * 90])
+        })
+        .save(photos.join(format!("p{i}.png")))
+        .unwrap();
+    }
+    let captions = dir.path().join("captions.jsonl");
+    std::fs::write(
+        &captions,
+        "{\"image\": \"p0.png\", \"caption\": \"a colour ramp\"}\n",
+    )
+    .unwrap();
+    let run = |out: &Path| {
+        ace()
+            .args([
+                "data",
+                "lowlevel",
+                "--ops",
+                "canny,gray,mosaic",
+                "--regional",
+                "0.5",
+                "--seed",
+                "2",
+            ])
+            .arg("--images")
+            .arg(&photos)
+            .arg("--captions")
+            .arg(&captions)
+            .arg("--out")
+            .arg(out)
+            .assert()
+            .success()
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run(&a).stderr(contains("2 images, 12 pairs kept").and(contains("6 computed, 0 reused")));
+    run(&b);
+    run(&a).stderr(contains("0 computed, 6 reused"));
+    assert_eq!(
+        std::fs::read(a.join("data.jsonl")).unwrap(),
+        std::fs::read(b.join("data.jsonl")).unwrap()
+    );
+    let recs = lines(&a.join("data.jsonl"));
+    assert_eq!(recs.len(), 12);
+    let gray = recs.iter().find(|r| r["id"] == "p0-gray-analysis").unwrap();
+    assert_eq!(gray["task"], "analysis.gray");
+    assert_eq!(gray["inputs"][0], "../photos/p0.png");
+    let cond = image::open(a.join(gray["target"].as_str().unwrap()))
+        .unwrap()
+        .to_rgb8();
+    if gray["masks"][0].is_null() {
+        assert!(
+            cond.pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]),
+            "a global grey condition"
+        );
+    }
+    let control = recs.iter().find(|r| r["id"] == "p0-canny-control").unwrap();
+    assert_eq!(control["caption"], "a colour ramp");
+    assert_eq!(control["target"], "../photos/p0.png");
+
+    ace()
+        .args(["data", "lowlevel", "--ops", "blur", "--images"])
+        .arg(&photos)
+        .arg("--out")
+        .arg(dir.path().join("c"))
+        .assert()
+        .code(2)
+        .stderr(contains("blur"));
+}

@@ -35,6 +35,7 @@ pub struct LowLevelStats {
     pub images: usize,
     /// Records written (two per photo and operation).
     pub pairs: usize,
+    /// Records that are regional.
     pub regional: usize,
     /// Conditions computed now / found complete from an earlier run.
     pub computed: usize,
@@ -42,6 +43,24 @@ pub struct LowLevelStats {
     /// Photos that could not be read (each listed in `failures`).
     pub failed: usize,
     pub failures: Vec<String>,
+}
+
+/// The operations `ace data lowlevel` can apply, by name.
+pub const OPERATIONS: &[&str] = &["canny", "gray", "mosaic"];
+
+/// The operation called `name`, with the reference's parameters.
+pub fn operation(name: &str) -> Result<Box<dyn Operation>> {
+    Ok(match name {
+        "canny" => Box::new(analyze::Canny::default()),
+        "gray" => Box::new(analyze::Gray),
+        "mosaic" => Box::new(analyze::Mosaic::default()),
+        _ => {
+            return Err(Error::invalid(
+                "operation",
+                format!("'{name}' (available: {})", OPERATIONS.join(", ")),
+            ))
+        }
+    })
 }
 
 /// The photos of a folder (png, jpg, jpeg, webp, bmp, tiff), sorted by name.
@@ -150,7 +169,7 @@ pub fn build(
         match r {
             Ok(pairs) => {
                 for (a, c, regional, computed) in pairs {
-                    stats.regional += regional as usize;
+                    stats.regional += 2 * regional as usize;
                     if computed {
                         stats.computed += 1
                     } else {
@@ -346,6 +365,19 @@ mod tests {
         let again = build(&imgs, &ops, &captions, &out, &cfg).unwrap();
         assert_eq!((again.computed, again.reused), (0, 3));
         assert_eq!(dataset::read(&out).unwrap(), recs);
+    }
+
+    #[test]
+    fn operations_by_name_have_templates() {
+        let t = Templates::builtin().unwrap();
+        for name in OPERATIONS {
+            let op = operation(name).unwrap();
+            assert_eq!(op.name(), *name);
+            t.phrasings(&format!("analysis.{name}")).unwrap();
+            t.phrasings(&format!("control.{name}")).unwrap();
+        }
+        let err = operation("blur").err().expect("blur is not an operation");
+        assert!(err.to_string().contains("canny, gray, mosaic"), "{err}");
     }
 
     #[test]
