@@ -6,7 +6,7 @@ use crate::Outcome;
 use ace::data::{self, masks, pairs};
 use anyhow::{bail, Context};
 use rayon::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -149,7 +149,7 @@ fn run_masks(a: MasksArgs, quiet: bool) -> anyhow::Result<Outcome> {
         .into_par_iter()
         .map(|i| -> anyhow::Result<bool> {
             let path = a.out.join(format!("{i:06}.png"));
-            if mask_complete(&path, w, h) {
+            if data::image_complete(&path, w, h) {
                 return Ok(false);
             }
             let m = masks::generate(kind, w, h, range, a.seed, i)?;
@@ -166,11 +166,6 @@ fn run_masks(a: MasksArgs, quiet: bool) -> anyhow::Result<Outcome> {
         );
     }
     Ok(Outcome::Success)
-}
-
-/// A mask file that decodes at the expected size (a restart skips it).
-fn mask_complete(path: &Path, w: u32, h: u32) -> bool {
-    path.is_file() && ace::imageio::load(path).is_ok_and(|m| (m.width(), m.height()) == (w, h))
 }
 
 fn run_pairs(a: PairsArgs, quiet: bool) -> anyhow::Result<Outcome> {

@@ -9,6 +9,7 @@
 
 use crate::analyze::{self, Operation};
 use crate::data::dataset::{self, Record};
+use crate::data::image_complete as complete;
 use crate::data::masks::{self, Coverage, MaskKind};
 use crate::data::templates::Templates;
 use crate::{Error, Result};
@@ -131,7 +132,7 @@ pub fn build(
             std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
     }
-    let per_image: Vec<std::result::Result<Vec<(Record, Record, bool, bool)>, Error>> = images
+    let per_image: Vec<Result<Vec<Made>>> = images
         .par_iter()
         .enumerate()
         .map(|(i, photo)| {
@@ -168,15 +169,15 @@ pub fn build(
     for (photo, r) in images.iter().zip(per_image) {
         match r {
             Ok(pairs) => {
-                for (a, c, regional, computed) in pairs {
-                    stats.regional += 2 * regional as usize;
-                    if computed {
+                for m in pairs {
+                    stats.regional += 2 * m.regional as usize;
+                    if m.computed {
                         stats.computed += 1
                     } else {
                         stats.reused += 1
                     }
-                    analysis.push(a);
-                    control.push(c);
+                    analysis.push(m.analysis);
+                    control.push(m.control);
                 }
             }
             Err(e @ Error::Image { .. }) | Err(e @ Error::Io { .. }) => {
@@ -192,8 +193,17 @@ pub fn build(
     Ok(stats)
 }
 
-/// The analysis and control records of one photo and operation; also whether it is regional
-/// and whether its condition was computed now (not found complete on disk).
+/// The two records of one photo and operation.
+struct Made {
+    analysis: Record,
+    control: Record,
+    regional: bool,
+    /// The condition was computed now (not found complete on disk).
+    computed: bool,
+}
+
+/// The analysis and control records of one photo and operation, writing the condition (and
+/// mask) unless an earlier run left them complete.
 #[allow(clippy::too_many_arguments)]
 fn pair(
     img: &RgbImage,
@@ -205,7 +215,7 @@ fn pair(
     templates: &Templates,
     out: &Path,
     cfg: &LowLevelConfig,
-) -> Result<(Record, Record, bool, bool)> {
+) -> Result<Made> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     rng.set_stream(((image_index as u64) << 16) | op_index as u64);
     let regional = rng.gen_bool(cfg.regional);
@@ -280,12 +290,12 @@ fn pair(
         target: rel_photo,
         caption: caption.map(str::to_string),
     };
-    Ok((analysis, control, regional, computed))
-}
-
-/// An image file that decodes at `w` x `h` (a restart keeps it).
-pub fn complete(path: &Path, w: u32, h: u32) -> bool {
-    path.is_file() && crate::imageio::load(path).is_ok_and(|m| (m.width(), m.height()) == (w, h))
+    Ok(Made {
+        analysis,
+        control,
+        regional,
+        computed,
+    })
 }
 
 #[cfg(test)]

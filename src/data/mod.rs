@@ -46,3 +46,9 @@ pub fn jsonl_complete(path: &std::path::Path) -> bool {
         Err(_) => false,
     }
 }
+
+/// Whether `path` is an image that decodes at `width` x `height` (a restart keeps it).
+pub fn image_complete(path: &std::path::Path, width: u32, height: u32) -> bool {
+    path.is_file()
+        && crate::imageio::load(path).is_ok_and(|m| (m.width(), m.height()) == (width, height))
+}
