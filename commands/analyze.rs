@@ -7,9 +7,10 @@
 //! operation's flags, its [`Build`] impl calling the library constructor, and one arm in
 //! [`Op::parts`].
 
+use crate::analyze_ops::{ContourArgs, DegradeArgs, DoodleArgs, ScribbleArgs, SegmentArgs};
 use crate::cli::Global;
 use crate::Outcome;
-use ace::analyze::{canny, mosaic, Canny, Gray, Mosaic, Operation};
+use ace::analyze::{canny, depth, mosaic, pose, Canny, Depth, Gray, Mosaic, Operation, Pose};
 use ace::batch::{self, Destination, Report};
 use ace::imageio::OutputFormat;
 use ace::Error;
@@ -35,6 +36,23 @@ pub enum Op {
     Gray(Run<GrayArgs>),
     /// Pixelation: a bicubic shrink to side/RATIO cells, then a nearest-neighbour enlargement.
     Mosaic(Run<MosaicArgs>),
+    /// Depth: a MiDaS v2.1 ONNX network (--model), min-max scaled grey, near is bright.
+    Depth(Run<DepthArgs>),
+    /// Pose: an OpenPose COCO-18 body network (--model), drawn as the ControlNet skeleton on
+    /// black.
+    Pose(Run<PoseArgs>),
+    /// Real-ESRGAN-style degradation (noise, down/up-scale, JPEG, blur in a random order),
+    /// seeded.
+    Degrade(Run<DegradeArgs>),
+    /// ControlNet 1.1 scribble: XDoG edges, non-maximum suppression, widened strokes.
+    Scribble(Run<ScribbleArgs>),
+    /// Line drawing (ControlNet 1.1 lineart_standard), white lines on black.
+    Contour(Run<ContourArgs>),
+    /// Rough hand-drawn strokes: a coarse scribble without short strokes.
+    Doodle(Run<DoodleArgs>),
+    /// Colour regions (mean shift, k-means in Lab, connected components) filled with their
+    /// mean colour or a palette.
+    Segment(Run<SegmentArgs>),
 }
 
 impl Op {
@@ -44,6 +62,13 @@ impl Op {
             Op::Canny(r) => (&r.common, &r.op),
             Op::Gray(r) => (&r.common, &r.op),
             Op::Mosaic(r) => (&r.common, &r.op),
+            Op::Depth(r) => (&r.common, &r.op),
+            Op::Pose(r) => (&r.common, &r.op),
+            Op::Degrade(r) => (&r.common, &r.op),
+            Op::Scribble(r) => (&r.common, &r.op),
+            Op::Contour(r) => (&r.common, &r.op),
+            Op::Doodle(r) => (&r.common, &r.op),
+            Op::Segment(r) => (&r.common, &r.op),
         }
     }
 }
@@ -130,6 +155,54 @@ impl Build for MosaicArgs {
             None => mosaic::Cells::Ratio(self.ratio),
         };
         Ok(Box::new(Mosaic::new(cells)?))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DepthArgs {
+    /// The MiDaS network: model-small.onnx (v2.1 small, 256 px) or model-f6b98070.onnx (v2.1
+    /// large, with --size 384).
+    #[arg(long, value_name = "FILE.onnx")]
+    model: Vec<PathBuf>,
+    /// Side of the square network input, in pixels.
+    #[arg(long, default_value_t = depth::DEFAULT_SIZE, value_name = "PIXELS")]
+    size: u32,
+    /// Skip the ImageNet mean/std normalisation (for exports that normalise inside).
+    #[arg(long)]
+    no_normalize: bool,
+}
+
+impl Build for DepthArgs {
+    fn build(&self) -> ace::Result<Box<dyn Operation>> {
+        let params = depth::DepthParams {
+            size: self.size,
+            normalize: !self.no_normalize,
+        };
+        Ok(Box::new(Depth::new(&self.model, params)?))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PoseArgs {
+    /// The OpenPose COCO body network: give --model twice for Caffe
+    /// (pose_deploy_linevec.prototxt and pose_iter_440000.caffemodel), once for ONNX.
+    #[arg(long, value_name = "FILE")]
+    model: Vec<PathBuf>,
+    /// Network input height in pixels (the width follows the aspect ratio).
+    #[arg(long, default_value_t = pose::DEFAULT_HEIGHT, value_name = "PIXELS")]
+    height: u32,
+    /// Heatmap value a keypoint must exceed (0 to 1).
+    #[arg(long, default_value_t = pose::DEFAULT_THRESHOLD, value_name = "T")]
+    threshold: f32,
+}
+
+impl Build for PoseArgs {
+    fn build(&self) -> ace::Result<Box<dyn Operation>> {
+        let params = pose::PoseParams {
+            height: self.height,
+            threshold: self.threshold,
+        };
+        Ok(Box::new(Pose::new(&self.model, params)?))
     }
 }
 

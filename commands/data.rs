@@ -111,7 +111,8 @@ pub struct LowlevelArgs {
     /// Folder of photos.
     #[arg(long, value_name = "DIR")]
     pub images: PathBuf,
-    /// Analysis operations, comma-separated (canny, gray, mosaic).
+    /// Analysis operations, comma-separated: canny, contour, degrade, doodle, gray, mosaic,
+    /// scribble, segment.
     #[arg(long, value_delimiter = ',', required = true)]
     pub ops: Vec<String>,
     /// Probability that a pair is regional (the operation applied inside a random mask).

@@ -4,9 +4,12 @@
 //! error, 130 interrupted).
 
 mod analyze;
+mod analyze_ops;
 mod cli;
 mod completions;
 mod data;
+mod manpages;
+mod model;
 
 use std::process::ExitCode;
 

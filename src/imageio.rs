@@ -22,8 +22,8 @@ pub fn decode(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
     if bytes.is_empty() {
         return Err(fail("empty file (zero bytes)".into()));
     }
-    let format = image::guess_format(bytes)
-        .map_err(|_| fail("not an image (unknown format)".into()))?;
+    let format =
+        image::guess_format(bytes).map_err(|_| fail("not an image (unknown format)".into()))?;
     image::load_from_memory_with_format(bytes, format)
         .map_err(|e| fail(format!("cannot decode {format:?} image: {e}")))
 }
@@ -134,20 +134,30 @@ mod tests {
         let empty = dir.path().join("empty.png");
         std::fs::write(&empty, b"").unwrap();
         let msg = load(&empty).unwrap_err().to_string();
-        assert!(msg.contains("empty.png") && msg.contains("empty file"), "{msg}");
+        assert!(
+            msg.contains("empty.png") && msg.contains("empty file"),
+            "{msg}"
+        );
 
         let text = dir.path().join("notes.png");
         std::fs::write(&text, b"hello, not an image").unwrap();
         let msg = load(&text).unwrap_err().to_string();
-        assert!(msg.contains("notes.png") && msg.contains("unknown format"), "{msg}");
+        assert!(
+            msg.contains("notes.png") && msg.contains("unknown format"),
+            "{msg}"
+        );
 
         let missing = dir.path().join("missing.png");
-        assert!(load(&missing).unwrap_err().to_string().contains("missing.png"));
+        assert!(load(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("missing.png"));
     }
 
     #[test]
     fn truncated_png_is_an_error() {
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(32, 32, image::Rgb([9, 8, 7])));
+        let img =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(32, 32, image::Rgb([9, 8, 7])));
         let bytes = encode(&img, OutputFormat::Png).unwrap();
         let cut = &bytes[..bytes.len() / 2];
         let msg = decode(cut, Path::new("cut.png")).unwrap_err().to_string();
@@ -174,7 +184,10 @@ mod tests {
     #[test]
     fn formats_parse_from_names_and_paths() {
         assert_eq!("jpg".parse::<OutputFormat>().unwrap(), OutputFormat::Jpeg);
-        assert_eq!(OutputFormat::from_path(Path::new("a/b.WEBP")), Some(OutputFormat::Webp));
+        assert_eq!(
+            OutputFormat::from_path(Path::new("a/b.WEBP")),
+            Some(OutputFormat::Webp)
+        );
         assert!("gif".parse::<OutputFormat>().is_err());
     }
 }

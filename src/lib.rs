@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod hub;
 pub mod imageio;
 pub mod inputs;
 pub mod model;

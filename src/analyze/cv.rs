@@ -22,7 +22,11 @@ pub fn gray_to_mat(img: &GrayImage) -> Result<Mat> {
 
 /// An RGB image from an 8-bit Mat with 3 channels (taken as RGB) or 1 channel (replicated).
 pub fn mat_to_rgb(m: &Mat) -> Result<RgbImage> {
-    let m = if m.is_continuous() { m.clone() } else { m.try_clone()? };
+    let m = if m.is_continuous() {
+        m.clone()
+    } else {
+        m.try_clone()?
+    };
     let (w, h) = (m.cols() as u32, m.rows() as u32);
     let bytes = m.data_bytes()?;
     let buf = match m.typ() {
@@ -47,7 +51,11 @@ pub fn mat_to_gray(m: &Mat) -> Result<GrayImage> {
             format!("unsupported Mat type {} (expected CV_8UC1)", m.typ()),
         ));
     }
-    let m = if m.is_continuous() { m.clone() } else { m.try_clone()? };
+    let m = if m.is_continuous() {
+        m.clone()
+    } else {
+        m.try_clone()?
+    };
     GrayImage::from_raw(m.cols() as u32, m.rows() as u32, m.data_bytes()?.to_vec())
         .ok_or_else(|| Error::invalid("opencv image", "buffer size does not match its shape"))
 }

@@ -46,15 +46,24 @@ pub struct LowLevelStats {
     pub failures: Vec<String>,
 }
 
-/// The operations `ace data lowlevel` can apply, by name.
-pub const OPERATIONS: &[&str] = &["canny", "gray", "mosaic"];
+/// The operations `ace data lowlevel` can apply, by name: those that need no model files
+/// (depth and pose need ONNX networks and are made with `ace analyze`).
+pub const OPERATIONS: &[&str] = &[
+    "canny", "contour", "degrade", "doodle", "gray", "mosaic", "scribble", "segment",
+];
 
 /// The operation called `name`, with the reference's parameters.
 pub fn operation(name: &str) -> Result<Box<dyn Operation>> {
+    use crate::analyze::{contour, degrade, doodle, scribble, segment};
     Ok(match name {
         "canny" => Box::new(analyze::Canny::default()),
+        "contour" => Box::new(analyze::Contour::new(contour::Params::default())?),
+        "degrade" => Box::new(analyze::Degrade::new(degrade::Params::default())?),
+        "doodle" => Box::new(analyze::Doodle::new(doodle::Params::default())?),
         "gray" => Box::new(analyze::Gray),
         "mosaic" => Box::new(analyze::Mosaic::default()),
+        "scribble" => Box::new(analyze::Scribble::new(scribble::Params::default())?),
+        "segment" => Box::new(analyze::Segment::new(segment::Params::default())?),
         _ => {
             return Err(Error::invalid(
                 "operation",
@@ -387,7 +396,7 @@ mod tests {
             t.phrasings(&format!("control.{name}")).unwrap();
         }
         let err = operation("blur").err().expect("blur is not an operation");
-        assert!(err.to_string().contains("canny, gray, mosaic"), "{err}");
+        assert!(err.to_string().contains("canny, contour, degrade"), "{err}");
     }
 
     #[test]

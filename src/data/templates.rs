@@ -134,7 +134,7 @@ mod tests {
             "analysis.depth",
             "analysis.pose",
             "control.canny",
-            "control.segmentation",
+            "control.segment",
             "inpainting",
             "outpainting",
             "edit.style",

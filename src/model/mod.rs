@@ -2,3 +2,5 @@
 //! loading of the official checkpoints in their release layouts.
 
 pub mod checkpoint;
+pub mod text;
+pub mod vae;
