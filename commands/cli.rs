@@ -1,7 +1,7 @@
 //! The command-line definition (clap derive): global options and the subcommand list. The man
 //! pages in `man/` and the shell completions are generated from this one definition.
 
-use crate::{analyze, completions, model, Outcome};
+use crate::{analyze, completions, data, model, Outcome};
 use clap::{Parser, Subcommand};
 
 /// ACE, the All-round Creator and Editor: generate and edit images by instruction.
@@ -39,6 +39,8 @@ pub enum Command {
     Analyze(analyze::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
+    /// Build training pairs: masks, mined pairs, template instructions, low-level pairs.
+    Data(data::Args),
 }
 
 impl Cli {
@@ -60,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Model(args) => model::run(args, &cli.global),
         Command::Analyze(args) => analyze::run(args, &cli.global),
         Command::Completions(args) => completions::run(args),
+        Command::Data(args) => data::run(args, cli.global.quiet),
     }
 }

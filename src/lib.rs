@@ -8,6 +8,7 @@
 pub mod analyze;
 pub mod batch;
 pub mod cancel;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod hub;
