@@ -3,11 +3,15 @@
 //! results and map outcomes to exit codes (0 success, 1 some inputs failed, 2 usage or fatal
 //! error, 130 interrupted).
 
+mod analyze;
+mod analyze_ops;
 mod cli;
 mod completions;
 mod edit;
 mod generate;
 mod generate_common;
+mod manpages;
+mod model;
 
 use std::process::ExitCode;
 

@@ -26,6 +26,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     Model { path: PathBuf, message: String },
 
+    /// An operation that runs a model was asked for without one.
+    #[error("{what} needs a model: {hint}")]
+    ModelRequired { what: String, hint: String },
+
     /// A tensor has a shape other than the one the model asks for.
     #[error("tensor {name}: expected shape {expected:?}, found {found:?}")]
     Shape {

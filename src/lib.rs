@@ -6,11 +6,14 @@
 //! binary in `commands/` is a thin layer of argument parsing over this crate.
 
 pub mod analyze;
+pub mod batch;
 pub mod cancel;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod hub;
 pub mod imageio;
+pub mod inputs;
 pub mod model;
 pub mod pipeline;
 pub mod sampler;

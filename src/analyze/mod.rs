@@ -5,7 +5,38 @@
 //! Every operation implements [`Operation`]; [`apply`] adds the regional behaviour shared by all
 //! of them: inside the mask the condition, outside it the input, bit for bit.
 
+mod blur;
+pub mod canny;
+mod check;
+mod components;
+pub mod contour;
 pub mod cv;
+pub mod degrade;
+pub mod depth;
+pub mod dnn;
+pub mod doodle;
+#[cfg(test)]
+mod fixtures;
+pub mod gray;
+mod lines;
+pub mod mosaic;
+pub mod pose;
+pub mod scribble;
+pub mod segment;
+pub mod skeleton;
+#[cfg(test)]
+mod testing;
+
+pub use canny::Canny;
+pub use contour::Contour;
+pub use degrade::Degrade;
+pub use depth::Depth;
+pub use doodle::Doodle;
+pub use gray::Gray;
+pub use mosaic::Mosaic;
+pub use pose::Pose;
+pub use scribble::Scribble;
+pub use segment::Segment;
 
 use crate::{Error, Result};
 use image::{GrayImage, RgbImage};

@@ -137,3 +137,81 @@ fn load_pickle(path: &Path, device: &Device) -> Result<Tensors> {
         .map(|(name, t)| Ok((name, t.to_device(device)?)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ace-tiny/model/models")
+            .join(rel)
+    }
+
+    #[test]
+    fn reads_torch_pickles_and_safetensors_folders() {
+        let dit = load(&fixture("dit/ace_tiny.pth"), &Device::Cpu).unwrap();
+        assert_eq!(dit["x_embedder.proj.weight"].dims(), &[64, 5, 2, 2]);
+        let vae = load(&fixture("vae/vae.bin"), &Device::Cpu).unwrap();
+        assert!(
+            vae.keys().any(|k| k.starts_with("encoder.down.")),
+            "{:?}",
+            vae.keys()
+        );
+        let t5 = load(&fixture("text_encoder/t5-tiny"), &Device::Cpu).unwrap();
+        assert!(t5.contains_key("shared.weight"));
+    }
+
+    #[test]
+    fn sharded_folders_follow_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Tensor::arange(0f32, 6., &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let b = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &HashMap::from([("a".to_string(), a.clone())]),
+            dir.path().join("m-1.safetensors"),
+        )
+        .unwrap();
+        candle_core::safetensors::save(
+            &HashMap::from([("b".to_string(), b)]),
+            dir.path().join("m-2.safetensors"),
+        )
+        .unwrap();
+        let index = r#"{"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}"#;
+        std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
+        let t = load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t["a"].to_vec2::<f32>().unwrap(),
+            a.to_vec2::<f32>().unwrap()
+        );
+
+        std::fs::remove_file(dir.path().join("m-2.safetensors")).unwrap();
+        let err = load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("m-2.safetensors") && err.contains("missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_and_empty_locations_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("holds no weights"), "{err}");
+        let err = load(&dir.path().join("nope.pth"), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.pth") && err.contains("no such"), "{err}");
+        let bad = dir.path().join("bad.pth");
+        std::fs::write(&bad, b"not a zip").unwrap();
+        let err = load(&bad, &Device::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.pth") && err.contains("cannot read torch checkpoint"),
+            "{err}"
+        );
+    }
+}

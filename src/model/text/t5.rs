@@ -134,6 +134,41 @@ mod tests {
     }"#;
 
     #[test]
+    fn torch_bin_loads_like_safetensors() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let st = fixtures.join("ace-tiny/model/models/text_encoder/t5-tiny");
+        let st = T5Encoder::load(&st, &Device::Cpu, DType::F32).unwrap();
+        let bin = T5Encoder::load(&fixtures.join("t5-tiny-bin"), &Device::Cpu, DType::F32).unwrap();
+        let ids = Tensor::new(&[[33u32, 25, 3, 7, 81, 1]], &Device::Cpu).unwrap();
+        let a = st.forward(&ids).unwrap();
+        let b = bin.forward(&ids).unwrap();
+        assert_eq!(a.dims(), &[1, 6, 32]);
+        let diff: f32 = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn bad_config_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{\"d_model\": 4}").unwrap();
+        let err = T5Encoder::load(dir.path(), &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("config.json") && err.contains("not a T5 config"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn xxl_encoder_asks_for_the_release_tensors() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/full-size-keys.json");
         let json: serde_json::Value =

@@ -132,7 +132,9 @@ impl T5Tokenizer {
     }
 }
 
-/// `extra_ids` of the folder's `tokenizer_config.json`, else T5's 100.
+/// `extra_ids` of the folder's `tokenizer_config.json`, else T5's 100. A config that asks for
+/// the non-legacy T5 tokenisation (`"legacy": false`) is refused: only the legacy scheme, which
+/// the T5-v1.1 tokenizers use, is built here.
 fn extra_ids(dir: &Path) -> Result<usize> {
     let path = dir.join("tokenizer_config.json");
     if !path.is_file() {
@@ -143,6 +145,13 @@ fn extra_ids(dir: &Path) -> Result<usize> {
         path: path.clone(),
         message: format!("invalid JSON: {e}"),
     })?;
+    if json.get("legacy") == Some(&serde_json::Value::Bool(false)) {
+        return Err(Error::Config {
+            path,
+            message: "\"legacy\": false T5 tokenisation is not supported without tokenizer.json"
+                .into(),
+        });
+    }
     match json.get("extra_ids") {
         None => Ok(DEFAULT_EXTRA_IDS),
         Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| Error::Config {
@@ -214,6 +223,30 @@ mod tests {
         assert_eq!(e.mask, vec![1, 0, 0, 0, 0, 0]);
         assert_eq!(e.len(), 1);
         assert_eq!(e.real_ids(), &[1]);
+    }
+
+    #[test]
+    fn folder_without_tokenizer_json_uses_spiece_model() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixture_dir().join("spiece.model"),
+            dir.path().join("spiece.model"),
+        )
+        .unwrap();
+        let spm = T5Tokenizer::from_dir(dir.path(), 24).unwrap();
+        let json = T5Tokenizer::from_dir(&fixture_dir(), 24).unwrap();
+        let text = "{image} <extra_id_0> make it red";
+        assert_eq!(spm.encode(text).unwrap(), json.encode(text).unwrap());
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"legacy": false}"#,
+        )
+        .unwrap();
+        let err = T5Tokenizer::from_dir(dir.path(), 24)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("tokenizer_config.json"), "{err}");
     }
 
     #[test]
