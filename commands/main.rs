@@ -8,6 +8,9 @@ mod analyze_ops;
 mod cli;
 mod completions;
 mod data;
+mod edit;
+mod generate;
+mod generate_common;
 mod manpages;
 mod model;
 

@@ -8,6 +8,7 @@
 pub mod analyze;
 pub mod batch;
 pub mod cancel;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
@@ -15,5 +16,7 @@ pub mod hub;
 pub mod imageio;
 pub mod inputs;
 pub mod model;
+pub mod pipeline;
+pub mod sampler;
 
 pub use error::{Error, Result};
