@@ -241,14 +241,27 @@ pub fn run(
         tar_index: c.tar_index,
     };
     let device = ace::device::open(global.device)?;
+    if device.is_cpu() && dtype != DType::F32 {
+        bail!(
+            "--dtype {} needs a GPU (the CPU backend has no half-precision matmul); use --dtype f32",
+            c.dtype
+        );
+    }
     let model = Ace::load(&cfg, &files, &device, dtype)?;
 
     let bar = if !global.quiet && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(steps as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps [{elapsed_precise}, {per_sec}]",
+                "{bar:30} {pos}/{len} steps [{elapsed_precise}, {secs_per_step}]",
             )?
+            .with_key(
+                "secs_per_step",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let done = state.pos().max(1) as f64;
+                    let _ = write!(w, "{:.2}s/it", state.elapsed().as_secs_f64() / done);
+                },
+            )
             .progress_chars("=> "),
         );
         Some(bar)

@@ -1,9 +1,10 @@
 //! The official ACE inference YAML (`ace_0.6b_512.yaml` and the like): the sampler defaults,
 //! the LdmACE settings and where the three models' weights are. Weight locations are a path
-//! relative to the YAML, or `hf://ORG/REPO@path` / `ms://ORG/REPO@path`, which resolve against a
-//! downloaded snapshot (`--model-dir`) or the Hugging Face / ModelScope caches. The presets ship
+//! relative to the YAML, or `hf://ORG/REPO@path` / `ms://ORG/REPO@path` ([`crate::hub`]), which
+//! resolve against a downloaded snapshot (`--model-dir`) or the Hugging Face cache. The presets ship
 //! inside the binary.
 
+use crate::hub::Remote;
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -286,10 +287,10 @@ impl AceConfig {
             })
     }
 
-    /// Resolves the four weight locations; when any is missing, one error lists the layout
-    /// expected and what is missing.
-    pub fn model_files(&self, model_dir: Option<&Path>) -> Result<ModelFiles> {
-        let specs = [
+    /// The four weight locations as the config writes them (paths relative to the config, or
+    /// `hf://`/`ms://` hub references), named: DiT, VAE, T5 text encoder, T5 tokenizer.
+    pub fn weight_specs(&self) -> Result<[(&'static str, String); 4]> {
+        Ok([
             (
                 "DiT",
                 self.section_path(&self.model.diffusion_model, "DIFFUSION_MODEL")?,
@@ -306,29 +307,31 @@ impl AceConfig {
                 "T5 tokenizer",
                 self.model.cond_stage_model.tokenizer_path.clone(),
             ),
-        ];
+        ])
+    }
+
+    /// Resolves the four weight locations; when any is missing, one error lists the layout
+    /// expected and what is missing.
+    pub fn model_files(&self, model_dir: Option<&Path>) -> Result<ModelFiles> {
+        let specs = self.weight_specs()?;
         let mut found = Vec::new();
         let mut missing = Vec::new();
         let mut layout = Vec::new();
         for (what, spec) in &specs {
-            let source = ModelSource::parse(spec);
-            layout.push(format!("  {:<16} {}", what, source.relative().display()));
-            match source.locate(&self.base_dir, model_dir) {
+            let remote = Remote::parse(spec);
+            let relative = remote
+                .as_ref()
+                .map_or(spec.trim_end_matches('/'), |r| r.path.as_str());
+            layout.push(format!("  {what:<16} {relative}"));
+            match self.locate(spec, remote.as_ref(), model_dir) {
                 Ok(p) => found.push(p),
-                Err(looked) => missing.push(format!(
-                    "  {what}: {}",
-                    looked
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(" or ")
-                )),
+                Err(looked) => missing.push(format!("  {what}: {looked}")),
             }
         }
         if !missing.is_empty() {
             let hint = if model_dir.is_none() && specs.iter().any(|(_, s)| s.contains("://")) {
                 "\npass --model-dir DIR (a downloaded snapshot of the model repository) \
-                 or download the model into the Hugging Face cache"
+                 or fetch it into the Hugging Face cache with `ace model download`"
             } else {
                 ""
             };
@@ -348,113 +351,46 @@ impl AceConfig {
             tokenizer: found[3].clone(),
         })
     }
-}
 
-/// Where one set of weights lives, as the YAML names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A path, relative to the YAML's folder unless absolute.
-    Local(PathBuf),
-    /// `hf://ORG/REPO@path` or `ms://ORG/REPO@path`.
-    Hub {
-        hub: Hub,
-        repo: String,
-        path: PathBuf,
-    },
-}
-
-/// The model hubs the official configs name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hub {
-    HuggingFace,
-    ModelScope,
-}
-
-impl ModelSource {
-    /// Reads a `PRETRAINED_MODEL`-style location.
-    pub fn parse(spec: &str) -> Self {
-        let hub = [("hf://", Hub::HuggingFace), ("ms://", Hub::ModelScope)]
-            .into_iter()
-            .find_map(|(prefix, hub)| spec.strip_prefix(prefix).map(|rest| (hub, rest)));
-        match hub {
-            Some((hub, rest)) => {
-                let (repo, path) = rest.split_once('@').unwrap_or((rest, ""));
-                ModelSource::Hub {
-                    hub,
-                    repo: repo.to_string(),
-                    path: PathBuf::from(path.trim_end_matches('/')),
-                }
-            }
-            None => ModelSource::Local(PathBuf::from(spec.trim_end_matches('/'))),
-        }
-    }
-
-    /// The path inside the model repository (or the local path).
-    pub fn relative(&self) -> &Path {
-        match self {
-            ModelSource::Local(p) => p,
-            ModelSource::Hub { path, .. } => path,
-        }
-    }
-
-    /// Finds the file or folder: `model_dir/path` when a snapshot folder is given, else for hub
-    /// names the hub caches; local paths resolve against `base_dir`. On failure returns the
-    /// places looked at.
-    pub fn locate(
+    /// Finds one weight location: a local path relative to the YAML's folder (or, failing
+    /// that, `model_dir`); a hub name inside `model_dir` when given, else in the Hugging Face
+    /// cache. On failure says where it looked.
+    fn locate(
         &self,
-        base_dir: &Path,
+        spec: &str,
+        remote: Option<&Remote>,
         model_dir: Option<&Path>,
-    ) -> Result<PathBuf, Vec<PathBuf>> {
-        let candidates: Vec<PathBuf> = match (self, model_dir) {
-            (ModelSource::Local(p), _) if p.is_absolute() => vec![p.clone()],
-            (ModelSource::Local(p), Some(dir)) => vec![base_dir.join(p), dir.join(p)],
-            (ModelSource::Local(p), None) => vec![base_dir.join(p)],
-            (ModelSource::Hub { path, .. }, Some(dir)) => vec![dir.join(path)],
-            (ModelSource::Hub { hub, repo, path }, None) => hub_cache_candidates(*hub, repo, path),
+    ) -> Result<PathBuf, String> {
+        let candidates: Vec<PathBuf> = match (remote, model_dir) {
+            (Some(r), Some(dir)) => vec![r.in_snapshot(dir)],
+            (Some(r), None) => {
+                return r.in_hf_cache().ok_or_else(|| {
+                    format!(
+                        "not in the Hugging Face cache (models--{}/snapshots/*/{})",
+                        r.repo.replace('/', "--"),
+                        r.path
+                    )
+                })
+            }
+            (None, dir) => {
+                let p = Path::new(spec.trim_end_matches('/'));
+                std::iter::once(self.base_dir.join(p))
+                    .chain(dir.map(|d| d.join(p)))
+                    .collect()
+            }
         };
         candidates
             .iter()
             .find(|p| p.exists())
             .cloned()
-            .ok_or(candidates)
-    }
-}
-
-/// The places a hub client caches `repo`'s `path`: the Hugging Face hub cache
-/// (`HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`, every snapshot) for both hubs
-/// (the ModelScope repositories are mirrored there), and the ModelScope cache for `ms://`.
-fn hub_cache_candidates(hub: Hub, repo: &str, path: &Path) -> Vec<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
-    let home_cache = env("HOME").map(|h| h.join(".cache"));
-    let hf_root = env("HF_HUB_CACHE")
-        .or_else(|| env("HF_HOME").map(|h| h.join("hub")))
-        .or_else(|| home_cache.as_ref().map(|c| c.join("huggingface/hub")));
-    let mut out = Vec::new();
-    if let Some(root) = hf_root {
-        let snapshots = root
-            .join(format!("models--{}", repo.replace('/', "--")))
-            .join("snapshots");
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&snapshots)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path().join(path)))
-                    .collect()
+            .ok_or_else(|| {
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             })
-            .unwrap_or_default();
-        found.sort();
-        if found.is_empty() {
-            found.push(snapshots.join("*").join(path));
-        }
-        out.extend(found);
     }
-    if hub == Hub::ModelScope {
-        if let Some(root) = env("MODELSCOPE_CACHE")
-            .or_else(|| home_cache.as_ref().map(|c| c.join("modelscope/hub")))
-        {
-            out.push(root.join(repo).join(path));
-            out.push(root.join("models").join(repo).join(path));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -532,41 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn hub_names_resolve_in_the_hugging_face_cache() {
-        let src = ModelSource::parse("ms://iic/ACE-0.6B-512px@models/vae/vae.bin");
-        assert_eq!(
-            src,
-            ModelSource::Hub {
-                hub: Hub::ModelScope,
-                repo: "iic/ACE-0.6B-512px".into(),
-                path: PathBuf::from("models/vae/vae.bin")
-            }
-        );
-        let cache = tempfile::tempdir().unwrap();
-        let snap = cache
-            .path()
-            .join("models--scepter-studio--ACE-0.6B-512px/snapshots/abc123/models/vae");
-        std::fs::create_dir_all(&snap).unwrap();
-        std::fs::write(snap.join("vae.bin"), b"x").unwrap();
-        let candidates = |repo: &str| {
-            std::env::set_var("HF_HUB_CACHE", cache.path());
-            hub_cache_candidates(Hub::HuggingFace, repo, Path::new("models/vae/vae.bin"))
-        };
-        let found = candidates("scepter-studio/ACE-0.6B-512px");
-        assert_eq!(found, vec![snap.join("vae.bin")]);
-        let absent = candidates("scepter-studio/ACE-0.6B-1024px");
-        assert!(absent[0]
-            .to_string_lossy()
-            .contains("snapshots/*/models/vae/vae.bin"));
-        std::env::remove_var("HF_HUB_CACHE");
-    }
-
-    #[test]
     fn local_paths_and_bad_configs() {
-        assert_eq!(
-            ModelSource::parse("models/text_encoder/t5/"),
-            ModelSource::Local(PathBuf::from("models/text_encoder/t5"))
-        );
         let err = AceConfig::parse("NAME: x\n", "bad.yaml", Path::new(".")).unwrap_err();
         assert!(
             err.to_string()

@@ -9,6 +9,7 @@ pub mod analyze;
 pub mod batch;
 pub mod cancel;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod hub;

@@ -61,17 +61,151 @@ fn real_rows(context: &Tensor, mask: &Tensor) -> Tensor {
     context.narrow(0, 0, len as usize).unwrap()
 }
 
+fn tiny_config() -> Config {
+    Config::from_yaml_file(&fixture("ace-tiny/model/ace_tiny.yaml")).unwrap()
+}
+
+fn tiny_checkpoint() -> PathBuf {
+    fixture("ace-tiny/model/models/dit/ace_tiny.pth")
+}
+
 #[test]
 fn tiny_model_matches_the_reference_forward() {
-    let dev = Device::Cpu;
-    let cfg = Config::from_yaml_file(&fixture("ace-tiny/model/ace_tiny.yaml")).unwrap();
-    let dit = DitAce::load(
-        &cfg,
-        &fixture("ace-tiny/model/models/dit/ace_tiny.pth"),
-        &dev,
-        DType::F32,
+    let dit = DitAce::load(&tiny_config(), &tiny_checkpoint(), &Device::Cpu, DType::F32).unwrap();
+    let (samples, t, tpe) = golden_inputs();
+    let outs = dit.forward(&samples, &t, &tpe).unwrap();
+    let golden: HashMap<String, Tensor> = candle_core::safetensors::load(
+        fixture("ace-tiny/expected/dit_forward.safetensors"),
+        &Device::Cpu,
     )
     .unwrap();
+    for (b, out) in outs.iter().enumerate() {
+        let want = &golden[&format!("b{b}.out")];
+        assert_eq!(out.dims(), want.dims());
+        let err = max_abs_diff(out, want);
+        let peak = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let tol = 1e-4 * peak.max(1.0);
+        eprintln!("sample {b}: max |a-b| = {err:e} (max |b| = {peak}, tolerance {tol:e})");
+        assert!(err <= tol, "sample {b}: max |a-b| = {err} > {tol}");
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The ACE-layout tiny checkpoint rewritten in the PixArt-alpha layout (fused projections,
+/// `q_linear`, `proj`, `y_embedder.y_proj`, a 4-channel patch embedder) plus the ACE tensors
+/// with the patch embedder's mask channel zeroed, which the converted PixArt model must equal.
+fn pixart_and_ace_without_mask(dir: &Path) -> (PathBuf, PathBuf) {
+    let dev = Device::Cpu;
+    let mut ace = ace::model::checkpoint::load(&tiny_checkpoint(), &dev).unwrap();
+    let w = ace["x_embedder.proj.weight"].clone();
+    let zeros = Tensor::zeros((w.dim(0).unwrap(), 1, 2, 2), DType::F32, &dev).unwrap();
+    let four = w.narrow(1, 0, 4).unwrap();
+    ace.insert(
+        "x_embedder.proj.weight".into(),
+        Tensor::cat(&[&four, &zeros], 1).unwrap(),
+    );
+    let mut pixart = HashMap::new();
+    // (a part's marker, the fused name, the markers of all parts in row order)
+    let fused: [(&str, &str, &[&str]); 2] = [
+        (
+            ".attn.q.",
+            ".attn.qkv.",
+            &[".attn.q.", ".attn.k.", ".attn.v."],
+        ),
+        (
+            ".cross_attn.k.",
+            ".cross_attn.kv_linear.",
+            &[".cross_attn.k.", ".cross_attn.v."],
+        ),
+    ];
+    for (name, t) in &ace {
+        if let Some((first, whole, parts)) = fused.iter().find(|(f, _, _)| name.contains(f)) {
+            let rows: Vec<Tensor> = parts
+                .iter()
+                .map(|p| ace[&name.replace(first, p)].clone())
+                .collect();
+            pixart.insert(name.replace(first, whole), Tensor::cat(&rows, 0).unwrap());
+            continue;
+        }
+        let other_part = [".attn.k.", ".attn.v.", ".cross_attn.v."];
+        if other_part.iter().any(|p| name.contains(p)) {
+            continue;
+        }
+        let renamed = name
+            .replace(".cross_attn.q.", ".cross_attn.q_linear.")
+            .replace(".cross_attn.o.", ".cross_attn.proj.")
+            .replace(".attn.o.", ".attn.proj.")
+            .replace("y_embedder.", "y_embedder.y_proj.");
+        pixart.insert(renamed, t.clone());
+    }
+    pixart.insert("x_embedder.proj.weight".into(), four);
+    for fused in [
+        "blocks.1.attn.qkv.bias",
+        "blocks.1.cross_attn.kv_linear.weight",
+    ] {
+        assert!(pixart.contains_key(fused), "{fused} not built");
+    }
+    assert!(!pixart
+        .keys()
+        .any(|k| k.contains(".attn.k.") || k.contains(".o.")));
+    assert!(pixart.contains_key("y_embedder.y_proj.fc1.weight"));
+    let (p, a) = (dir.join("pixart.safetensors"), dir.join("ace.safetensors"));
+    candle_core::safetensors::save(&pixart, &p).unwrap();
+    candle_core::safetensors::save(&ace, &a).unwrap();
+    (p, a)
+}
+
+#[test]
+fn pixart_layout_checkpoint_loads_as_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pixart, ace_ckpt) = pixart_and_ace_without_mask(dir.path());
+    let cfg = tiny_config();
+    let from_pixart = DitAce::load(&cfg, &pixart, &Device::Cpu, DType::F32).unwrap();
+    let from_ace = DitAce::load(&cfg, &ace_ckpt, &Device::Cpu, DType::F32).unwrap();
+    let (samples, t, tpe) = golden_inputs();
+    let a = from_pixart.forward(&samples, &t, &tpe).unwrap();
+    let b = from_ace.forward(&samples, &t, &tpe).unwrap();
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!(max_abs_diff(a, b), 0.0);
+    }
+}
+
+#[test]
+fn checkpoint_errors_name_the_tensor_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let mut tensors = ace::model::checkpoint::load(&tiny_checkpoint(), &dev).unwrap();
+    tensors.remove("blocks.1.mlp.fc2.bias");
+    let path = dir.path().join("cut.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let err = DitAce::load(&tiny_config(), &path, &dev, DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cut.safetensors") && err.contains("blocks.1.mlp.fc2.bias"),
+        "{err}"
+    );
+}
+
+/// The golden batch as [`Sample`]s, with its timesteps and text position embeddings.
+fn golden_inputs() -> (Vec<Sample>, Tensor, Tensor) {
+    let dev = Device::Cpu;
     let golden: HashMap<String, Tensor> =
         candle_core::safetensors::load(fixture("ace-tiny/expected/dit_forward.safetensors"), &dev)
             .unwrap();
@@ -115,30 +249,5 @@ fn tiny_model_matches_the_reference_forward() {
         ts.push(get("t").unwrap());
     }
     let t = Tensor::cat(&ts, 0).unwrap();
-    let outs = dit
-        .forward(&samples, &t, &golden["text_position_embeddings"])
-        .unwrap();
-
-    for (b, out) in outs.iter().enumerate() {
-        let want = &golden[&format!("b{b}.out")];
-        assert_eq!(out.dims(), want.dims());
-        let err = (out - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let peak = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let tol = 1e-4 * peak.max(1.0);
-        eprintln!("sample {b}: max |a-b| = {err:e} (max |b| = {peak}, tolerance {tol:e})");
-        assert!(err <= tol, "sample {b}: max |a-b| = {err} > {tol}");
-    }
+    (samples, t, golden["text_position_embeddings"].clone())
 }

@@ -137,8 +137,22 @@ fn whole_runs_match_the_reference() {
             report.join("\n")
         );
 
+        // The 8-bit output truncates as the reference does (uint8(x * 255)).
         let png = image::open(&out).unwrap().to_rgb8();
-        assert_eq!(png.len(), img.len(), "{name}: png size");
+        let png_ref = image::open(fixtures().join(format!("expected/run_{name}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(png.dimensions(), png_ref.dimensions(), "{name}: png size");
+        let levels: Vec<u8> = png
+            .iter()
+            .zip(png_ref.iter())
+            .map(|(a, b)| a.abs_diff(*b))
+            .collect();
+        let mean_levels = levels.iter().map(|&v| f64::from(v)).sum::<f64>() / levels.len() as f64;
+        assert!(
+            mean_levels <= 0.5 && levels.iter().all(|&v| v <= 4),
+            "{name}: png differs by {mean_levels} levels on average"
+        );
     }
     eprintln!("{}", report.join("\n"));
 }
