@@ -6,15 +6,12 @@
 //! the training order is a per-epoch seeded permutation, so a position in the stream (the
 //! number of examples consumed) is all a checkpoint needs to resume the data.
 
+use crate::data::dataset::{Record, INDEX as JSONL_INDEX};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
-
-/// The JSONL index file of a dataset folder.
-pub const JSONL_INDEX: &str = "data.jsonl";
 
 /// One training example: target image, input images with optional masks, instruction.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,19 +22,6 @@ pub struct Example {
     pub inputs: Vec<PathBuf>,
     pub masks: Vec<Option<PathBuf>>,
     pub target: PathBuf,
-}
-
-/// A record of `data.jsonl` (the format of `ace data`).
-#[derive(Debug, Deserialize)]
-struct Record {
-    id: String,
-    #[serde(default)]
-    task: String,
-    instruction: String,
-    inputs: Vec<String>,
-    #[serde(default)]
-    masks: Vec<Option<String>>,
-    target: String,
 }
 
 /// Reads a list: a `.csv` demo list, a `.jsonl` file, or a folder holding `data.jsonl` (else
