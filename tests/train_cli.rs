@@ -20,7 +20,9 @@ fn ace() -> Command {
 
 const PHOTOS: [&str; 3] = ["astronaut", "chelsea", "coffee"];
 
-/// Photos, their grayscale versions, a demo `train.csv` and a `data.jsonl` in `dir`.
+/// Photos, their grayscale versions (`ace analyze gray`) and a demo `train.csv` in `dir`, and
+/// a dataset folder `ds` made by `ace data lowlevel` (gray analysis and control pairs, some
+/// regional, with masks).
 fn make_dataset(dir: &Path) {
     let photos = dir.join("photos");
     std::fs::create_dir_all(&photos).unwrap();
@@ -39,20 +41,30 @@ fn make_dataset(dir: &Path) {
         .assert()
         .success();
     let mut csv = String::from("Source:FILE,Target:FILE,Prompt\n");
-    let mut jsonl = String::new();
     for p in PHOTOS {
         assert!(dir.join(format!("gray/{p}.png")).is_file());
         csv.push_str(&format!(
             "photos/{p}.png,gray/{p}.png,\"Turn {{image}} into black and white, please.\"\n"
         ));
-        let rec = serde_json::json!({
-            "id": p, "task": "", "instruction": "Make {image} grayscale.",
-            "inputs": [format!("photos/{p}.png")], "masks": [null], "target": format!("gray/{p}.png"),
-        });
-        jsonl.push_str(&format!("{rec}\n"));
     }
     std::fs::write(dir.join("train.csv"), csv).unwrap();
-    std::fs::write(dir.join("data.jsonl"), jsonl).unwrap();
+    ace()
+        .args([
+            "data",
+            "lowlevel",
+            "--ops",
+            "gray",
+            "--regional",
+            "0.5",
+            "--seed",
+            "1",
+            "--images",
+        ])
+        .arg(&photos)
+        .arg("--out")
+        .arg(dir.join("ds"))
+        .assert()
+        .success();
 }
 
 /// The tiny model's MODEL section with absolute weight paths, EMA on.
@@ -263,7 +275,7 @@ fn lora_trains_adapters_and_merge_lora_folds_them_in() {
     let dir = tempfile::tempdir().unwrap();
     make_dataset(dir.path());
     let tuner = "  TUNER:\n    NAME: LoRA\n    R: 4\n    LORA_ALPHA: 8\n    TARGET_MODULES: [attn.q, attn.v, mlp.fc1]\n";
-    let cfg = write_config(dir.path(), "lora", "data.jsonl", 4, tuner);
+    let cfg = write_config(dir.path(), "lora", "ds", 4, tuner);
     ace()
         .arg("train")
         .arg("--config")
@@ -333,7 +345,7 @@ fn lora_trains_adapters_and_merge_lora_folds_them_in() {
     assert!(out.is_file());
 
     // A full (non-LoRA) checkpoint is refused by merge-lora.
-    let plain = write_config(dir.path(), "plain", "data.jsonl", 1, "");
+    let plain = write_config(dir.path(), "plain", "ds", 1, "");
     ace()
         .arg("train")
         .arg("--config")
