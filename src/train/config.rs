@@ -417,6 +417,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads_and_finds_its_model() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/train_tiny.yaml");
+        let cfg = TrainConfig::load(&path).unwrap();
+        let s = &cfg.stages[0];
+        assert_eq!((s.max_steps, s.data.max_seq_len), (40, 64));
+        assert!(s.model.model_files(None).is_ok());
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let dir = Path::new("/nowhere");
         let err = TrainConfig::parse(
