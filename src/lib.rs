@@ -18,5 +18,6 @@ pub mod inputs;
 pub mod model;
 pub mod pipeline;
 pub mod sampler;
+pub mod tasks;
 
 pub use error::{Error, Result};
