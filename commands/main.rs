@@ -5,14 +5,20 @@
 
 mod analyze;
 mod analyze_ops;
+mod batch;
 mod cli;
 mod completions;
+mod control;
 mod data;
 mod edit;
 mod generate;
 mod generate_common;
+mod inpaint;
+mod layer;
 mod manpages;
 mod model;
+mod outpaint;
+mod reference;
 
 use std::process::ExitCode;
 

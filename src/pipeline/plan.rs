@@ -117,7 +117,8 @@ impl Plan {
     }
 
     /// The plan as one JSON document: the output size, every frame's size after the token
-    /// budget, its mask (pixel count, bounding box) and blanked pixels, tasks, prompts and
+    /// budget, its mask (pixel count, bounding box) and how many masked pixels are black (all of
+    /// them when the task blanks the mask), tasks, prompts and
     /// contexts, and the sampling settings of `req`.
     pub fn describe(&self, req: &Request, cfg: &AceConfig) -> Result<serde_json::Value> {
         let factor = cfg.model.size_factor;
@@ -128,9 +129,10 @@ impl Plan {
             .map(|(i, f)| {
                 let (h, w) = f.prepared.size()?;
                 let pixels = f.prepared.pixels.flatten_all()?.to_vec1::<f32>()?;
+                let mask = f.prepared.mask.flatten_all()?.to_vec1::<f32>()?;
                 let plane = h * w;
                 let blanked = (0..plane)
-                    .filter(|&p| (0..3).all(|c| pixels[c * plane + p] == -1.0))
+                    .filter(|&p| mask[p] > 0.5 && (0..3).all(|c| pixels[c * plane + p] == -1.0))
                     .count();
                 Ok(serde_json::json!({
                     "index": i,
@@ -141,7 +143,7 @@ impl Plan {
                     "size": [h, w],
                     "latent_size": [h / factor, w / factor],
                     "mask": describe_mask(&f.prepared.mask)?,
-                    "black_pixels": blanked,
+                    "masked_black_pixels": blanked,
                     "prompt": self.prompts.get(i),
                 }))
             })
