@@ -19,11 +19,16 @@ const BATCH_FLAGS: [&str; 3] = ["batch", "shard", "resume"];
 
 pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
     let lines = jobs::read(path)?;
-    let (cfg, config_name) = common::load_config(c)?;
+    let (cfg, config_name) = common::load_config(c.config.as_deref(), c.preset.as_deref())?;
     let model = if c.dry_run {
         None
     } else {
-        Some(common::load_model(c, &cfg, global)?)
+        Some(common::load_model(
+            &cfg,
+            c.model_dir.as_deref(),
+            &c.dtype,
+            global,
+        )?)
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut failed = 0;

@@ -255,7 +255,7 @@ pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
     if let Some(path) = &c.batch {
         return crate::batch::run(c, path, global);
     }
-    let (cfg, config_name) = load_config(c)?;
+    let (cfg, config_name) = load_config(c.config.as_deref(), c.preset.as_deref())?;
     let (noise, seed) = noise(c);
     let job = intent.job(seed.unwrap_or(0), &cfg)?;
     let request = request(c, &cfg, &job, noise)?;
@@ -263,7 +263,7 @@ pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&plan(&request, &cfg)?)?);
         return Ok(Outcome::Success);
     }
-    let model = load_model(c, &cfg, global)?;
+    let model = load_model(&cfg, c.model_dir.as_deref(), &c.dtype, global)?;
     let output = c.output.as_deref().context("missing -o/--output")?;
     let ran = generate(&model, c, global, &request, seed, &config_name, output)?;
     intent.finished(&job, output, seed)?;
@@ -319,25 +319,31 @@ pub fn plan(request: &Request, cfg: &AceConfig) -> Result<serde_json::Value> {
     Ok(plan.describe(request, cfg)?)
 }
 
-/// Loads the model named by the common options.
-pub fn load_model(c: &Common, cfg: &AceConfig, global: &Global) -> Result<Ace> {
-    let files = cfg.model_files(c.model_dir.as_deref())?;
-    let dtype = parse_dtype(&c.dtype)?;
+/// Loads the model of `cfg` (weights under `model_dir` when given) in `dtype`.
+pub fn load_model(
+    cfg: &AceConfig,
+    model_dir: Option<&Path>,
+    dtype_name: &str,
+    global: &Global,
+) -> Result<Ace> {
+    let files = cfg.model_files(model_dir)?;
+    let dtype = parse_dtype(dtype_name)?;
     let device = ace::device::open(global.device)?;
     if device.is_cpu() && dtype != DType::F32 {
         bail!(
             "--dtype {} needs a GPU (the CPU backend has no half-precision matmul); use --dtype f32",
-            c.dtype
+            dtype_name
         );
     }
     Ok(Ace::load(cfg, &files, &device, dtype)?)
 }
 
-/// The config the common options name, and its name for reports.
-pub fn load_config(c: &Common) -> Result<(AceConfig, String)> {
-    Ok(match (&c.config, &c.preset) {
+/// The config a --config file or --preset names (the default preset without either), and its
+/// name for reports.
+pub fn load_config(config: Option<&Path>, preset: Option<&str>) -> Result<(AceConfig, String)> {
+    Ok(match (config, preset) {
         (Some(path), _) => (AceConfig::load(path)?, path.display().to_string()),
-        (None, Some(name)) => (AceConfig::preset(name)?, name.clone()),
+        (None, Some(name)) => (AceConfig::preset(name)?, name.to_string()),
         (None, None) => (
             AceConfig::preset(ace::config::DEFAULT_PRESET)?,
             ace::config::DEFAULT_PRESET.to_string(),

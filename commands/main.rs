@@ -4,6 +4,7 @@
 //! error, 130 interrupted).
 
 mod analyze;
+mod analyze_ace;
 mod analyze_ops;
 mod batch;
 mod cli;

@@ -648,3 +648,58 @@ fn batches_shard_continue_past_failures_and_resume() {
     assert_eq!(r[2]["plan"]["steps"], 2);
     assert_eq!(r[0]["plan"]["frames"][0]["task"], "inpainting");
 }
+
+#[test]
+fn analyze_with_the_ace_engine_keeps_sizes_and_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("depth.png");
+    let a = input("coffee.png");
+    let assert = ace()
+        .args([
+            "analyze",
+            "depth",
+            &a,
+            "--engine",
+            "ace",
+            "--ace-config",
+            &config(),
+        ])
+        .args([
+            "--ace-steps",
+            "1",
+            "--json",
+            "--mask",
+            &input("mask.png"),
+            "-o",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    let line: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(line["parameters"]["engine"], "ace");
+    assert!(line["parameters"]["instruction"]
+        .as_str()
+        .unwrap()
+        .contains("{image}"));
+    let (got, photo) = (
+        image::open(&out).unwrap().to_rgb8(),
+        image::open(&a).unwrap().to_rgb8(),
+    );
+    assert_eq!(got.dimensions(), photo.dimensions());
+    // Outside the (resized) mask the photo is kept bit for bit.
+    let mask = image::imageops::resize(
+        &image::open(input("mask.png")).unwrap().to_luma8(),
+        80,
+        64,
+        image::imageops::FilterType::Nearest,
+    );
+    let outside = mask.pixels().filter(|p| p[0] <= 128).count();
+    assert!(outside > 0);
+    let kept = got
+        .pixels()
+        .zip(photo.pixels())
+        .zip(mask.pixels())
+        .filter(|((g, p), m)| m[0] <= 128 && g == p)
+        .count();
+    assert_eq!(kept, outside);
+}

@@ -5,6 +5,7 @@
 //! (taken from the paper's examples), one drawn by the run's seed; an explicit instruction
 //! always wins.
 
+pub mod analysis;
 pub mod batch;
 pub mod control;
 pub mod element;
