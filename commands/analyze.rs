@@ -309,7 +309,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
     let summary = if common.engine.is_ace() {
         jobs.chunks(1)
             .fold(batch::Summary::default(), |total, one| {
-                let s = batch::run(one, &work, &report);
+                let s = batch::run(one, work, report);
                 batch::Summary {
                     done: total.done + s.done,
                     failed: total.failed + s.failed,
