@@ -60,8 +60,10 @@ pub struct Common {
     /// document, without loading the model weights.
     #[arg(long)]
     pub dry_run: bool,
-    /// Run the jobs of a JSON-lines file (one per line, fields named after the long flags),
-    /// keeping the model loaded; one JSON result line per job on stdout.
+    /// Run the jobs of a JSON-lines file (one per line, fields named after the long flags,
+    /// e.g. {"image": ["a.png"], "prompt": "...", "seed": 3, "output": "out/a.png"}; paths
+    /// relative to the current folder), keeping the model loaded; one JSON result line per job
+    /// on stdout; exit 1 when some job failed.
     #[arg(long, value_name = "FILE.jsonl")]
     pub batch: Option<PathBuf>,
     /// With --batch: run only the jobs whose index is I modulo N.
