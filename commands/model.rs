@@ -1,8 +1,8 @@
 //! `ace model`: fetching the official model snapshots from the hub into the Hugging Face cache,
 //! and describing what a config loads from where.
 
+use crate::generate_common::ModelSource;
 use crate::Outcome;
-use ace::config::AceConfig;
 use ace::model::checkpoint;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -20,31 +20,6 @@ pub enum ModelCommand {
     Download(DownloadArgs),
     /// Show what a model config loads from where: files, tensors, parameters, dtypes, memory.
     Info(InfoArgs),
-}
-
-/// Which model: a built-in preset or a config file, and where its weights are.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ModelSource {
-    /// Built-in model config: ace_0.6b_512 (default) or ace_0.6b_1024.
-    #[arg(long, value_name = "NAME", conflicts_with = "config")]
-    pub preset: Option<String>,
-    /// Model config file in the official ACE inference YAML schema.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Folder holding a downloaded model snapshot (resolves hf:// and ms:// weight names).
-    #[arg(long, value_name = "DIR", env = "ACE_MODEL_DIR")]
-    pub model_dir: Option<PathBuf>,
-}
-
-impl ModelSource {
-    /// The config the flags name (the 512 px preset when none is named).
-    pub fn config(&self) -> anyhow::Result<AceConfig> {
-        Ok(match (&self.config, &self.preset) {
-            (Some(path), _) => AceConfig::load(path)?,
-            (None, Some(name)) => AceConfig::preset(name)?,
-            (None, None) => AceConfig::preset("ace_0.6b_512")?,
-        })
-    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,7 +51,7 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
 }
 
 fn download(args: DownloadArgs, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
-    let cfg = args.source.config()?;
+    let (cfg, _) = args.source.load()?;
     let mut remotes: Vec<ace::hub::Remote> = Vec::new();
     for (_, spec) in cfg.weight_specs()? {
         if let Some(r) = ace::hub::Remote::parse(&spec) {
@@ -121,7 +96,7 @@ struct Component {
 }
 
 fn info(args: InfoArgs) -> anyhow::Result<Outcome> {
-    let cfg = args.source.config()?;
+    let (cfg, _) = args.source.load()?;
     let files = cfg.model_files(args.source.model_dir.as_deref())?;
     let dtype: candle_core::DType = args.dtype.parse().map_err(|_| {
         anyhow::anyhow!("invalid dtype '{}' (expected f32, bf16 or f16)", args.dtype)
