@@ -3,5 +3,6 @@
 
 pub mod checkpoint;
 pub mod dit;
+pub mod recorder;
 pub mod text;
 pub mod vae;

@@ -8,12 +8,11 @@
 use super::config::Config;
 use super::DitAce;
 use crate::model::checkpoint::Tensors;
+use crate::model::recorder::requested_tensors;
+pub use crate::model::recorder::TensorSpec;
 use crate::{Error, Result};
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
+use candle_core::Tensor;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 /// Renames and splits PixArt-alpha keys into the ACE layout; ACE keys pass unchanged, keys of
 /// neither layout are kept (and ignored by the model). `source` names the checkpoint in errors.
@@ -85,20 +84,10 @@ fn pad_mask_channel(w: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[w, &zeros], 1)?)
 }
 
-/// A tensor name with its shape.
-pub type TensorSpec = (String, Vec<usize>);
-
-/// Every tensor name and shape the DiT of `cfg` reads, in the order it reads them. The model is
-/// built on a backend that records requests and hands out stride-0 zeros: no weight memory.
+/// Every tensor name and shape the DiT of `cfg` reads, in the order it reads them, without
+/// weight memory.
 pub fn expected_tensors(cfg: &Config) -> Result<Vec<TensorSpec>> {
-    let recorder = Recorder::default();
-    let vb = VarBuilder::from_backend(Box::new(recorder.clone()), DType::F32, Device::Cpu);
-    DitAce::new(cfg, vb)?;
-    let seen = recorder
-        .requests
-        .lock()
-        .map_err(|_| Error::invalid("DiT layout", "recorder lock poisoned"))?;
-    Ok(seen.clone())
+    requested_tensors(None, |vb| DitAce::new(cfg, vb))
 }
 
 /// Checks that `tensors` hold every tensor the DiT of `cfg` reads, with its shape.
@@ -119,42 +108,10 @@ pub fn check(tensors: &Tensors, cfg: &Config, source: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A VarBuilder backend that records what is asked of it.
-#[derive(Debug, Clone, Default)]
-struct Recorder {
-    requests: Arc<Mutex<Vec<TensorSpec>>>,
-}
-
-impl SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.requests
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("recorder lock poisoned".into()))?
-            .push((name.to_string(), s.dims().to_vec()));
-        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        Err(candle_core::Error::CannotFindTensor {
-            path: name.to_string(),
-        })
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{DType, Device};
 
     fn tiny_cfg() -> Config {
         Config {

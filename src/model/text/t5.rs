@@ -86,44 +86,8 @@ pub fn read_config(path: &Path) -> Result<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_nn::var_builder::SimpleBackend;
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
+    use crate::model::recorder::requested_tensors;
 
-    /// A weight source that records every tensor a model asks for and hands out zero-stride
-    /// zeros of the requested shape (one element allocated), so a full-size model can be built
-    /// without its memory.
-    struct Recorder {
-        known: BTreeMap<String, Vec<usize>>,
-        asked: Arc<Mutex<BTreeMap<String, Vec<usize>>>>,
-    }
-
-    impl SimpleBackend for Recorder {
-        fn get(
-            &self,
-            s: candle_core::Shape,
-            name: &str,
-            _: candle_nn::Init,
-            dtype: DType,
-            dev: &Device,
-        ) -> candle_core::Result<Tensor> {
-            self.asked
-                .lock()
-                .unwrap()
-                .insert(name.to_string(), s.dims().to_vec());
-            Tensor::zeros((), dtype, dev)?.broadcast_as(s)
-        }
-
-        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-            candle_core::bail!("unchecked access to {name}")
-        }
-
-        fn contains_tensor(&self, name: &str) -> bool {
-            self.known.contains_key(name)
-        }
-    }
-
-    /// The configuration of google/t5-v1_1-xxl, whose encoder ACE uses.
     const XXL_CONFIG: &str = r#"{
         "d_ff": 10240, "d_kv": 64, "d_model": 4096, "decoder_start_token_id": 0,
         "dropout_rate": 0.1, "eos_token_id": 1, "feed_forward_proj": "gated-gelu",
@@ -132,6 +96,7 @@ mod tests {
         "output_past": true, "pad_token_id": 0, "relative_attention_num_buckets": 32,
         "tie_word_embeddings": false, "vocab_size": 32128
     }"#;
+    use std::collections::BTreeMap;
 
     #[test]
     fn torch_bin_loads_like_safetensors() {
@@ -175,22 +140,22 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let release: BTreeMap<String, Vec<usize>> =
             serde_json::from_value(json["tensors"]["text_encoder/t5-v1_1-xxl"].clone()).unwrap();
-        let asked = Arc::new(Mutex::new(BTreeMap::new()));
-        let backend: Box<dyn SimpleBackend> = Box::new(Recorder {
-            known: release.clone(),
-            asked: asked.clone(),
-        });
-        let vb = VarBuilder::from_backend(backend, DType::F32, Device::Cpu);
         let config: Config = serde_json::from_str(XXL_CONFIG).unwrap();
-        let encoder = T5Encoder::new(&config, vb).unwrap();
-        assert_eq!(encoder.config().d_model, 4096);
+        let known = release.keys().cloned().collect();
+        let asked: BTreeMap<String, Vec<usize>> = requested_tensors(Some(known), |vb| {
+            let encoder = T5Encoder::new(&config, vb)?;
+            assert_eq!(encoder.config().d_model, 4096);
+            Ok::<_, candle_core::Error>(())
+        })
+        .unwrap()
+        .into_iter()
+        .collect();
 
         // `encoder.embed_tokens.weight` is the tied copy of `shared.weight` that Hugging Face
         // writes; the encoder reads the shared one.
         let mut expected = release.clone();
         let alias = expected.remove("encoder.embed_tokens.weight").unwrap();
         assert_eq!(Some(&alias), release.get("shared.weight"));
-        let asked = asked.lock().unwrap().clone();
         assert_eq!(asked, expected);
         // The release count includes the tied copy.
         let params: usize = asked

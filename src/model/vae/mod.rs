@@ -12,14 +12,13 @@ pub mod layout;
 pub use config::{Config, DecoderConfig, EncoderConfig};
 
 use crate::model::checkpoint;
+use crate::model::recorder::{requested_tensors, TensorSpec};
 use crate::{Error, Result};
-use candle_core::{DType, Device, Module, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 use decoder::Decoder;
 use encoder::Encoder;
 use std::path::Path;
-use std::sync::Mutex;
 
 /// `AutoencoderKL`: encoder, `quant_conv` (moments), `post_quant_conv` and decoder.
 #[derive(Debug, Clone)]
@@ -142,48 +141,8 @@ fn validate(cfg: &Config) -> Result<()> {
 
 /// Every tensor name (ldm naming) and shape the configuration asks a checkpoint for, in the order
 /// the model is built; nothing is allocated.
-pub fn required_tensors(cfg: &Config) -> Result<Vec<(String, Vec<usize>)>> {
-    let recorder = ShapeRecorder::default();
-    let backend: Box<dyn SimpleBackend + '_> = Box::new(&recorder);
-    AutoencoderKl::new(
-        cfg,
-        VarBuilder::from_backend(backend, DType::F32, Device::Cpu),
-    )?;
-    let seen = recorder
-        .seen
-        .into_inner()
-        .map_err(|_| Error::invalid("VAE configuration", "tensor recording was interrupted"))?;
-    Ok(seen)
-}
-
-/// A variable store that notes each requested name and shape and hands out a broadcast zero.
-#[derive(Default)]
-struct ShapeRecorder {
-    seen: Mutex<Vec<(String, Vec<usize>)>>,
-}
-
-impl SimpleBackend for &ShapeRecorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push((name.to_string(), s.dims().to_vec()));
-        }
-        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("tensor {name} asked for without a shape")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
+pub fn required_tensors(cfg: &Config) -> Result<Vec<TensorSpec>> {
+    requested_tensors(None, |vb| AutoencoderKl::new(cfg, vb))
 }
 
 #[cfg(test)]
