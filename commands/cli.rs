@@ -1,7 +1,7 @@
 //! The command-line definition (clap derive): global options and the subcommand list. The man
 //! pages in `man/` and the shell completions are generated from this one definition.
 
-use crate::{analyze, completions, model, Outcome};
+use crate::{analyze, completions, data, edit, generate, model, Outcome};
 use clap::{Parser, Subcommand};
 
 /// ACE, the All-round Creator and Editor: generate and edit images by instruction.
@@ -33,10 +33,16 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Fetch the official model snapshots.
-    Model(model::Args),
     /// Low-level visual analysis (edges, grey, mosaic, ...) of images, globally or in a mask.
     Analyze(analyze::Args),
+    /// Generate an image from an instruction (text-to-image).
+    Generate(generate::Args),
+    /// Edit images by instruction (inpainting, reference, multi-turn, ...).
+    Edit(edit::Args),
+    /// Build training pairs: masks, mined pairs, template instructions, low-level pairs.
+    Data(data::Args),
+    /// Fetch the official model snapshots.
+    Model(model::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -57,8 +63,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             .build_global()?;
     }
     match cli.command {
-        Command::Model(args) => model::run(args, &cli.global),
         Command::Analyze(args) => analyze::run(args, &cli.global),
+        Command::Generate(args) => generate::run(args, &cli.global),
+        Command::Edit(args) => edit::run(args, &cli.global),
+        Command::Data(args) => data::run(args, cli.global.quiet),
+        Command::Model(args) => model::run(args, &cli.global),
         Command::Completions(args) => completions::run(args),
     }
 }

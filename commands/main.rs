@@ -7,6 +7,10 @@ mod analyze;
 mod analyze_ops;
 mod cli;
 mod completions;
+mod data;
+mod edit;
+mod generate;
+mod generate_common;
 mod manpages;
 mod model;
 

@@ -8,11 +8,15 @@
 pub mod analyze;
 pub mod batch;
 pub mod cancel;
+pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod hub;
 pub mod imageio;
 pub mod inputs;
 pub mod model;
+pub mod pipeline;
+pub mod sampler;
 
 pub use error::{Error, Result};

@@ -1,6 +1,9 @@
 //! Grey (paper appendix B.2, "grayscale"): the luminance of the RGB image, OpenCV's
 //! `cvtColor(RGB2GRAY)` (0.299 R + 0.587 G + 0.114 B in fixed point), replicated to three
 //! channels so the condition image stays RGB.
+//!
+//! scepter's GrayAnnotator calls `cvtColor(BGR2GRAY)` on its RGB array, which weighs red 0.114
+//! and blue 0.299; this is the true luminance the `ace analyze gray` specification asks for.
 
 use super::{cv, Operation};
 use crate::Result;

@@ -2,5 +2,6 @@
 //! loading of the official checkpoints in their release layouts.
 
 pub mod checkpoint;
+pub mod dit;
 pub mod text;
 pub mod vae;

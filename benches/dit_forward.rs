@@ -1,0 +1,110 @@
+//! One full-size DiT forward (ACE-0.6B, random weights, f32, CPU) on a 512 px edit: two frames
+//! of 64x64 latents (1024 tokens each) with 40-row contexts. Prints wall time, peak RSS and the
+//! achieved GFLOP/s. Runs under `cargo bench --bench dit_forward`; two threads unless
+//! RAYON_NUM_THREADS says otherwise.
+
+use ace::model::dit::{Config, DitAce, Sample};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::HashMap;
+use std::time::Instant;
+
+const CONTEXT_ROWS: usize = 40;
+const LATENT: usize = 64;
+const FRAMES: usize = 2;
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not and skips the run.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("dit_forward: run with `cargo bench --bench dit_forward`");
+        return Ok(());
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "2");
+    }
+    let cfg: Config = serde_yaml::from_str(
+        "PATCH_SIZE: 2\nIN_CHANNELS: 4\nHIDDEN_SIZE: 1152\nDEPTH: 28\nNUM_HEADS: 16\n\
+         MLP_RATIO: 4.0\nPRED_SIGMA: True\nY_CHANNELS: 4096\nMAX_SEQ_LEN: 1024\nQK_NORM: True\n",
+    )?;
+    let dev = Device::Cpu;
+    let start = Instant::now();
+    let varmap = VarMap::new();
+    DitAce::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    // Plain (detached) tensors: built on the `Var`s themselves, the forward would record a
+    // backprop graph and keep every intermediate alive.
+    let weights: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("var map lock poisoned"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    drop(varmap);
+    let dit = DitAce::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
+    println!(
+        "random weights: {:.1} s, peak RSS {} MiB",
+        start.elapsed().as_secs_f64(),
+        peak_rss_kib() / 1024
+    );
+
+    let sample = Sample {
+        frames: (0..FRAMES)
+            .map(|_| Tensor::randn(0f32, 1.0, (4, LATENT, LATENT), &dev))
+            .collect::<candle_core::Result<_>>()?,
+        masks: (0..FRAMES)
+            .map(|_| Tensor::ones((1, LATENT, LATENT), DType::F32, &dev))
+            .collect::<candle_core::Result<_>>()?,
+        contexts: (0..FRAMES)
+            .map(|_| Tensor::randn(0f32, 1.0, (CONTEXT_ROWS, cfg.y_channels), &dev))
+            .collect::<candle_core::Result<_>>()?,
+    };
+    let t = Tensor::new(&[500f32], &dev)?;
+    let tpe = Tensor::randn(0f32, 1.0, (10, cfg.y_channels), &dev)?;
+
+    let start = Instant::now();
+    let out = dit.forward(std::slice::from_ref(&sample), &t, &tpe)?;
+    let secs = start.elapsed().as_secs_f64();
+    let gflop = flops(&cfg) / 1e9;
+    println!(
+        "DiT forward, 512px edit ({FRAMES} frames x {} tokens, {CONTEXT_ROWS} context rows each), \
+         f32, {} threads: {secs:.2} s, {gflop:.0} GFLOP, {:.1} GFLOP/s, peak RSS {} MiB, out {:?}",
+        (LATENT / 2) * (LATENT / 2),
+        candle_core::utils::get_num_threads(),
+        gflop / secs,
+        peak_rss_kib() / 1024,
+        out[0].dims(),
+    );
+    Ok(())
+}
+
+/// Multiply-add FLOPs (2 per MAC) of the matmuls of one forward; element-wise work left out.
+fn flops(cfg: &Config) -> f64 {
+    let h = cfg.hidden_size as f64;
+    let frame = ((LATENT / cfg.patch_size) * (LATENT / cfg.patch_size)) as f64;
+    let l = FRAMES as f64 * frame;
+    let rows = (FRAMES * CONTEXT_ROWS) as f64;
+    let p2 = (cfg.patch_size * cfg.patch_size) as f64;
+    let mlp = cfg.mlp_hidden() as f64;
+    let per_block = 2.0 * l * h * h * 4.0 // self-attention q, k, v, o
+        + 2.0 * l * h * h * 2.0 // cross-attention q, o
+        + 2.0 * rows * h * h * 2.0 // cross-attention k, v
+        + 2.0 * l * h * mlp * 2.0 // MLP
+        + 4.0 * l * l * h // self-attention scores and weighted sum
+        + 4.0 * frame * CONTEXT_ROWS as f64 * h * FRAMES as f64; // cross-attention
+    let embed = 2.0 * l * h * p2 * (cfg.in_channels + 1) as f64
+        + 2.0 * (rows + 10.0) * h * (cfg.y_channels as f64 + h)
+        + 2.0 * l * h * p2 * cfg.out_channels() as f64;
+    cfg.depth as f64 * per_block + embed
+}
+
+/// Peak resident set size of this process in KiB (Linux; 0 elsewhere).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,305 @@
+//! `Ace`: the three models of LdmACE (DiT, T5 text embedder, VAE) and the image indicator
+//! embeddings, loaded once, and `generate`, which runs one request: prepare the inputs, encode
+//! the edit images and prompts, sample the target latent with guided DDIM and decode it.
+
+use super::{
+    check_references, frame_contexts, frame_prompts, mask_to_latent, negative_contexts,
+    prepare_image, Noise, PreparedImage,
+};
+use crate::config::{AceConfig, ModelFiles};
+use crate::model::dit::{self, DitAce, Sample};
+use crate::model::text::{Clean, TextEmbedder};
+use crate::model::vae::{self, AutoencoderKl};
+use crate::sampler::{Ddim, Guidance, LinearSchedule};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use image::{GrayImage, RgbImage};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// One input image with its optional mask and task (`inpainting` blanks the masked pixels).
+#[derive(Debug, Clone)]
+pub struct InputImage {
+    /// Names the image in errors (usually its file).
+    pub name: String,
+    pub image: RgbImage,
+    pub mask: Option<GrayImage>,
+    pub task: String,
+}
+
+/// An earlier turn of a multi-turn edit: its image and instruction.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub input: InputImage,
+    pub instruction: String,
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub instruction: String,
+    /// Input images, `{image}`, `{image1}`, ... (history images come before them).
+    pub images: Vec<InputImage>,
+    pub history: Vec<Turn>,
+    /// The negative prompt; `None` takes the config's `DEFAULT_N_PROMPT`.
+    pub negative: Option<String>,
+    /// `(height, width)` of a text-to-image output; `None` takes the config's defaults.
+    pub size: Option<(usize, usize)>,
+    pub steps: usize,
+    pub guidance: Guidance,
+    pub noise: Noise,
+    /// Which input (history included) gives the output its size and mask.
+    pub tar_index: usize,
+}
+
+/// Per-step progress: step index (from 0), number of steps.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// The result of a request.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// `[3, H, W]` float32 in [0, 1] (before 8-bit rounding).
+    pub image: Tensor,
+    /// The final latent `[C, h, w]`, scaled as the DiT sees it.
+    pub latent: Tensor,
+    /// The prompts of the frames as the model saw them (before cleaning).
+    pub prompts: Vec<String>,
+}
+
+impl Generated {
+    /// The image in 8 bits as the reference makes it: `uint8(x * 255)`, truncating.
+    pub fn to_rgb8(&self) -> Result<RgbImage> {
+        let (_, h, w) = self.image.dims3()?;
+        let v: Vec<f32> = self.image.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let plane = h * w;
+        let mut out = RgbImage::new(w as u32, h as u32);
+        for (i, px) in out.pixels_mut().enumerate() {
+            for c in 0..3 {
+                px[c] = (v[c * plane + i] * 255.0) as u8;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The loaded ACE model.
+pub struct Ace {
+    cfg: AceConfig,
+    dit: DitAce,
+    text: TextEmbedder,
+    vae: AutoencoderKl,
+    text_position_embeddings: Tensor,
+    schedule: LinearSchedule,
+    max_seq_len: usize,
+    device: Device,
+    dtype: DType,
+}
+
+fn section<T: serde::de::DeserializeOwned>(
+    cfg: &AceConfig,
+    value: &serde_yaml::Value,
+    name: &str,
+) -> Result<T> {
+    serde_yaml::from_value(value.clone()).map_err(|e| Error::Config {
+        path: PathBuf::from(&cfg.origin),
+        message: format!("MODEL.{name}: {e}"),
+    })
+}
+
+impl Ace {
+    /// Loads the three models from `files` and computes the image indicator embeddings.
+    pub fn load(
+        cfg: &AceConfig,
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let dit_cfg: dit::Config = section(cfg, &cfg.model.diffusion_model, "DIFFUSION_MODEL")?;
+        let vae_cfg: vae::Config = section(cfg, &cfg.model.first_stage_model, "FIRST_STAGE_MODEL")?;
+        let cond = &cfg.model.cond_stage_model;
+        let clean: Clean = cond.clean.parse()?;
+        let text = TextEmbedder::load(
+            &files.text_encoder,
+            &files.tokenizer,
+            cond.length,
+            clean,
+            device,
+            dtype,
+        )?;
+        let dit = DitAce::load(&dit_cfg, &files.dit, device, dtype)?;
+        let vae = AutoencoderKl::load(&vae_cfg, &files.vae, device, dtype)?;
+        let text_position_embeddings = if cfg.model.use_text_pos_embeddings {
+            text.text_position_embeddings(&cfg.model.text_identifier)?
+        } else {
+            Tensor::zeros((10, text.hidden_size()), dtype, device)?
+        };
+        let ns = &cfg.model.diffusion.noise_scheduler;
+        Ok(Self {
+            schedule: LinearSchedule::new(ns.num_timesteps, ns.beta_min, ns.beta_max)?,
+            max_seq_len: cfg.max_seq_len()?,
+            cfg: cfg.clone(),
+            dit,
+            text,
+            vae,
+            text_position_embeddings,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// The config the model was loaded from.
+    pub fn config(&self) -> &AceConfig {
+        &self.cfg
+    }
+
+    /// VAE encode of a prepared image, times SCALE_FACTOR: `[C, h, w]` float32.
+    fn encode_image(&self, p: &PreparedImage) -> Result<Tensor> {
+        let x = p.pixels.unsqueeze(0)?.to_dtype(self.dtype)?;
+        let z = self.vae.encode(&x)?.to_dtype(DType::F32)?.squeeze(0)?;
+        Ok((z * self.cfg.model.scale_factor)?)
+    }
+
+    /// Encodes every distinct prompt once.
+    fn encode_prompts(&self, prompts: &[String]) -> Result<HashMap<String, Tensor>> {
+        let mut distinct: Vec<String> = prompts.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        let states = self.text.encode(&distinct)?;
+        Ok(distinct.into_iter().zip(states).collect())
+    }
+
+    /// Runs one request; `progress` is called after each sampling step. Stops with an error
+    /// between steps when cancellation is requested.
+    pub fn generate(&self, req: &Request, progress: Progress) -> Result<Generated> {
+        let history_prompts: Vec<String> =
+            req.history.iter().map(|t| t.instruction.clone()).collect();
+        let inputs: Vec<&InputImage> = req
+            .history
+            .iter()
+            .map(|t| &t.input)
+            .chain(req.images.iter())
+            .collect();
+        let has_images = !inputs.is_empty();
+        let prompts = frame_prompts(&history_prompts, &req.instruction, req.images.len());
+        check_references(&prompts, inputs.len())?;
+        if has_images && req.tar_index >= inputs.len() {
+            return Err(Error::invalid(
+                "target index",
+                format!(
+                    "{} (there are {} input images)",
+                    req.tar_index,
+                    inputs.len()
+                ),
+            ));
+        }
+        let negative = req
+            .negative
+            .clone()
+            .unwrap_or_else(|| self.cfg.model.default_n_prompt.clone());
+        let contexts = frame_contexts(&prompts, has_images);
+        let null_contexts = negative_contexts(&prompts, &negative, has_images);
+
+        let prepared = inputs
+            .iter()
+            .map(|i| {
+                prepare_image(
+                    &i.image,
+                    i.mask.as_ref(),
+                    &i.task,
+                    self.max_seq_len,
+                    &i.name,
+                    &self.device,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let factor = self.cfg.model.size_factor;
+        let (target_hw, target_mask) = if has_images {
+            let t = &prepared[req.tar_index];
+            (t.size()?, t.mask.clone())
+        } else {
+            let (h, w) = req.size.unwrap_or((
+                self.cfg.default_paras.input.output_height,
+                self.cfg.default_paras.input.output_width,
+            ));
+            if h == 0 || w == 0 || h % 16 != 0 || w % 16 != 0 {
+                return Err(Error::invalid(
+                    "output size",
+                    format!("{w}x{h} (width and height must be positive multiples of 16)"),
+                ));
+            }
+            ((h, w), Tensor::ones((1, h, w), DType::F32, &self.device)?)
+        };
+
+        let mut edit_frames = Vec::with_capacity(prepared.len());
+        let mut edit_masks = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            edit_frames.push(self.encode_image(p)?);
+            edit_masks.push(mask_to_latent(&p.mask, factor)?);
+        }
+        let target_mask = mask_to_latent(&target_mask, factor)?;
+        let channels = self.dit.config().in_channels;
+        let latent_shape = [channels, target_hw.0 / factor, target_hw.1 / factor];
+
+        let mut all_prompts = contexts.clone();
+        if req.guidance.needs_unconditional() {
+            all_prompts.extend(null_contexts.iter().cloned());
+        }
+        let states = self.encode_prompts(&all_prompts)?;
+        let lookup = |list: &[String]| -> Vec<Tensor> {
+            list.iter().filter_map(|p| states.get(p).cloned()).collect()
+        };
+        let cond_contexts = lookup(&contexts);
+        let uncond_contexts = lookup(&null_contexts);
+
+        let plan = Ddim::new(&self.schedule, req.steps)?;
+        let mut x = req.noise.sample(&latent_shape, &self.device)?;
+        let masks: Vec<Tensor> = std::iter::once(&target_mask)
+            .chain(edit_masks.iter())
+            .map(|m| m.to_dtype(self.dtype))
+            .collect::<candle_core::Result<_>>()?;
+        let edits: Vec<Tensor> = edit_frames
+            .iter()
+            .map(|e| e.to_dtype(self.dtype))
+            .collect::<candle_core::Result<_>>()?;
+        for i in 0..plan.steps() {
+            if crate::cancel::requested() {
+                return Err(Error::invalid("run", "interrupted"));
+            }
+            let frames: Vec<Tensor> = std::iter::once(x.to_dtype(self.dtype))
+                .chain(edits.iter().map(|e| Ok(e.clone())))
+                .collect::<candle_core::Result<_>>()?;
+            let sample = |contexts: &[Tensor]| Sample {
+                frames: frames.clone(),
+                masks: masks.clone(),
+                contexts: contexts.to_vec(),
+            };
+            let mut batch = vec![sample(&cond_contexts)];
+            if req.guidance.needs_unconditional() {
+                batch.push(sample(&uncond_contexts));
+            }
+            let t = Tensor::from_vec(
+                vec![plan.model_timestep(i); batch.len()],
+                batch.len(),
+                &self.device,
+            )?;
+            let out = self
+                .dit
+                .forward(&batch, &t, &self.text_position_embeddings)?;
+            let cond = out[0].to_dtype(DType::F32)?;
+            let uncond = out.get(1).map(|u| u.to_dtype(DType::F32)).transpose()?;
+            let eps = req.guidance.combine(&cond, uncond.as_ref())?;
+            x = plan.step(i, &x, &eps)?;
+            progress(i, plan.steps());
+        }
+
+        let z = (x.unsqueeze(0)? / self.cfg.model.scale_factor)?.to_dtype(self.dtype)?;
+        let decoded = self.vae.decode(&z)?.to_dtype(DType::F32)?.squeeze(0)?;
+        let image =
+            (((decoded + 1.0)? / 2.0)? + self.cfg.model.decoder_bias / 255.0)?.clamp(0f32, 1f32)?;
+        Ok(Generated {
+            image,
+            latent: x,
+            prompts,
+        })
+    }
+}

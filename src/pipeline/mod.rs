@@ -1,0 +1,16 @@
+//! The ACE pipeline: from instruction, input images, masks and history to the frames, contexts
+//! and noise the DiT samples from, and from the final latent to the output image.
+
+mod ace;
+mod noise;
+mod prepare;
+mod prompts;
+mod resize;
+
+pub use ace::{Ace, Generated, InputImage, Progress, Request, Turn};
+pub use noise::Noise;
+pub use prepare::{budget_size, luma_pil, mask_to_latent, prepare_image, PreparedImage};
+pub use prompts::{
+    check_references, frame_contexts, frame_prompts, negative_contexts, MAX_INPUT_IMAGES,
+};
+pub use resize::{resize_bicubic, resize_nearest};
