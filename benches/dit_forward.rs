@@ -62,12 +62,15 @@ fn main() -> anyhow::Result<()> {
     let tpe = Tensor::randn(0f32, 1.0, (10, cfg.y_channels), &dev)?;
 
     let start = Instant::now();
+    let cpu_start = cpu_seconds();
     let out = dit.forward(std::slice::from_ref(&sample), &t, &tpe)?;
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_start;
     let gflop = flops(&cfg) / 1e9;
     println!(
         "DiT forward, 512px edit ({FRAMES} frames x {} tokens, {CONTEXT_ROWS} context rows each), \
-         f32, {} threads: {secs:.2} s, {gflop:.0} GFLOP, {:.1} GFLOP/s, peak RSS {} MiB, out {:?}",
+         f32, {} threads: {secs:.2} s wall, {cpu:.2} s CPU (user+system), {gflop:.0} GFLOP, \
+         {:.1} GFLOP/s, peak RSS {} MiB, out {:?}",
         (LATENT / 2) * (LATENT / 2),
         candle_core::utils::get_num_threads(),
         gflop / secs,
@@ -95,6 +98,24 @@ fn flops(cfg: &Config) -> f64 {
         + 2.0 * (rows + 10.0) * h * (cfg.y_channels as f64 + h)
         + 2.0 * l * h * p2 * cfg.out_channels() as f64;
     cfg.depth as f64 * per_block + embed
+}
+
+/// CPU time (user + system, all threads) this process has used, in seconds (Linux; 0
+/// elsewhere). On a busy machine it tells the work done apart from the waiting.
+fn cpu_seconds() -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ, fixed at 100 on Linux
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(
+                (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+                    / ticks_per_second,
+            )
+        })
+        .unwrap_or(0.0)
 }
 
 /// Peak resident set size of this process in KiB (Linux; 0 elsewhere).

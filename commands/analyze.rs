@@ -7,6 +7,7 @@
 //! operation's flags, its [`Build`] impl calling the library constructor, and one arm in
 //! [`Op::parts`].
 
+use crate::analyze_ace::EngineArgs;
 use crate::analyze_ops::{ContourArgs, DegradeArgs, DoodleArgs, ScribbleArgs, SegmentArgs};
 use crate::cli::Global;
 use crate::Outcome;
@@ -56,6 +57,22 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operation's name, as on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Canny(_) => "canny",
+            Op::Gray(_) => "gray",
+            Op::Mosaic(_) => "mosaic",
+            Op::Depth(_) => "depth",
+            Op::Pose(_) => "pose",
+            Op::Degrade(_) => "degrade",
+            Op::Scribble(_) => "scribble",
+            Op::Contour(_) => "contour",
+            Op::Doodle(_) => "doodle",
+            Op::Segment(_) => "segment",
+        }
+    }
+
     /// The options every operation shares, and the operation's own.
     fn parts(&self) -> (&Common, &dyn Build) {
         match self {
@@ -111,6 +128,8 @@ pub struct Common {
     /// milliseconds, or the error).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -208,7 +227,11 @@ impl Build for PoseArgs {
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
     let (common, build) = args.op.parts();
-    let op = build.build()?;
+    let op = if common.engine.is_ace() {
+        common.engine.build(args.op.name(), global)?
+    } else {
+        build.build()?
+    };
     let mask = match &common.mask {
         None => None,
         Some(path) => match ace::imageio::load(path) {
@@ -282,7 +305,20 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
             bar.inc(1);
         }
     };
-    let summary = batch::run(&jobs, work, report);
+    // The model runs one image at a time (it uses every core, or the GPU, by itself).
+    let summary = if common.engine.is_ace() {
+        jobs.chunks(1)
+            .fold(batch::Summary::default(), |total, one| {
+                let s = batch::run(one, work, report);
+                batch::Summary {
+                    done: total.done + s.done,
+                    failed: total.failed + s.failed,
+                    skipped: total.skipped + s.skipped,
+                }
+            })
+    } else {
+        batch::run(&jobs, work, report)
+    };
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }

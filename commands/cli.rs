@@ -1,7 +1,11 @@
 //! The command-line definition (clap derive): global options and the subcommand list. The man
 //! pages in `man/` and the shell completions are generated from this one definition.
 
-use crate::{analyze, completions, data, edit, generate, model, Outcome};
+use crate::generate_common::{self, Intent};
+use crate::{
+    analyze, completions, control, data, edit, generate, inpaint, layer, model, outpaint,
+    reference, train, Outcome,
+};
 use clap::{Parser, Subcommand};
 
 /// ACE, the All-round Creator and Editor: generate and edit images by instruction.
@@ -39,8 +43,20 @@ pub enum Command {
     Generate(generate::Args),
     /// Edit images by instruction (inpainting, reference, multi-turn, ...).
     Edit(edit::Args),
+    /// Generate from a condition (edges, depth, pose, regions, ...) computed from a photo.
+    Control(control::Args),
+    /// Repaint the masked region of an image, unconditionally or following a prompt.
+    Inpaint(inpaint::Args),
+    /// Extend an image beyond its borders (by pixels, to an aspect ratio, or by a scale).
+    Outpaint(outpaint::Args),
+    /// Split an image into subject and background layers, or fuse layers into one image.
+    Layer(layer::Args),
+    /// Re-create an image after references (style, face, try-on, subject), or continue a series.
+    Reference(reference::Args),
     /// Build training pairs: masks, mined pairs, template instructions, low-level pairs.
     Data(data::Args),
+    /// Fine-tune the DiT on instruction/image pairs; merge LoRA adapters.
+    Train(train::Args),
     /// Fetch the official model snapshots.
     Model(model::Args),
     /// Print a shell completion script.
@@ -64,10 +80,37 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
     match cli.command {
         Command::Analyze(args) => analyze::run(args, &cli.global),
-        Command::Generate(args) => generate::run(args, &cli.global),
-        Command::Edit(args) => edit::run(args, &cli.global),
+        Command::Generate(a) => generate_common::execute(&a, &cli.global),
+        Command::Edit(a) => generate_common::execute(&a, &cli.global),
+        Command::Control(a) => generate_common::execute(&a, &cli.global),
+        Command::Inpaint(a) => generate_common::execute(&a, &cli.global),
+        Command::Outpaint(a) => generate_common::execute(&a, &cli.global),
+        Command::Layer(a) => generate_common::execute(&a, &cli.global),
+        Command::Reference(a) => generate_common::execute(&a, &cli.global),
         Command::Data(args) => data::run(args, cli.global.quiet),
+        Command::Train(args) => train::run(args, &cli.global),
         Command::Model(args) => model::run(args, &cli.global),
         Command::Completions(args) => completions::run(args),
     }
+}
+
+/// The generation subcommands' flags as an [`Intent`]; `None` for the others.
+fn into_intent(command: Command) -> Option<Box<dyn Intent>> {
+    Some(match command {
+        Command::Generate(a) => Box::new(a),
+        Command::Edit(a) => Box::new(a),
+        Command::Control(a) => Box::new(a),
+        Command::Inpaint(a) => Box::new(a),
+        Command::Outpaint(a) => Box::new(a),
+        Command::Layer(a) => Box::new(a),
+        Command::Reference(a) => Box::new(a),
+        _ => return None,
+    })
+}
+
+/// Parses a whole command line of a generation subcommand (a batch job).
+pub fn intent_from_args(args: Vec<String>) -> anyhow::Result<Box<dyn Intent>> {
+    let cli = Cli::try_parse_from(args)
+        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?;
+    into_intent(cli.command).ok_or_else(|| anyhow::anyhow!("--batch is for generation subcommands"))
 }

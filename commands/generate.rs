@@ -1,15 +1,14 @@
 //! `ace generate`: text-to-image.
 
-use crate::cli::Global;
-use crate::generate_common::{self, Common};
-use crate::Outcome;
+use crate::generate_common::{need, Common, Intent, Job};
+use ace::config::AceConfig;
 
 /// Generate an image from an instruction.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// What to draw.
-    #[arg(long, value_name = "TEXT")]
-    pub instruction: String,
+    #[arg(long, value_name = "TEXT", required_unless_present = "batch")]
+    pub instruction: Option<String>,
     /// Output width in pixels, a multiple of 16 (default: the config's OUTPUT_WIDTH).
     #[arg(long, value_name = "W")]
     pub width: Option<usize>,
@@ -20,7 +19,18 @@ pub struct Args {
     pub common: Common,
 }
 
-pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
-    let size = (args.height, args.width);
-    generate_common::run(&args.common, global, &args.instruction, Vec::new(), size)
+impl Intent for Args {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn job(&self, _seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {
+        Ok(Job {
+            instruction: need(&self.instruction, "--instruction")?.clone(),
+            images: Vec::new(),
+            size: (self.height, self.width),
+            tar_index: None,
+            history: Vec::new(),
+        })
+    }
 }

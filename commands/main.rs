@@ -4,15 +4,23 @@
 //! error, 130 interrupted).
 
 mod analyze;
+mod analyze_ace;
 mod analyze_ops;
+mod batch;
 mod cli;
 mod completions;
+mod control;
 mod data;
 mod edit;
 mod generate;
 mod generate_common;
+mod inpaint;
+mod layer;
 mod manpages;
 mod model;
+mod outpaint;
+mod reference;
+mod train;
 
 use std::process::ExitCode;
 

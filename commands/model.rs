@@ -1,9 +1,11 @@
-//! `ace model`: fetching the official model snapshots from the hub into the Hugging Face cache.
+//! `ace model`: fetching the official model snapshots from the hub into the Hugging Face cache,
+//! and describing what a config loads from where.
 
+use crate::generate_common::ModelSource;
 use crate::Outcome;
-use anyhow::Context;
+use ace::model::checkpoint;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,14 +18,27 @@ pub enum ModelCommand {
     /// Download every file a model config points at (hf:// references) into the Hugging Face
     /// cache; resumable, skips files already cached, honours HF_HOME and HF_ENDPOINT.
     Download(DownloadArgs),
+    /// Show what a model config loads from where: files, tensors, parameters, dtypes, memory.
+    Info(InfoArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct DownloadArgs {
-    /// A model config in the official inference YAML schema.
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub source: ModelSource,
     /// Print one JSON line per file (repo, file, local path, cached).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub source: ModelSource,
+    /// Weight dtype the memory figures are for: f32, bf16 or f16.
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: String,
+    /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -31,19 +46,24 @@ pub struct DownloadArgs {
 pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
     match args.command {
         ModelCommand::Download(a) => download(a, global),
+        ModelCommand::Info(a) => info(a),
     }
 }
 
 fn download(args: DownloadArgs, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("{}: cannot read config", args.config.display()))?;
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&text)
-        .with_context(|| format!("{}: invalid YAML", args.config.display()))?;
-    let remotes = ace::hub::remotes_in(&yaml);
+    let (cfg, _) = args.source.load()?;
+    let mut remotes: Vec<ace::hub::Remote> = Vec::new();
+    for (_, spec) in cfg.weight_specs()? {
+        if let Some(r) = ace::hub::Remote::parse(&spec) {
+            if !remotes.contains(&r) {
+                remotes.push(r);
+            }
+        }
+    }
     if remotes.is_empty() {
         anyhow::bail!(
-            "{}: names no hub files (hf://ORG/REPO@path); its paths are local already",
-            args.config.display()
+            "{}: names no hub files (hf://ORG/REPO@path); its weights are local paths already",
+            cfg.origin
         );
     }
     let progress = !global.quiet && std::io::stderr().is_terminal();
@@ -61,4 +81,119 @@ fn download(args: DownloadArgs, global: &crate::cli::Global) -> anyhow::Result<O
         }
     }
     Ok(Outcome::Success)
+}
+
+/// One component's description.
+#[derive(Debug, serde::Serialize)]
+struct Component {
+    component: &'static str,
+    path: PathBuf,
+    tensors: usize,
+    parameters: u64,
+    stored_dtypes: Vec<String>,
+    bytes_on_disk: u64,
+    memory_bytes: u64,
+}
+
+fn info(args: InfoArgs) -> anyhow::Result<Outcome> {
+    let (cfg, _) = args.source.load()?;
+    let files = cfg.model_files(args.source.model_dir.as_deref())?;
+    let dtype: candle_core::DType = args.dtype.parse().map_err(|_| {
+        anyhow::anyhow!("invalid dtype '{}' (expected f32, bf16 or f16)", args.dtype)
+    })?;
+    let components = [
+        ("dit", &files.dit),
+        ("vae", &files.vae),
+        ("text_encoder", &files.text_encoder),
+    ]
+    .into_iter()
+    .map(|(component, path)| describe(component, path, dtype))
+    .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let doc = serde_json::json!({
+            "config": cfg.origin,
+            "tokenizer": files.tokenizer,
+            "dtype": args.dtype,
+            "components": components,
+            "parameters": components.iter().map(|c| c.parameters).sum::<u64>(),
+            "memory_bytes": components.iter().map(|c| c.memory_bytes).sum::<u64>(),
+        });
+        writeln!(out, "{doc}")?;
+        return Ok(Outcome::Success);
+    }
+    writeln!(out, "config     {}", cfg.origin)?;
+    writeln!(out, "tokenizer  {}", files.tokenizer.display())?;
+    writeln!(
+        out,
+        "{:<13} {:>8} {:>15} {:>10} {:>12} {:>14}  path",
+        "component",
+        "tensors",
+        "parameters",
+        "stored",
+        "on disk",
+        &format!("memory ({})", args.dtype)
+    )?;
+    for c in &components {
+        writeln!(
+            out,
+            "{:<13} {:>8} {:>15} {:>10} {:>12} {:>14}  {}",
+            c.component,
+            c.tensors,
+            c.parameters,
+            c.stored_dtypes.join(","),
+            human_bytes(c.bytes_on_disk),
+            human_bytes(c.memory_bytes),
+            c.path.display()
+        )?;
+    }
+    let total: u64 = components.iter().map(|c| c.memory_bytes).sum();
+    writeln!(out, "total memory for weights: {}", human_bytes(total))?;
+    Ok(Outcome::Success)
+}
+
+fn describe(
+    component: &'static str,
+    path: &Path,
+    dtype: candle_core::DType,
+) -> anyhow::Result<Component> {
+    let entries = checkpoint::inventory(path)?;
+    let parameters: u64 = entries
+        .iter()
+        .map(|e| e.shape.iter().product::<usize>() as u64)
+        .sum();
+    let mut stored: Vec<String> = entries
+        .iter()
+        .map(|e| format!("{:?}", e.dtype).to_lowercase())
+        .collect();
+    stored.sort();
+    stored.dedup();
+    let bytes_on_disk = checkpoint::weight_files(path)?
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    Ok(Component {
+        component,
+        path: path.to_path_buf(),
+        tensors: entries.len(),
+        parameters,
+        stored_dtypes: stored,
+        bytes_on_disk,
+        memory_bytes: parameters * dtype.size_in_bytes() as u64,
+    })
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

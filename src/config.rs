@@ -287,10 +287,10 @@ impl AceConfig {
             })
     }
 
-    /// Resolves the four weight locations; when any is missing, one error lists the layout
-    /// expected and what is missing.
-    pub fn model_files(&self, model_dir: Option<&Path>) -> Result<ModelFiles> {
-        let specs = [
+    /// The four weight locations as the config writes them (paths relative to the config, or
+    /// `hf://`/`ms://` hub references), named: DiT, VAE, T5 text encoder, T5 tokenizer.
+    pub fn weight_specs(&self) -> Result<[(&'static str, String); 4]> {
+        Ok([
             (
                 "DiT",
                 self.section_path(&self.model.diffusion_model, "DIFFUSION_MODEL")?,
@@ -307,7 +307,13 @@ impl AceConfig {
                 "T5 tokenizer",
                 self.model.cond_stage_model.tokenizer_path.clone(),
             ),
-        ];
+        ])
+    }
+
+    /// Resolves the four weight locations; when any is missing, one error lists the layout
+    /// expected and what is missing.
+    pub fn model_files(&self, model_dir: Option<&Path>) -> Result<ModelFiles> {
+        let specs = self.weight_specs()?;
         let mut found = Vec::new();
         let mut missing = Vec::new();
         let mut layout = Vec::new();

@@ -68,28 +68,6 @@ impl std::fmt::Display for Remote {
     }
 }
 
-/// Every hub reference among the string values of a YAML document, in order, without repeats.
-pub fn remotes_in(yaml: &serde_yaml::Value) -> Vec<Remote> {
-    fn walk(v: &serde_yaml::Value, out: &mut Vec<Remote>) {
-        match v {
-            serde_yaml::Value::String(s) => {
-                if let Some(r) = Remote::parse(s) {
-                    if !out.contains(&r) {
-                        out.push(r);
-                    }
-                }
-            }
-            serde_yaml::Value::Sequence(items) => items.iter().for_each(|i| walk(i, out)),
-            serde_yaml::Value::Mapping(m) => m.values().for_each(|i| walk(i, out)),
-            serde_yaml::Value::Tagged(t) => walk(&t.value, out),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(yaml, &mut out);
-    out
-}
-
 /// One file fetched (or found already cached) by [`download`].
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -176,15 +154,5 @@ mod tests {
         );
         assert!(Remote::parse("models/dit/x.pth").is_none());
         assert!(Remote::parse("hf://just-a-name@x").is_none());
-    }
-
-    #[test]
-    fn finds_every_reference_in_a_yaml_once() {
-        let yaml: serde_yaml::Value = serde_yaml::from_str(
-            "A: {PRETRAINED_MODEL: 'hf://o/r@models/a.pth'}\nB: [ 'hf://o/r@models/t5', local/path ]\nC: {D: 'hf://o/r@models/a.pth'}\n",
-        )
-        .unwrap();
-        let found: Vec<String> = remotes_in(&yaml).iter().map(|r| r.path.clone()).collect();
-        assert_eq!(found, vec!["models/a.pth", "models/t5"]);
     }
 }

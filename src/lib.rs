@@ -18,5 +18,7 @@ pub mod inputs;
 pub mod model;
 pub mod pipeline;
 pub mod sampler;
+pub mod tasks;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -82,6 +82,20 @@ fn serve(files: BTreeMap<String, Vec<u8>>) -> (String, Arc<Mutex<Vec<String>>>) 
     (addr, log)
 }
 
+/// The tiny fixture config with some of its weight paths replaced by hub references.
+fn tiny_config_naming(replacements: &[(&str, &str)]) -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ace-tiny/model/ace_tiny.yaml"
+    );
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (from, to) in replacements {
+        assert!(text.contains(from), "{from} not in the tiny config");
+        text = text.replace(from, to);
+    }
+    text
+}
+
 #[test]
 fn downloads_what_the_config_names_then_uses_the_cache() {
     let files = BTreeMap::from([
@@ -101,7 +115,13 @@ fn downloads_what_the_config_names_then_uses_the_cache() {
     let config = home.path().join("tiny.yaml");
     std::fs::write(
         &config,
-        "MODEL:\n  DIFFUSION_MODEL: {PRETRAINED_MODEL: 'hf://org/tiny@models/dit/tiny.pth'}\n  COND_STAGE_MODEL: {PRETRAINED_MODEL: 'hf://org/tiny@models/t5'}\n",
+        tiny_config_naming(&[
+            (
+                "models/dit/ace_tiny.pth",
+                "hf://org/tiny@models/dit/tiny.pth",
+            ),
+            ("models/text_encoder/t5-tiny", "hf://org/tiny@models/t5"),
+        ]),
     )
     .unwrap();
     let run = || {
@@ -163,7 +183,11 @@ fn a_missing_file_in_the_repository_is_a_clear_error() {
     )]));
     let home = tempfile::tempdir().unwrap();
     let config = home.path().join("c.yaml");
-    std::fs::write(&config, "MODEL: {X: 'hf://org/tiny@models/vae/vae.bin'}\n").unwrap();
+    std::fs::write(
+        &config,
+        tiny_config_naming(&[("models/vae/vae.bin", "hf://org/tiny@models/vae/vae.bin")]),
+    )
+    .unwrap();
     let out = Command::cargo_bin("ace")
         .unwrap()
         .args(["model", "download", "--config"])

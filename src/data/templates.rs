@@ -63,11 +63,37 @@ impl Templates {
         slots: &BTreeMap<String, String>,
         rng: &mut impl Rng,
     ) -> Result<Option<String>> {
-        let usable: Vec<&String> = self
-            .phrasings(task)?
-            .iter()
-            .filter(|p| slot_names(p).iter().all(|s| slots.contains_key(*s)))
-            .collect();
+        self.draw(task, slots, rng, |p| {
+            slot_names(p).iter().all(|s| slots.contains_key(*s))
+        })
+    }
+
+    /// A phrasing of `task` that uses every slot of `slots` and no other, drawn at random,
+    /// filled: what a command wants when the user's own words (a caption, an object name) must
+    /// reach the instruction. `Ok(None)` when no phrasing has exactly these slots.
+    pub fn render_exact(
+        &self,
+        task: &str,
+        slots: &BTreeMap<String, String>,
+        rng: &mut impl Rng,
+    ) -> Result<Option<String>> {
+        self.draw(task, slots, rng, |p| {
+            let mut names = slot_names(p);
+            names.sort_unstable();
+            names.dedup();
+            names.len() == slots.len() && names.iter().all(|s| slots.contains_key(*s))
+        })
+    }
+
+    /// A phrasing of `task` that `usable` accepts, drawn at random, filled.
+    fn draw(
+        &self,
+        task: &str,
+        slots: &BTreeMap<String, String>,
+        rng: &mut impl Rng,
+        usable: impl Fn(&str) -> bool,
+    ) -> Result<Option<String>> {
+        let usable: Vec<&String> = self.phrasings(task)?.iter().filter(|p| usable(p)).collect();
         if usable.is_empty() {
             return Ok(None);
         }
@@ -179,6 +205,39 @@ mod tests {
             .collect();
         assert!(seen.contains("Add a red kite to {image}."), "{seen:?}");
         assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn exact_rendering_uses_every_given_slot() {
+        let t = Templates::parse(
+            "inpainting:\n  - 'Fill {image}.'\n  - 'Fill {image} with {caption}.'\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut slots = BTreeMap::new();
+        for _ in 0..10 {
+            assert_eq!(
+                t.render_exact("inpainting", &slots, &mut rng)
+                    .unwrap()
+                    .unwrap(),
+                "Fill {image}."
+            );
+        }
+        slots.insert("caption".to_string(), "roses".to_string());
+        for _ in 0..10 {
+            assert_eq!(
+                t.render_exact("inpainting", &slots, &mut rng)
+                    .unwrap()
+                    .unwrap(),
+                "Fill {image} with roses."
+            );
+        }
+        slots.insert("text".to_string(), "x".to_string());
+        assert!(t
+            .render_exact("inpainting", &slots, &mut rng)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! model; this module only gets the tensors out of the files.
 
 use crate::{Error, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -138,6 +138,56 @@ fn load_pickle(path: &Path, device: &Device) -> Result<Tensors> {
         .collect()
 }
 
+/// One tensor of a checkpoint as its file describes it, without reading its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+/// Lists the tensors of a checkpoint file or folder from the file headers only (safetensors
+/// headers, the pickle's tensor records), so that even a 20 GB checkpoint is described at once.
+pub fn inventory(path: &Path) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for file in weight_files(path)? {
+        let bad = |message: String| Error::Model {
+            path: file.clone(),
+            message,
+        };
+        if is_safetensors(&file) {
+            // SAFETY: mapped read-only, as in `load_safetensors`.
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&file) }
+                .map_err(|e| bad(format!("cannot read safetensors: {e}")))?;
+            for (name, view) in st.tensors() {
+                let dtype = DType::try_from(view.dtype())
+                    .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+                out.push(Entry {
+                    name,
+                    shape: view.shape().to_vec(),
+                    dtype,
+                });
+            }
+        } else {
+            let read = |key| {
+                candle_core::pickle::read_pth_tensor_info(&file, false, key)
+                    .map_err(|e| bad(format!("cannot read torch checkpoint: {e}")))
+            };
+            let mut infos = read(None)?;
+            if infos.is_empty() {
+                infos = read(Some("state_dict"))?;
+            }
+            out.extend(infos.into_iter().map(|i| Entry {
+                name: i.name,
+                shape: i.layout.dims().to_vec(),
+                dtype: i.dtype,
+            }));
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +210,21 @@ mod tests {
         );
         let t5 = load(&fixture("text_encoder/t5-tiny"), &Device::Cpu).unwrap();
         assert!(t5.contains_key("shared.weight"));
+    }
+
+    #[test]
+    fn inventories_list_names_shapes_and_dtypes_without_loading() {
+        let dit = inventory(&fixture("dit/ace_tiny.pth")).unwrap();
+        let loaded = load(&fixture("dit/ace_tiny.pth"), &Device::Cpu).unwrap();
+        assert_eq!(dit.len(), loaded.len());
+        for e in &dit {
+            assert_eq!(e.shape, loaded[&e.name].dims(), "{}", e.name);
+            assert_eq!(e.dtype, loaded[&e.name].dtype(), "{}", e.name);
+        }
+        let t5 = inventory(&fixture("text_encoder/t5-tiny")).unwrap();
+        assert!(t5
+            .iter()
+            .any(|e| e.name == "shared.weight" && e.shape.len() == 2));
     }
 
     #[test]

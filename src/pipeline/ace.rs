@@ -2,10 +2,7 @@
 //! embeddings, loaded once, and `generate`, which runs one request: prepare the inputs, encode
 //! the edit images and prompts, sample the target latent with guided DDIM and decode it.
 
-use super::{
-    check_references, frame_contexts, frame_prompts, mask_to_latent, negative_contexts,
-    prepare_image, Noise, PreparedImage,
-};
+use super::{mask_to_latent, Noise, Plan, PreparedImage};
 use crate::config::{AceConfig, ModelFiles};
 use crate::model::dit::{self, DitAce, Sample};
 use crate::model::text::{Clean, TextEmbedder};
@@ -90,7 +87,6 @@ pub struct Ace {
     vae: AutoencoderKl,
     text_position_embeddings: Tensor,
     schedule: LinearSchedule,
-    max_seq_len: usize,
     device: Device,
     dtype: DType,
 }
@@ -136,7 +132,6 @@ impl Ace {
         let ns = &cfg.model.diffusion.noise_scheduler;
         Ok(Self {
             schedule: LinearSchedule::new(ns.num_timesteps, ns.beta_min, ns.beta_max)?,
-            max_seq_len: cfg.max_seq_len()?,
             cfg: cfg.clone(),
             dit,
             text,
@@ -171,72 +166,20 @@ impl Ace {
     /// Runs one request; `progress` is called after each sampling step. Stops with an error
     /// between steps when cancellation is requested.
     pub fn generate(&self, req: &Request, progress: Progress) -> Result<Generated> {
-        let history_prompts: Vec<String> =
-            req.history.iter().map(|t| t.instruction.clone()).collect();
-        let inputs: Vec<&InputImage> = req
-            .history
-            .iter()
-            .map(|t| &t.input)
-            .chain(req.images.iter())
-            .collect();
-        let has_images = !inputs.is_empty();
-        let prompts = frame_prompts(&history_prompts, &req.instruction, req.images.len());
-        check_references(&prompts, inputs.len())?;
-        if has_images && req.tar_index >= inputs.len() {
-            return Err(Error::invalid(
-                "target index",
-                format!(
-                    "{} (there are {} input images)",
-                    req.tar_index,
-                    inputs.len()
-                ),
-            ));
-        }
-        let negative = req
-            .negative
-            .clone()
-            .unwrap_or_else(|| self.cfg.model.default_n_prompt.clone());
-        let contexts = frame_contexts(&prompts, has_images);
-        let null_contexts = negative_contexts(&prompts, &negative, has_images);
-
-        let prepared = inputs
-            .iter()
-            .map(|i| {
-                prepare_image(
-                    &i.image,
-                    i.mask.as_ref(),
-                    &i.task,
-                    self.max_seq_len,
-                    &i.name,
-                    &self.device,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let plan = Plan::new(req, &self.cfg, &self.device)?;
         let factor = self.cfg.model.size_factor;
-        let (target_hw, target_mask) = if has_images {
-            let t = &prepared[req.tar_index];
-            (t.size()?, t.mask.clone())
-        } else {
-            let (h, w) = req.size.unwrap_or((
-                self.cfg.default_paras.input.output_height,
-                self.cfg.default_paras.input.output_width,
-            ));
-            if h == 0 || w == 0 || h % 16 != 0 || w % 16 != 0 {
-                return Err(Error::invalid(
-                    "output size",
-                    format!("{w}x{h} (width and height must be positive multiples of 16)"),
-                ));
-            }
-            ((h, w), Tensor::ones((1, h, w), DType::F32, &self.device)?)
-        };
+        let target_hw = plan.target_size;
+        let contexts = &plan.contexts;
+        let null_contexts = &plan.negative_contexts;
+        let prepared: Vec<&PreparedImage> = plan.frames.iter().map(|f| &f.prepared).collect();
 
         let mut edit_frames = Vec::with_capacity(prepared.len());
         let mut edit_masks = Vec::with_capacity(prepared.len());
-        for p in &prepared {
+        for p in prepared {
             edit_frames.push(self.encode_image(p)?);
             edit_masks.push(mask_to_latent(&p.mask, factor)?);
         }
-        let target_mask = mask_to_latent(&target_mask, factor)?;
+        let target_mask = mask_to_latent(&plan.target_mask, factor)?;
         let channels = self.dit.config().in_channels;
         let latent_shape = [channels, target_hw.0 / factor, target_hw.1 / factor];
 
@@ -248,10 +191,10 @@ impl Ace {
         let lookup = |list: &[String]| -> Vec<Tensor> {
             list.iter().filter_map(|p| states.get(p).cloned()).collect()
         };
-        let cond_contexts = lookup(&contexts);
-        let uncond_contexts = lookup(&null_contexts);
+        let cond_contexts = lookup(contexts);
+        let uncond_contexts = lookup(null_contexts);
 
-        let plan = Ddim::new(&self.schedule, req.steps)?;
+        let ddim = Ddim::new(&self.schedule, req.steps)?;
         let mut x = req.noise.sample(&latent_shape, &self.device)?;
         let masks: Vec<Tensor> = std::iter::once(&target_mask)
             .chain(edit_masks.iter())
@@ -261,7 +204,7 @@ impl Ace {
             .iter()
             .map(|e| e.to_dtype(self.dtype))
             .collect::<candle_core::Result<_>>()?;
-        for i in 0..plan.steps() {
+        for i in 0..ddim.steps() {
             if crate::cancel::requested() {
                 return Err(Error::invalid("run", "interrupted"));
             }
@@ -278,7 +221,7 @@ impl Ace {
                 batch.push(sample(&uncond_contexts));
             }
             let t = Tensor::from_vec(
-                vec![plan.model_timestep(i); batch.len()],
+                vec![ddim.model_timestep(i); batch.len()],
                 batch.len(),
                 &self.device,
             )?;
@@ -288,8 +231,8 @@ impl Ace {
             let cond = out[0].to_dtype(DType::F32)?;
             let uncond = out.get(1).map(|u| u.to_dtype(DType::F32)).transpose()?;
             let eps = req.guidance.combine(&cond, uncond.as_ref())?;
-            x = plan.step(i, &x, &eps)?;
-            progress(i, plan.steps());
+            x = ddim.step(i, &x, &eps)?;
+            progress(i, ddim.steps());
         }
 
         let z = (x.unsqueeze(0)? / self.cfg.model.scale_factor)?.to_dtype(self.dtype)?;
@@ -299,7 +242,7 @@ impl Ace {
         Ok(Generated {
             image,
             latent: x,
-            prompts,
+            prompts: plan.prompts,
         })
     }
 }

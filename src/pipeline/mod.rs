@@ -3,12 +3,14 @@
 
 mod ace;
 mod noise;
+mod plan;
 mod prepare;
 mod prompts;
 mod resize;
 
 pub use ace::{Ace, Generated, InputImage, Progress, Request, Turn};
 pub use noise::Noise;
+pub use plan::{Plan, PlannedFrame};
 pub use prepare::{budget_size, luma_pil, mask_to_latent, prepare_image, PreparedImage};
 pub use prompts::{
     check_references, frame_contexts, frame_prompts, negative_contexts, MAX_INPUT_IMAGES,

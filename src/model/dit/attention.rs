@@ -111,10 +111,20 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Resul
     for start in (0..q_len).step_by(rows) {
         let q_c = q.narrow(2, start, rows.min(q_len - start))?;
         let scores = (q_c.matmul(&k_t)? * scale)?.to_dtype(DType::F32)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         outs.push(probs.matmul(v)?);
     }
     Tensor::cat(&outs, 2)
+}
+
+/// Softmax over the last dimension: candle's fused kernel, which has no backward pass, unless
+/// the scores take part in a gradient computation (training), then the composed form.
+fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
+        candle_nn::ops::softmax(xs, candle_core::D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
 }
 
 #[cfg(test)]

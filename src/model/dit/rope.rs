@@ -103,7 +103,13 @@ impl RopeTables {
     /// Rotates `[1, heads, tokens, head_dim]` (adjacent pairs as complex numbers).
     pub fn apply(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let x = xs.to_dtype(self.cos.dtype())?.contiguous()?;
-        candle_nn::rotary_emb::rope_i(&x, &self.cos, &self.sin)?.to_dtype(xs.dtype())
+        // The fused kernel has no backward pass: under training the composed form runs.
+        let rotated = if x.track_op() {
+            candle_nn::rotary_emb::rope_i_slow(&x, &self.cos, &self.sin)?
+        } else {
+            candle_nn::rotary_emb::rope_i(&x, &self.cos, &self.sin)?
+        };
+        rotated.to_dtype(xs.dtype())
     }
 }
 

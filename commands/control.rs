@@ -1,0 +1,71 @@
+//! `ace control <kind>`: controllable generation from a condition computed from a photo (or
+//! given ready), globally or inside a mask (`ace::tasks::control`).
+
+use crate::generate_common::{need, read_mask, Common, Intent, Job};
+use ace::config::AceConfig;
+use ace::tasks::control::{self, Condition, Control};
+use std::path::PathBuf;
+
+/// Generate from a condition computed from a photo.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The condition: canny, depth, pose, segment, mosaic, gray (colorize), degrade (restore),
+    /// doodle, contour or scribble.
+    #[arg(value_name = "KIND", value_parser = clap::builder::PossibleValuesParser::new(control::KINDS))]
+    pub kind: String,
+    /// The photo the condition is computed from (kept outside --mask).
+    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    pub image: Option<PathBuf>,
+    /// The condition image, ready (e.g. from `ace analyze`), instead of computing it.
+    #[arg(long, value_name = "FILE")]
+    pub condition: Option<PathBuf>,
+    /// Regional control: the condition only inside this mask (white), the photo kept outside.
+    #[arg(long, value_name = "FILE")]
+    pub mask: Option<PathBuf>,
+    /// The network files of depth and pose (as `ace analyze depth|pose --model`).
+    #[arg(long, value_name = "FILE")]
+    pub analyzer_model: Vec<PathBuf>,
+    /// What the result shows.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// The instruction as given, instead of a phrasing from presets/tasks.yaml.
+    #[arg(long, value_name = "TEXT")]
+    pub instruction: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl Intent for Args {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn job(&self, seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {
+        let image = need(&self.image, "--image")?;
+        let photo = ace::imageio::load_rgb(image)?;
+        let op;
+        let condition = match &self.condition {
+            Some(path) => Condition::Ready(ace::imageio::load_rgb(path)?),
+            None => {
+                op = control::operation(&self.kind, &self.analyzer_model)?;
+                Condition::Compute(op.as_ref())
+            }
+        };
+        let mask_name = self.mask.as_ref().map(|m| m.display().to_string());
+        let mask = match (&self.mask, &mask_name) {
+            (Some(path), Some(name)) => Some((read_mask(path)?, name.as_str())),
+            _ => None,
+        };
+        let photo_name = image.display().to_string();
+        let job = Control {
+            kind: &self.kind,
+            photo,
+            photo_name: &photo_name,
+            condition,
+            mask,
+            prompt: self.prompt.as_deref(),
+        }
+        .job(seed, self.instruction.as_deref())?;
+        Ok(Job::from_task(job))
+    }
+}

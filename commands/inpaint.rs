@@ -1,0 +1,45 @@
+//! `ace inpaint`: repaint the masked region of an image (`ace::tasks::inpaint`).
+
+use crate::generate_common::{need, read_mask, Common, Intent, Job};
+use ace::config::AceConfig;
+use std::path::PathBuf;
+
+/// Repaint the masked region of an image.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The image to repaint.
+    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    pub image: Option<PathBuf>,
+    /// The region to repaint (white, above 128).
+    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    pub mask: Option<PathBuf>,
+    /// What the region shows (text-guided inpainting); without it the region is filled to fit.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// The instruction as given, instead of a phrasing from presets/tasks.yaml.
+    #[arg(long, value_name = "TEXT")]
+    pub instruction: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl Intent for Args {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn job(&self, seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {
+        let (image_path, mask_path) = (need(&self.image, "--image")?, need(&self.mask, "--mask")?);
+        let image = ace::imageio::load_rgb(image_path)?;
+        let mask = read_mask(mask_path)?;
+        Ok(Job::from_task(ace::tasks::inpaint::job(
+            image,
+            &image_path.display().to_string(),
+            mask,
+            &mask_path.display().to_string(),
+            self.prompt.as_deref(),
+            seed,
+            self.instruction.as_deref(),
+        )?))
+    }
+}

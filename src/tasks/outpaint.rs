@@ -1,0 +1,197 @@
+//! Outpainting (appendix B.4): `{image}` on a larger canvas, extended by given borders, to an
+//! aspect ratio, or by a scale, with a mask that is white over the new area. The canvas is
+//! shrunk first when it would exceed the model's token budget (so the photo is not enlarged
+//! only to be reduced again), its aspect ratio stays within the pipeline's limit of 4, and the
+//! frame's task is `inpainting` so the new area is blank as in the reference.
+
+use super::{input, instruction, TaskJob};
+use crate::pipeline::resize_bicubic;
+use crate::{Error, Result};
+use image::{GrayImage, RgbImage};
+
+/// The task name of the phrasings.
+pub const TASK: &str = "outpainting";
+/// Largest canvas aspect ratio (the pipeline centre-crops beyond it).
+const MAX_ASPECT: f64 = 4.0;
+
+/// How far to extend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Extend {
+    /// Pixels added on each side: left, right, top, bottom.
+    Borders {
+        left: u32,
+        right: u32,
+        top: u32,
+        bottom: u32,
+    },
+    /// Grow one dimension, evenly on both sides, to this width:height ratio.
+    Ratio(f64, f64),
+    /// Grow both dimensions by this factor, evenly on both sides.
+    Scale(f64),
+}
+
+/// Borders `(left, right, top, bottom)` for an image of `w` x `h`.
+pub fn borders(extend: Extend, w: u32, h: u32) -> Result<(u32, u32, u32, u32)> {
+    let split = |total: u32| (total / 2, total - total / 2);
+    let b = match extend {
+        Extend::Borders {
+            left,
+            right,
+            top,
+            bottom,
+        } => (left, right, top, bottom),
+        Extend::Ratio(rw, rh) => {
+            if !(rw > 0.0 && rh > 0.0 && rw.is_finite() && rh.is_finite()) {
+                return Err(Error::invalid("ratio", format!("{rw}:{rh}")));
+            }
+            let target = rw / rh;
+            let current = f64::from(w) / f64::from(h);
+            if target >= current {
+                let nw = (f64::from(h) * target).round() as u32;
+                let (l, r) = split(nw.saturating_sub(w));
+                (l, r, 0, 0)
+            } else {
+                let nh = (f64::from(w) / target).round() as u32;
+                let (t, b) = split(nh.saturating_sub(h));
+                (0, 0, t, b)
+            }
+        }
+        Extend::Scale(f) => {
+            if !(f.is_finite() && f >= 1.0) {
+                return Err(Error::invalid("scale", format!("{f} (expected 1 or more)")));
+            }
+            let grow = |v: u32| ((f64::from(v) * f).round() as u32).saturating_sub(v);
+            let (l, r) = split(grow(w));
+            let (t, b) = split(grow(h));
+            (l, r, t, b)
+        }
+    };
+    if b == (0, 0, 0, 0) {
+        return Err(Error::invalid(
+            "outpaint",
+            "nothing to extend (give borders, a ratio other than the image's, or a scale above 1)",
+        ));
+    }
+    Ok(b)
+}
+
+/// The canvas and its mask (255 over the new area) for `image` extended by `extend`, shrunk to
+/// `max_seq_len` 16x16 patches when larger.
+pub fn canvas(
+    image: &RgbImage,
+    extend: Extend,
+    max_seq_len: usize,
+) -> Result<(RgbImage, GrayImage)> {
+    let (w, h) = image.dimensions();
+    let (l, r, t, b) = borders(extend, w, h)?;
+    let (cw, ch) = (w + l + r, h + t + b);
+    let aspect = f64::from(cw.max(ch)) / f64::from(cw.min(ch));
+    if aspect > MAX_ASPECT {
+        return Err(Error::invalid(
+            "outpaint",
+            format!("a {cw}x{ch} canvas is longer than {MAX_ASPECT}:1 (the model's limit)"),
+        ));
+    }
+    let patches = f64::from(cw) / 16.0 * f64::from(ch) / 16.0;
+    let s = (max_seq_len as f64 / patches).sqrt().min(1.0);
+    let scaled = |v: u32| ((f64::from(v) * s).round() as u32).max(1);
+    let (sw, sh) = (scaled(w), scaled(h));
+    let (sl, st) = (
+        (f64::from(l) * s).round() as u32,
+        (f64::from(t) * s).round() as u32,
+    );
+    let (scw, sch) = (scaled(cw).max(sw + sl), scaled(ch).max(sh + st));
+    let photo = if s < 1.0 {
+        resize_bicubic(image, sw, sh)
+    } else {
+        image.clone()
+    };
+    let mut out = RgbImage::new(scw, sch);
+    image::imageops::replace(&mut out, &photo, i64::from(sl), i64::from(st));
+    let mask = GrayImage::from_fn(scw, sch, |x, y| {
+        let inside = x >= sl && x < sl + sw && y >= st && y < st + sh;
+        image::Luma([if inside { 0 } else { 255 }])
+    });
+    Ok((out, mask))
+}
+
+/// The outpainting job.
+pub fn job(
+    image: &RgbImage,
+    name: &str,
+    extend: Extend,
+    max_seq_len: usize,
+    prompt: Option<&str>,
+    seed: u64,
+    explicit: Option<&str>,
+) -> Result<TaskJob> {
+    let (canvas, mask) = canvas(image, extend, max_seq_len)?;
+    Ok(TaskJob {
+        instruction: instruction(TASK, &[("caption", prompt)], seed, explicit)?,
+        images: vec![input(name, canvas, Some(mask), super::inpaint::TASK)],
+        tar_index: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borders_from_ratio_and_scale() {
+        assert_eq!(
+            borders(Extend::Ratio(16.0, 9.0), 90, 90).unwrap(),
+            (35, 35, 0, 0)
+        );
+        assert_eq!(
+            borders(Extend::Ratio(1.0, 2.0), 100, 100).unwrap(),
+            (0, 0, 50, 50)
+        );
+        assert_eq!(borders(Extend::Scale(1.5), 64, 32).unwrap(), (16, 16, 8, 8));
+        assert!(borders(Extend::Scale(1.0), 64, 32).is_err());
+        assert!(borders(Extend::Ratio(1.0, 1.0), 64, 64).is_err());
+    }
+
+    #[test]
+    fn canvas_places_the_photo_and_masks_the_rest() {
+        let img = RgbImage::from_pixel(32, 16, image::Rgb([200, 10, 10]));
+        let ext = Extend::Borders {
+            left: 16,
+            right: 0,
+            top: 0,
+            bottom: 16,
+        };
+        let (c, m) = canvas(&img, ext, 1024).unwrap();
+        assert_eq!(c.dimensions(), (48, 32));
+        assert_eq!(c.get_pixel(16, 0), &image::Rgb([200, 10, 10]));
+        assert_eq!(c.get_pixel(0, 0), &image::Rgb([0, 0, 0]));
+        assert_eq!(
+            (
+                m.get_pixel(16, 0)[0],
+                m.get_pixel(15, 0)[0],
+                m.get_pixel(16, 16)[0]
+            ),
+            (0, 255, 255)
+        );
+        assert_eq!(m.pixels().filter(|p| p[0] == 0).count(), 32 * 16);
+    }
+
+    #[test]
+    fn large_canvases_shrink_to_the_budget_and_long_ones_fail() {
+        let img = RgbImage::new(256, 256);
+        // 512x512 is 1024 patches; a budget of 256 halves each side.
+        let (c, m) = canvas(&img, Extend::Scale(2.0), 256).unwrap();
+        assert_eq!(c.dimensions(), (256, 256));
+        assert_eq!(m.pixels().filter(|p| p[0] == 0).count(), 128 * 128);
+        let wide = Extend::Borders {
+            left: 600,
+            right: 600,
+            top: 0,
+            bottom: 0,
+        };
+        assert!(canvas(&img, wide, 1024)
+            .unwrap_err()
+            .to_string()
+            .contains("4:1"));
+    }
+}

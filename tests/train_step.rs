@@ -1,0 +1,163 @@
+//! One training step against the reference (`expected/train_step.*`): the loss on a
+//! grayscale-conversion pair at a fixed timestep and noise, the gradients of seven DiT tensors,
+//! their values after one AdamW step, and the loss after it.
+
+use ace::config::AceConfig;
+use ace::train::dataset::Example;
+use ace::train::model::{diffusion_loss, dit_config, Frozen};
+use ace::train::optimizer::{AdamW, AdamWParams};
+use ace::train::weights::DitWeights;
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/ace-tiny")
+        .join(rel)
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// max |a - b| / max |b|.
+fn relative(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (values(a), values(b));
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+fn absolute(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    values(a)
+        .iter()
+        .zip(values(b))
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+#[test]
+fn one_training_step_matches_the_reference() {
+    let dev = Device::Cpu;
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("expected/train_step.json")).unwrap(),
+    )
+    .unwrap();
+    let expected =
+        candle_core::safetensors::load(fixture("expected/train_step.safetensors"), &dev).unwrap();
+    let cfg = AceConfig::load(&fixture("model/ace_tiny.yaml")).unwrap();
+    let files = cfg.model_files(None).unwrap();
+    let frozen = Frozen::load(&cfg, &files, cfg.max_seq_len().unwrap(), &dev).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let weights =
+        DitWeights::load(&dit_config(&cfg).unwrap(), &files.dit, None, &mut rng, &dev).unwrap();
+
+    // The source is encoded by our pipeline; the target latent comes from the reference (our
+    // grayscale conversion and VAE are tested elsewhere), as do t and the noise.
+    let source = fixture(json["source"].as_str().unwrap());
+    let example = Example {
+        id: "gray".into(),
+        task: String::new(),
+        instruction: json["prompt"].as_str().unwrap().into(),
+        inputs: vec![source.clone()],
+        masks: vec![None],
+        target: source,
+    };
+    let mut encoded = frozen.encode(&example).unwrap();
+    let shape = encoded.target.dims().to_vec();
+
+    // Our own target: the source through PIL's grayscale and back to RGB, prepared and encoded
+    // as a training target, lands on the reference's latent.
+    let dir = tempfile::tempdir().unwrap();
+    let gray = ace::pipeline::luma_pil(&ace::imageio::load_rgb(&example.inputs[0]).unwrap());
+    let gray_path = dir.path().join("gray.png");
+    image::DynamicImage::ImageLuma8(gray)
+        .to_rgb8()
+        .save(&gray_path)
+        .unwrap();
+    let ours = frozen
+        .encode(&Example {
+            target: gray_path,
+            ..example.clone()
+        })
+        .unwrap();
+    let reference = &expected["target_latent"];
+    let scale = values(reference).iter().fold(1f32, |m, v| m.max(v.abs()));
+    let err = absolute(&ours.target.flatten_from(1).unwrap(), reference) / scale;
+    eprintln!("target latent: error {err:e}");
+    assert!(err <= 1e-4, "target latent differs by {err}");
+
+    encoded.target = expected["target_latent"].reshape(shape.as_slice()).unwrap();
+    let noise = expected["noise"].reshape(shape.as_slice()).unwrap();
+    let t = json["t"].as_u64().unwrap() as usize;
+
+    let loss = |w: &DitWeights| {
+        diffusion_loss(
+            &w.model().unwrap(),
+            frozen.text_position_embeddings(),
+            frozen.schedule(),
+            std::slice::from_ref(&encoded),
+            &[t],
+            std::slice::from_ref(&noise),
+        )
+        .unwrap()
+    };
+    let before = loss(&weights);
+    let want_before = json["loss_before"].as_f64().unwrap() as f32;
+    let got_before = before.to_scalar::<f32>().unwrap();
+    assert!(
+        ((got_before - want_before) / want_before).abs() <= 1e-4,
+        "loss before {got_before} vs {want_before}"
+    );
+
+    let grads = before.backward().unwrap();
+    let mut named = BTreeMap::new();
+    for (name, var) in weights.trainable() {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            named.insert(name.clone(), g.clone());
+        }
+    }
+    let watched: Vec<String> = json["watched"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    for name in &watched {
+        let err = relative(&named[name], &expected[&format!("grad.{name}")]);
+        eprintln!("grad {name}: relative error {err:e}");
+        assert!(err <= 1e-4, "gradient of {name}: relative error {err}");
+    }
+
+    let o = &json["optimizer"];
+    let mut opt = AdamW::new(AdamWParams {
+        lr: o["lr"].as_f64().unwrap(),
+        beta1: o["betas"][0].as_f64().unwrap(),
+        beta2: o["betas"][1].as_f64().unwrap(),
+        eps: o["eps"].as_f64().unwrap(),
+        weight_decay: o["weight_decay"].as_f64().unwrap(),
+    })
+    .unwrap();
+    opt.step(weights.trainable(), &named).unwrap();
+    for name in &watched {
+        let err = absolute(
+            weights.trainable()[name].as_tensor(),
+            &expected[&format!("after.{name}")],
+        );
+        eprintln!("after {name}: absolute error {err:e}");
+        assert!(err <= 1e-5, "{name} after the step: absolute error {err}");
+    }
+
+    let after = loss(&weights).to_scalar::<f32>().unwrap();
+    let want_after = json["loss_after"].as_f64().unwrap() as f32;
+    eprintln!("loss before {got_before} (want {want_before}), after {after} (want {want_after})");
+    assert!(
+        ((after - want_after) / want_after).abs() <= 1e-4,
+        "loss after {after} vs {want_after}"
+    );
+}
