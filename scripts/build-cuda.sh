@@ -13,12 +13,15 @@
 # Why CUDA 13.0 and not the newest 13.x: the PTX that nvcc writes can only be JIT-compiled by a
 # driver at least as new as nvcc (driver 580 = CUDA 13.0), and cudarc 0.19 knows 13.0-13.4.
 #
-# How it links: candle 0.9 asks cudarc for `dynamic-linking`, so the binary lists libcuda.so.1,
-# libcublas.so.13, libcublasLt.so.13, libcurand.so.10 and libnvrtc.so.13 as needed libraries.
+# How it links: candle 0.9 asks cudarc for `dynamic-linking` (cudarc's `dynamic-loading` cannot be
+# added beside it: cudarc's build script refuses both; huggingface/candle#3900), so the binary
+# needs libcuda.so.1, libcublas.so.13 (with libcublasLt.so.13) and libcurand.so.10 at start-up.
 # The wheels carry no libcuda (it comes with the driver), so a stub exporting the driver API's
 # names is built for the link step only (lib/stubs/libcuda.so, as in a CUDA toolkit). At run
 # time the real driver's libcuda.so.1 and the CUDA 13 libraries must be found, e.g.
 #   LD_LIBRARY_PATH=$ACE_CUDA_HOME/nvidia/cu13/lib ace generate ... --device cuda
+# Without an NVIDIA driver the binary does not start (libcuda.so.1 missing): use the CPU build.
+# For a GPU machine without OpenCV 4.6, scripts/bundle-libs.sh packs the binary with its libraries.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
