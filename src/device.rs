@@ -38,7 +38,7 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda => {
             if cfg!(feature = "cuda") {
-                Ok(Device::new_cuda(0)?)
+                Device::new_cuda(0).map_err(|e| unusable("cuda", &e))
             } else {
                 Err(Error::invalid(
                     "device",
@@ -48,7 +48,7 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
         }
         DeviceChoice::Metal => {
             if cfg!(feature = "metal") {
-                Ok(Device::new_metal(0)?)
+                Device::new_metal(0).map_err(|e| unusable("metal", &e))
             } else {
                 Err(Error::invalid(
                     "device",
@@ -58,18 +58,29 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
         }
         DeviceChoice::Auto => {
             if cfg!(feature = "cuda") {
-                if let Ok(d) = Device::new_cuda(0) {
-                    return Ok(d);
+                match Device::new_cuda(0) {
+                    Ok(d) => return Ok(d),
+                    Err(e) => log::info!("{}; trying the next device", unusable("cuda", &e)),
                 }
             }
             if cfg!(feature = "metal") {
-                if let Ok(d) = Device::new_metal(0) {
-                    return Ok(d);
+                match Device::new_metal(0) {
+                    Ok(d) => return Ok(d),
+                    Err(e) => log::info!("{}; using the CPU", unusable("metal", &e)),
                 }
             }
             Ok(Device::Cpu)
         }
     }
+}
+
+/// The error for a GPU that this build supports but cannot open (no driver, no device, missing
+/// library). candle appends a backtrace to its errors when `RUST_BACKTRACE` is set; only the
+/// first line is kept, so the report stays one line.
+fn unusable(kind: &str, e: &candle_core::Error) -> Error {
+    let cause = e.to_string();
+    let cause = cause.lines().next().unwrap_or_default();
+    Error::invalid("device", format!("{kind}: no usable GPU 0 ({cause})"))
 }
 
 #[cfg(test)]
@@ -90,6 +101,16 @@ mod tests {
         if !cfg!(any(feature = "cuda", feature = "metal")) {
             assert!(open(DeviceChoice::Auto).unwrap().is_cpu());
             assert!(open(DeviceChoice::Cuda).is_err());
+        }
+    }
+
+    #[test]
+    fn auto_always_opens_and_a_missing_gpu_is_one_line() {
+        assert!(open(DeviceChoice::Auto).is_ok());
+        if let Err(e) = open(DeviceChoice::Cuda) {
+            let msg = e.to_string();
+            assert!(msg.starts_with("invalid device: cuda: "), "{msg}");
+            assert_eq!(msg.lines().count(), 1, "{msg}");
         }
     }
 }
