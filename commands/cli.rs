@@ -1,7 +1,7 @@
 //! The command-line definition (clap derive): global options and the subcommand list. The man
 //! pages in `man/` and the shell completions are generated from this one definition.
 
-use crate::{analyze, completions, model, Outcome};
+use crate::{analyze, completions, eval, model, Outcome};
 use clap::{Parser, Subcommand};
 
 /// ACE, the All-round Creator and Editor: generate and edit images by instruction.
@@ -37,6 +37,8 @@ pub enum Command {
     Model(model::Args),
     /// Low-level visual analysis (edges, grey, mosaic, ...) of images, globally or in a mask.
     Analyze(analyze::Args),
+    /// Score generated or edited images against a benchmark (pixel, CLIP, DINO, text metrics).
+    Eval(eval::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -59,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Model(args) => model::run(args, &cli.global),
         Command::Analyze(args) => analyze::run(args, &cli.global),
+        Command::Eval(args) => eval::run(args, &cli.global),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -7,6 +7,7 @@ mod analyze;
 mod analyze_ops;
 mod cli;
 mod completions;
+mod eval;
 mod manpages;
 mod model;
 

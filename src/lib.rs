@@ -10,9 +10,11 @@ pub mod batch;
 pub mod cancel;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod hub;
 pub mod imageio;
 pub mod inputs;
 pub mod model;
+pub mod pipeline;
 
 pub use error::{Error, Result};
