@@ -35,6 +35,19 @@ pub struct Args {
     /// facebook/dino-vits16. Without it the DINO metric is left out.
     #[arg(long, value_name = "DIR|REPO")]
     pub dino_model: Option<String>,
+    /// Face detector (ONNX, OpenCV res10 SSD layout) for the face similarity of Table 7.
+    #[arg(long, value_name = "FILE", requires = "face_model")]
+    pub face_detector: Option<PathBuf>,
+    /// ArcFace embedder (ONNX, 112×112 input) for the face similarity of Table 7.
+    #[arg(long, value_name = "FILE", requires = "face_detector")]
+    pub face_model: Option<PathBuf>,
+    /// Text recogniser (ONNX CRNN, 100×32 grey input, CTC output) for the text scores of
+    /// Table 8; used for samples with a `text` and no `recognized_text`.
+    #[arg(long, value_name = "FILE", requires = "ocr_charset")]
+    pub ocr_model: Option<PathBuf>,
+    /// The recogniser's symbols, one a line (class i + 1 is line i; class 0 is the blank).
+    #[arg(long, value_name = "FILE", requires = "ocr_model")]
+    pub ocr_charset: Option<PathBuf>,
     /// Print one JSON document: {"samples": [...], "mean": {...}, "mean_by_task", "mean_by_turn"}.
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
@@ -64,6 +77,12 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
     if let Some(spec) = &args.dino_model {
         let dir = eval::locate::model_dir(spec, "DINO")?;
         models.dino = Some(eval::dino::Dino::load(&dir, &device)?);
+    }
+    if let (Some(detector), Some(embedder)) = (&args.face_detector, &args.face_model) {
+        models.faces = Some(eval::faces::FaceModels::new(detector, embedder)?);
+    }
+    if let (Some(model), Some(charset)) = (&args.ocr_model, &args.ocr_charset) {
+        models.ocr = Some(eval::ocr::TextRecognizer::new(model, charset)?);
     }
     let options = Options {
         batch_size: args.batch_size.max(1),

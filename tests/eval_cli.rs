@@ -227,3 +227,62 @@ fn report_renders_in_a_headless_browser() {
     assert!(dom.matches("alt=\"histogram of").count() >= 7);
     assert!(dom.contains("cat in the snow") || dom.contains("an oil painting"));
 }
+
+fn dnn_fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/eval-dnn")
+        .join(p)
+}
+
+/// Faces and text through the tiny ONNX fixtures: an unchanged face scores 1 and counts as
+/// effective; the recogniser reads "aab" off the stripes; recognised text in the manifest is
+/// used as is.
+#[test]
+fn face_and_text_scores_through_opencv_dnn() {
+    let dir = tempfile::tempdir().unwrap();
+    let shades = [255u8, 255, 128, 255, 0];
+    let stripes = image::RgbImage::from_fn(100, 32, |x, _| {
+        let v = shades[(x / 20) as usize];
+        image::Rgb([v, v, v])
+    });
+    stripes.save(dir.path().join("stripes.png")).unwrap();
+    let manifest = dir.path().join("m.jsonl");
+    std::fs::write(
+        &manifest,
+        concat!(
+            r#"{"input": "stripes.png", "generated": "stripes.png", "text": "aab", "task": "text"}"#,
+            "\n",
+            r#"{"generated": "stripes.png", "text": "sitting", "recognized_text": "kitten"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::cargo_bin("ace")
+        .unwrap()
+        .args(["eval", "--json", "--manifest"])
+        .arg(&manifest)
+        .arg("--face-detector")
+        .arg(dnn_fixture("face_detector.onnx"))
+        .arg("--face-model")
+        .arg(dnn_fixture("face_embedder.onnx"))
+        .arg("--ocr-model")
+        .arg(dnn_fixture("recognizer.onnx"))
+        .arg("--ocr-charset")
+        .arg(dnn_fixture("charset.txt"))
+        .assert()
+        .success();
+    let doc: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let s = &doc["samples"];
+    assert!((s[0]["face_sim"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    assert_eq!(s[0]["face_effective"].as_f64(), Some(1.0));
+    assert_eq!(s[0]["sentence_acc"].as_f64(), Some(1.0));
+    assert_eq!(s[0]["ned"].as_f64(), Some(1.0));
+    assert_eq!(s[1]["face_sim"], Value::Null);
+    assert_eq!(s[1]["sentence_acc"].as_f64(), Some(0.0));
+    assert!((s[1]["ned"].as_f64().unwrap() - (1.0 - 3.0 / 7.0)).abs() < 1e-12);
+    assert!((doc["mean"]["ned"].as_f64().unwrap() - (2.0 - 3.0 / 7.0) / 2.0).abs() < 1e-12);
+    assert_eq!(
+        doc["mean_by_task"]["text"]["sentence_acc"].as_f64(),
+        Some(1.0)
+    );
+}

@@ -8,9 +8,11 @@
 
 pub mod clip;
 pub mod dino;
+pub mod faces;
 pub mod locate;
 pub mod manifest;
 pub mod metrics;
+pub mod ocr;
 pub mod preprocess;
 pub mod report;
 pub mod results;
@@ -29,6 +31,8 @@ use std::path::Path;
 pub struct Models {
     pub clip: Option<clip::Clip>,
     pub dino: Option<dino::Dino>,
+    pub faces: Option<faces::FaceModels>,
+    pub ocr: Option<ocr::TextRecognizer>,
 }
 
 /// How a run works.
@@ -115,7 +119,26 @@ impl Loaded {
             scores.set(Metric::Psnr, Some(p.psnr));
             scores.set(Metric::Ssim, p.ssim);
         }
-        if let (Some(got), Some(want)) = (&sample.recognized_text, &sample.text) {
+        if let Some(faces) = &models.faces {
+            face_metrics(faces, &images, &mut scores);
+        }
+        let recognized = match (
+            &sample.recognized_text,
+            &models.ocr,
+            &images[GEN],
+            &sample.text,
+        ) {
+            (Some(t), _, _, _) => Some(t.clone()),
+            (None, Some(ocr), Some(img), Some(_)) => match ocr.recognize(img) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    scores.errors.push(e.to_string());
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let (Some(got), Some(want)) = (&recognized, &sample.text) {
             scores.set(
                 Metric::SentenceAccuracy,
                 Some(metrics::text::sentence_accuracy(got, want)),
@@ -165,6 +188,30 @@ impl Loaded {
         let [dgen, dgt] = &self.dino_images;
         self.scores.set(Metric::Dino, both(dgen, dgt));
         self.scores
+    }
+}
+
+/// Face similarity and effectiveness: the generated face against the input's (else the
+/// ground truth's); a network failure is reported on the sample.
+fn face_metrics(
+    faces: &faces::FaceModels,
+    images: &[Option<RgbImage>; 3],
+    scores: &mut SampleScores,
+) {
+    let reference = images[INPUT].as_ref().or(images[GT].as_ref());
+    let (Some(generated), Some(reference)) = (images[GEN].as_ref(), reference) else {
+        return;
+    };
+    match (
+        faces.face_embedding(generated),
+        faces.face_embedding(reference),
+    ) {
+        (Ok(g), Ok(r)) => {
+            let (sim, effective) = faces::face_scores(g.as_deref(), r.as_deref());
+            scores.set(Metric::FaceSimilarity, sim);
+            scores.set(Metric::FaceEffective, effective);
+        }
+        (Err(e), _) | (_, Err(e)) => scores.errors.push(e.to_string()),
     }
 }
 

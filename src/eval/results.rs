@@ -18,12 +18,14 @@ pub enum Metric {
     ClipDir,
     ClipImg,
     Dino,
+    FaceSimilarity,
+    FaceEffective,
     SentenceAccuracy,
     NormalizedEditSimilarity,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 13] = [
         Metric::L1,
         Metric::L2,
         Metric::Psnr,
@@ -33,6 +35,8 @@ impl Metric {
         Metric::ClipDir,
         Metric::ClipImg,
         Metric::Dino,
+        Metric::FaceSimilarity,
+        Metric::FaceEffective,
         Metric::SentenceAccuracy,
         Metric::NormalizedEditSimilarity,
     ];
@@ -49,6 +53,8 @@ impl Metric {
             Metric::ClipDir => "clip_dir",
             Metric::ClipImg => "clip_img",
             Metric::Dino => "dino",
+            Metric::FaceSimilarity => "face_sim",
+            Metric::FaceEffective => "face_effective",
             Metric::SentenceAccuracy => "sentence_acc",
             Metric::NormalizedEditSimilarity => "ned",
         }
