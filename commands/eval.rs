@@ -63,10 +63,18 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
-    let samples = match (&args.manifest, &args.generated, &args.reference) {
-        (Some(m), _, _) => eval::manifest::read_manifest(m)?,
-        (None, Some(g), Some(r)) => eval::manifest::pair_folders(g, r)?,
-        _ => anyhow::bail!("give --manifest FILE or --generated DIR --reference DIR"),
+    let samples = match (
+        &args.manifest,
+        &args.generated,
+        &args.reference,
+        &args.magicbrush,
+    ) {
+        (Some(m), ..) => eval::manifest::read_manifest(m)?,
+        (None, Some(g), Some(r), None) => eval::manifest::pair_folders(g, r)?,
+        (None, Some(g), None, Some(test)) => eval::magicbrush::samples(g, test)?,
+        _ => anyhow::bail!(
+            "give --manifest FILE, or --generated DIR with --reference DIR or --magicbrush DIR"
+        ),
     };
     let device = ace::device::open(global.device)?;
     let mut models = Models::default();

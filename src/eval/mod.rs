@@ -1,5 +1,5 @@
 //! `ace eval`: benchmark scoring of generation and editing results. Samples come from a
-//! manifest or paired folders ([`manifest`]); each is scored with the pixel metrics of
+//! manifest, paired folders ([`manifest`]) or the MagicBrush test layout ([`magicbrush`]); each is scored with the pixel metrics of
 //! MagicBrush (L1, L2, PSNR, SSIM), CLIP ViT-B/32 similarities (CLIP-I, CLIP-T, CLIP-dir,
 //! CLIPimg), DINO ViT-S/16 similarity and, from text already recognised in the image, the text
 //! rendering scores. Images are read and preprocessed on all cores and embedded in batches;
@@ -10,6 +10,7 @@ pub mod clip;
 pub mod dino;
 pub mod faces;
 pub mod locate;
+pub mod magicbrush;
 pub mod manifest;
 pub mod metrics;
 pub mod ocr;
