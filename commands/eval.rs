@@ -16,17 +16,22 @@ pub struct Args {
     /// recognized_text (any may be absent); paths are relative to the manifest's folder.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
-    /// Folder of generated images, paired with --reference by file stem.
+    /// Folder of generated images: paired with --reference by file stem, or with --magicbrush
+    /// in MagicBrush's layout (<id>/*_1.png, inde_<i>.png, iter_<i>.png).
+    #[arg(long, value_name = "DIR", conflicts_with = "manifest")]
+    pub generated: Option<PathBuf>,
+    /// Folder of ground-truth images for --generated.
     #[arg(
         long,
         value_name = "DIR",
-        requires = "reference",
-        conflicts_with = "manifest"
+        requires = "generated",
+        conflicts_with = "magicbrush"
     )]
-    pub generated: Option<PathBuf>,
-    /// Folder of ground-truth images for --generated.
-    #[arg(long, value_name = "DIR", requires = "generated")]
     pub reference: Option<PathBuf>,
+    /// The MagicBrush test folder (images/<id>/, global_descriptions.json) for --generated;
+    /// means are reported for the final turn and all turns.
+    #[arg(long, value_name = "DIR", requires = "generated")]
+    pub magicbrush: Option<PathBuf>,
     /// CLIP model (Hugging Face layout): a folder or a cached hub id such as
     /// openai/clip-vit-base-patch32. Without it the CLIP metrics are left out.
     #[arg(long, value_name = "DIR|REPO")]

@@ -286,3 +286,40 @@ fn face_and_text_scores_through_opencv_dnn() {
         Some(1.0)
     );
 }
+
+/// Folder pairing by stem gives the same pixel scores as the manifest.
+#[test]
+fn folders_are_paired_by_stem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, r) = (dir.path().join("gen"), dir.path().join("ref"));
+    std::fs::create_dir_all(&g).unwrap();
+    std::fs::create_dir_all(&r).unwrap();
+    for i in 0..3 {
+        std::fs::copy(
+            fixture(&format!("data/{i}_gen.png")),
+            g.join(format!("{i}.png")),
+        )
+        .unwrap();
+        std::fs::copy(
+            fixture(&format!("data/{i}_gt.png")),
+            r.join(format!("{i}.png")),
+        )
+        .unwrap();
+    }
+    let out = Command::cargo_bin("ace")
+        .unwrap()
+        .args(["eval", "--json", "--generated"])
+        .arg(&g)
+        .arg("--reference")
+        .arg(&r)
+        .assert()
+        .success();
+    let doc: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let cases = cases();
+    for i in 0..3 {
+        let d =
+            doc["samples"][i]["l1"].as_f64().unwrap() - cases["metrics"][i]["l1"].as_f64().unwrap();
+        assert!(d.abs() < 1e-4, "sample {i}: {d}");
+        assert_eq!(doc["samples"][i]["clip_i"], Value::Null);
+    }
+}
