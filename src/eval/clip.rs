@@ -13,15 +13,21 @@ use candle_nn::{linear_no_bias, Linear, VarBuilder};
 use candle_transformers::models::clip::{text_model, vision_model};
 use std::path::{Path, PathBuf};
 
-/// The parts of `config.json` the embeddings need.
+/// The parts of `config.json` the embeddings need; absent fields take transformers' defaults
+/// (`CLIPConfig`, `CLIPTextConfig`, `CLIPVisionConfig`: the ViT-B/32 sizes), as configs saved
+/// as a diff against those defaults leave them out.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Config {
+    #[serde(default = "d512")]
     pub projection_dim: usize,
+    #[serde(default)]
     pub text_config: TextConfig,
+    #[serde(default)]
     pub vision_config: VisionConfig,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default)]
 pub struct TextConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -29,39 +35,57 @@ pub struct TextConfig {
     pub max_position_embeddings: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(default = "default_eos_token_id")]
     pub eos_token_id: u32,
-    #[serde(default = "default_pad_token_id")]
     pub pad_token_id: u32,
-    #[serde(default = "default_hidden_act")]
     pub hidden_act: String,
 }
 
+impl Default for TextConfig {
+    fn default() -> Self {
+        TextConfig {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            max_position_embeddings: 77,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            eos_token_id: 2,
+            pad_token_id: 1,
+            hidden_act: "quick_gelu".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default)]
 pub struct VisionConfig {
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(default = "default_num_channels")]
     pub num_channels: usize,
     pub image_size: usize,
     pub patch_size: usize,
-    #[serde(default = "default_hidden_act")]
     pub hidden_act: String,
 }
 
-fn default_eos_token_id() -> u32 {
-    2
+impl Default for VisionConfig {
+    fn default() -> Self {
+        VisionConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: "quick_gelu".into(),
+        }
+    }
 }
-fn default_pad_token_id() -> u32 {
-    1
-}
-fn default_hidden_act() -> String {
-    "quick_gelu".into()
-}
-fn default_num_channels() -> usize {
-    3
+
+fn d512() -> usize {
+    512
 }
 
 /// A loaded CLIP model with its tokenizer.
@@ -275,6 +299,22 @@ pub(crate) mod tests {
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn absent_config_fields_take_the_transformers_defaults() {
+        let c: Config =
+            serde_json::from_str(r#"{"text_config": {"hidden_size": 32}, "projection_dim": 24}"#)
+                .unwrap();
+        assert_eq!(
+            (c.text_config.hidden_size, c.text_config.vocab_size),
+            (32, 49408)
+        );
+        assert_eq!(
+            (c.vision_config.image_size, c.vision_config.patch_size),
+            (224, 32)
+        );
+        assert_eq!((c.projection_dim, c.text_config.eos_token_id), (24, 2));
     }
 
     #[test]

@@ -12,6 +12,57 @@ use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 use candle_transformers::models::vit;
 use std::path::Path;
 
+/// `config.json` of a transformers `ViTModel`; absent fields take `ViTConfig`'s defaults, as
+/// configs saved as a diff against them leave them out.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: candle_nn::Activation,
+    pub layer_norm_eps: f64,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    pub qkv_bias: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: candle_nn::Activation::Gelu,
+            layer_norm_eps: 1e-12,
+            image_size: 224,
+            patch_size: 16,
+            num_channels: 3,
+            qkv_bias: true,
+        }
+    }
+}
+
+impl From<Config> for vit::Config {
+    fn from(c: Config) -> Self {
+        vit::Config {
+            hidden_size: c.hidden_size,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            intermediate_size: c.intermediate_size,
+            hidden_act: c.hidden_act,
+            layer_norm_eps: c.layer_norm_eps,
+            image_size: c.image_size,
+            patch_size: c.patch_size,
+            num_channels: c.num_channels,
+            qkv_bias: c.qkv_bias,
+        }
+    }
+}
+
 /// A loaded DINO ViT.
 pub struct Dino {
     config: vit::Config,
@@ -25,7 +76,7 @@ impl Dino {
     /// Loads `dir` (config.json and weights; a `vit.` prefix, as in classification
     /// checkpoints, is accepted) onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Dino> {
-        let config: vit::Config = read_config(dir)?;
+        let config: vit::Config = read_config::<Config>(dir)?.into();
         let tensors = checkpoint::load(dir, device)?;
         let prefixed = tensors.contains_key("vit.embeddings.cls_token");
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
