@@ -3,7 +3,7 @@
 
 use crate::generate_common::{self, Intent};
 use crate::{
-    analyze, completions, control, data, edit, generate, inpaint, layer, model, outpaint,
+    analyze, completions, control, data, edit, eval, generate, inpaint, layer, model, outpaint,
     reference, train, Outcome,
 };
 use clap::{Parser, Subcommand};
@@ -57,6 +57,8 @@ pub enum Command {
     Data(data::Args),
     /// Fine-tune the DiT on instruction/image pairs; merge LoRA adapters.
     Train(train::Args),
+    /// Score generated or edited images against a benchmark (pixel, CLIP, DINO, text metrics).
+    Eval(eval::Args),
     /// Fetch the official model snapshots.
     Model(model::Args),
     /// Print a shell completion script.
@@ -89,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Reference(a) => generate_common::execute(&a, &cli.global),
         Command::Data(args) => data::run(args, cli.global.quiet),
         Command::Train(args) => train::run(args, &cli.global),
+        Command::Eval(args) => eval::run(args, &cli.global),
         Command::Model(args) => model::run(args, &cli.global),
         Command::Completions(args) => completions::run(args),
     }

@@ -12,6 +12,7 @@ mod completions;
 mod control;
 mod data;
 mod edit;
+mod eval;
 mod generate;
 mod generate_common;
 mod inpaint;
