@@ -55,12 +55,17 @@ pub struct PairsArgs {
     /// Embeddings: a .npy (N x D float32) or a safetensors file with a tensor `embeddings`.
     #[arg(long, value_name = "FILE")]
     pub embeddings: Option<PathBuf>,
-    /// Images to embed with --encoder.
+    /// Images to embed with --encoder (a folder, searched recursively); ids are their paths
+    /// relative to it.
     #[arg(long, value_name = "DIR", requires = "encoder")]
     pub images: Option<PathBuf>,
-    /// Image encoder for --images.
-    #[arg(long, value_parser = ["clip"])]
+    /// Image encoder for --images: clip (the CLIP image tower of `ace eval`).
+    #[arg(long, value_parser = ["clip"], requires = "clip_model")]
     pub encoder: Option<String>,
+    /// The CLIP model for --encoder clip: a folder in the Hugging Face layout or a hub id in the
+    /// cache (e.g. openai/clip-vit-base-patch32).
+    #[arg(long, value_name = "DIR|REPO")]
+    pub clip_model: Option<String>,
     /// Ids of the rows, one per line (default: row numbers).
     #[arg(long, value_name = "FILE")]
     pub ids: Option<PathBuf>,
@@ -170,13 +175,6 @@ fn run_masks(a: MasksArgs, quiet: bool) -> anyhow::Result<Outcome> {
 }
 
 fn run_pairs(a: PairsArgs, quiet: bool) -> anyhow::Result<Outcome> {
-    let Some(emb_path) = a.embeddings else {
-        bail!(
-            "--encoder clip: the CLIP image encoder is not part of this build yet; compute the \
-             image embeddings elsewhere, save them as an N x D .npy, and pass --embeddings FILE \
-             (with --ids FILE naming the images)"
-        );
-    };
     if !a.force && data::jsonl_complete(&a.out) {
         if !quiet {
             eprintln!(
@@ -186,12 +184,37 @@ fn run_pairs(a: PairsArgs, quiet: bool) -> anyhow::Result<Outcome> {
         }
         return Ok(Outcome::Success);
     }
-    let emb = data::embeddings::load(&emb_path)?;
-    let ids = a
-        .ids
-        .as_deref()
-        .map(|p| data::embeddings::load_ids(p, emb.rows))
-        .transpose()?;
+    let mut outcome = Outcome::Success;
+    let (emb, ids) = match (&a.embeddings, &a.images, &a.clip_model) {
+        (Some(path), _, _) => {
+            let emb = data::embeddings::load(path)?;
+            let ids = a
+                .ids
+                .as_deref()
+                .map(|p| data::embeddings::load_ids(p, emb.rows))
+                .transpose()?;
+            (emb, ids)
+        }
+        (None, Some(dir), Some(model)) => {
+            let clip_dir = ace::eval::locate::model_dir(model, "CLIP")?;
+            let clip = ace::eval::clip::Clip::load(&clip_dir, &candle_core::Device::Cpu)?;
+            let found = ace::inputs::expand(&[dir.to_string_lossy().into_owned()], true);
+            let embedded = data::embed::clip_images(&found.inputs, &clip)?;
+            for e in found.errors.iter().chain(&embedded.failures) {
+                eprintln!("ace: {e}");
+                outcome = Outcome::SomeFailed;
+            }
+            if !quiet {
+                eprintln!(
+                    "pairs: embedded {} images with CLIP ({} unreadable)",
+                    embedded.ids.len(),
+                    embedded.failures.len()
+                );
+            }
+            (embedded.embeddings, Some(embedded.ids))
+        }
+        _ => bail!("give --embeddings FILE, or --images DIR --encoder clip --clip-model DIR"),
+    };
     let cfg = pairs::PairConfig {
         clusters: a.clusters,
         low: a.low,
@@ -210,7 +233,7 @@ fn run_pairs(a: PairsArgs, quiet: bool) -> anyhow::Result<Outcome> {
             s.unrelated, a.low, mined.sets.len(), s.rows_in_sets
         );
     }
-    Ok(Outcome::Success)
+    Ok(outcome)
 }
 
 fn run_instructions(a: InstructionsArgs, quiet: bool) -> anyhow::Result<Outcome> {

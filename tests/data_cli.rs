@@ -247,7 +247,71 @@ fn pairs_reject_bad_inputs() {
         .arg(&out)
         .assert()
         .code(2)
-        .stderr(contains("--embeddings"));
+        .stderr(contains("--clip-model"));
+}
+
+#[test]
+fn pairs_from_images_embedded_with_clip_name_the_images() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("photos");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    for (i, entry) in std::fs::read_dir(fixtures.join("data"))
+        .unwrap()
+        .enumerate()
+    {
+        let path = entry.unwrap().path();
+        let dest = if i % 2 == 0 {
+            images.join(path.file_name().unwrap())
+        } else {
+            images.join("sub").join(path.file_name().unwrap())
+        };
+        std::fs::copy(&path, dest).unwrap();
+    }
+    std::fs::write(images.join("broken.png"), b"not a png").unwrap();
+    let out = dir.path().join("pairs.jsonl");
+    // One cluster and bounds [-1, 1]: all 36 pairs of 9 images are compared; the one pair of
+    // identical images (similarity 1 plus rounding) is dropped as a near-duplicate.
+    ace()
+        .args([
+            "data",
+            "pairs",
+            "--encoder",
+            "clip",
+            "--clusters",
+            "1",
+            "--low=-1",
+            "--high=1",
+            "--pairs-only",
+            "--clip-model",
+        ])
+        .arg(fixtures.join("clip-tiny"))
+        .arg("--images")
+        .arg(&images)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(contains("broken.png").and(contains(
+            "36 pairs compared: 35 kept, 1 dropped as near-duplicates",
+        )));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 35, "{text}");
+    let mut named = std::collections::BTreeSet::new();
+    for l in &lines {
+        for side in ["a", "b"] {
+            named.insert(l[side].as_str().unwrap().to_string());
+        }
+        let sim = l["sim"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&sim), "{l}");
+    }
+    assert_eq!(named.len(), 9);
+    assert!(named.iter().any(|n| n.starts_with("sub/")), "{named:?}");
+    assert!(!named.iter().any(|n| n.contains("broken")));
 }
 
 #[test]

@@ -24,6 +24,7 @@
 //! for each disjoint set of two or more, `{"a": id, "b": id, "sim": S}` for each candidate pair.
 
 pub mod dataset;
+pub mod embed;
 pub mod embeddings;
 pub mod instructions;
 pub mod kmeans;
