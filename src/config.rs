@@ -263,6 +263,27 @@ impl AceConfig {
         Ok(())
     }
 
+    /// The DiT section (`MODEL.DIFFUSION_MODEL`) as the DiT's config.
+    pub fn dit_config(&self) -> Result<crate::model::dit::Config> {
+        self.section(&self.model.diffusion_model, "DIFFUSION_MODEL")
+    }
+
+    /// The VAE section (`MODEL.FIRST_STAGE_MODEL`) as the VAE's config.
+    pub fn vae_config(&self) -> Result<crate::model::vae::Config> {
+        self.section(&self.model.first_stage_model, "FIRST_STAGE_MODEL")
+    }
+
+    fn section<T: serde::de::DeserializeOwned>(
+        &self,
+        value: &serde_yaml::Value,
+        name: &str,
+    ) -> Result<T> {
+        serde_yaml::from_value(value.clone()).map_err(|e| Error::Config {
+            path: PathBuf::from(&self.origin),
+            message: format!("MODEL.{name}: {e}"),
+        })
+    }
+
     /// `MAX_SEQ_LEN` of the DiT section (the token budget of one frame).
     pub fn max_seq_len(&self) -> Result<usize> {
         self.model

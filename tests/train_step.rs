@@ -4,7 +4,7 @@
 
 use ace::config::AceConfig;
 use ace::train::dataset::Example;
-use ace::train::model::{diffusion_loss, dit_config, Frozen};
+use ace::train::model::{diffusion_loss, Frozen};
 use ace::train::optimizer::{AdamW, AdamWParams};
 use ace::train::weights::DitWeights;
 use candle_core::{Device, Tensor};
@@ -55,7 +55,7 @@ fn one_training_step_matches_the_reference() {
     let frozen = Frozen::load(&cfg, &files, cfg.max_seq_len().unwrap(), &dev).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let weights =
-        DitWeights::load(&dit_config(&cfg).unwrap(), &files.dit, None, &mut rng, &dev).unwrap();
+        DitWeights::load(&cfg.dit_config().unwrap(), &files.dit, None, &mut rng, &dev).unwrap();
 
     // The source is encoded by our pipeline; the target latent comes from the reference (our
     // grayscale conversion and VAE are tested elsewhere), as do t and the noise.

@@ -4,15 +4,14 @@
 
 use super::{mask_to_latent, Noise, Plan, PreparedImage};
 use crate::config::{AceConfig, ModelFiles};
-use crate::model::dit::{self, DitAce, Sample};
+use crate::model::dit::{DitAce, Sample};
 use crate::model::text::{Clean, TextEmbedder};
-use crate::model::vae::{self, AutoencoderKl};
+use crate::model::vae::AutoencoderKl;
 use crate::sampler::{Ddim, Guidance, LinearSchedule};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 /// One input image with its optional mask and task (`inpainting` blanks the masked pixels).
 #[derive(Debug, Clone)]
@@ -91,27 +90,22 @@ pub struct Ace {
     dtype: DType,
 }
 
-fn section<T: serde::de::DeserializeOwned>(
-    cfg: &AceConfig,
-    value: &serde_yaml::Value,
-    name: &str,
-) -> Result<T> {
-    serde_yaml::from_value(value.clone()).map_err(|e| Error::Config {
-        path: PathBuf::from(&cfg.origin),
-        message: format!("MODEL.{name}: {e}"),
-    })
+/// The parts of ACE that condition the DiT and are never trained: the T5 text embedder, the
+/// VAE, and the image indicator embeddings (T5 states of `{image}`, `{image1}`, ...).
+pub struct Conditioning {
+    pub text: TextEmbedder,
+    pub vae: AutoencoderKl,
+    pub text_position_embeddings: Tensor,
 }
 
-impl Ace {
-    /// Loads the three models from `files` and computes the image indicator embeddings.
+impl Conditioning {
+    /// Loads T5 and the VAE from `files` in `dtype` and computes the indicator embeddings once.
     pub fn load(
         cfg: &AceConfig,
         files: &ModelFiles,
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let dit_cfg: dit::Config = section(cfg, &cfg.model.diffusion_model, "DIFFUSION_MODEL")?;
-        let vae_cfg: vae::Config = section(cfg, &cfg.model.first_stage_model, "FIRST_STAGE_MODEL")?;
         let cond = &cfg.model.cond_stage_model;
         let clean: Clean = cond.clean.parse()?;
         let text = TextEmbedder::load(
@@ -122,13 +116,34 @@ impl Ace {
             device,
             dtype,
         )?;
-        let dit = DitAce::load(&dit_cfg, &files.dit, device, dtype)?;
-        let vae = AutoencoderKl::load(&vae_cfg, &files.vae, device, dtype)?;
+        let vae = AutoencoderKl::load(&cfg.vae_config()?, &files.vae, device, dtype)?;
         let text_position_embeddings = if cfg.model.use_text_pos_embeddings {
             text.text_position_embeddings(&cfg.model.text_identifier)?
         } else {
             Tensor::zeros((10, text.hidden_size()), dtype, device)?
         };
+        Ok(Self {
+            text,
+            vae,
+            text_position_embeddings,
+        })
+    }
+}
+
+impl Ace {
+    /// Loads the three models from `files` and computes the image indicator embeddings.
+    pub fn load(
+        cfg: &AceConfig,
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let Conditioning {
+            text,
+            vae,
+            text_position_embeddings,
+        } = Conditioning::load(cfg, files, device, dtype)?;
+        let dit = DitAce::load(&cfg.dit_config()?, &files.dit, device, dtype)?;
         let ns = &cfg.model.diffusion.noise_scheduler;
         Ok(Self {
             schedule: LinearSchedule::new(ns.num_timesteps, ns.beta_min, ns.beta_max)?,

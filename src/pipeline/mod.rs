@@ -8,7 +8,7 @@ mod prepare;
 mod prompts;
 mod resize;
 
-pub use ace::{Ace, Generated, InputImage, Progress, Request, Turn};
+pub use ace::{Ace, Conditioning, Generated, InputImage, Progress, Request, Turn};
 pub use noise::Noise;
 pub use plan::{Plan, PlannedFrame};
 pub use prepare::{budget_size, luma_pil, mask_to_latent, prepare_image, PreparedImage};

@@ -12,7 +12,7 @@ use super::checkpointing::{self, Checkpoint, LoraInfo, TrainState};
 use super::config::{Stage, TrainConfig};
 use super::dataset::{self, Example};
 use super::ema::Ema;
-use super::model::{diffusion_loss, dit_config, Encoded, Frozen};
+use super::model::{diffusion_loss, Encoded, Frozen};
 use super::optimizer::{clip_grad_norm, AdamW};
 use super::plot;
 use super::weights::DitWeights;
@@ -317,7 +317,7 @@ pub fn run(
         Some(p) => p.clone(),
         None => first.model.model_files(None)?.dit,
     };
-    let dit_cfg = dit_config(&first.model)?;
+    let dit_cfg = first.model.dit_config()?;
     let mut init_rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let weights = DitWeights::load(
         &dit_cfg,

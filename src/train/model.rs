@@ -7,17 +7,16 @@
 use super::dataset::Example;
 use crate::config::{AceConfig, ModelFiles};
 use crate::imageio;
-use crate::model::dit::{self, DitAce, Sample};
-use crate::model::text::{Clean, TextEmbedder};
-use crate::model::vae::{self, AutoencoderKl};
+use crate::model::dit::{DitAce, Sample};
+use crate::model::text::TextEmbedder;
+use crate::model::vae::AutoencoderKl;
 use crate::pipeline::{
-    check_references, frame_contexts, frame_prompts, mask_to_latent, prepare_image,
+    check_references, frame_contexts, frame_prompts, mask_to_latent, prepare_image, Conditioning,
 };
 use crate::sampler::LinearSchedule;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 /// One example as the DiT consumes it (float32): the clean target latent `x0` with its mask,
 /// the edit images' latents and masks, and the per-frame contexts (target frame first).
@@ -83,22 +82,6 @@ impl Encoded {
 }
 
 /// Reads a model sub-section into its own config type.
-fn section<T: serde::de::DeserializeOwned>(
-    cfg: &AceConfig,
-    value: &serde_yaml::Value,
-    name: &str,
-) -> Result<T> {
-    serde_yaml::from_value(value.clone()).map_err(|e| Error::Config {
-        path: PathBuf::from(&cfg.origin),
-        message: format!("MODEL.{name}: {e}"),
-    })
-}
-
-/// The DiT section of a model config.
-pub fn dit_config(cfg: &AceConfig) -> Result<dit::Config> {
-    section(cfg, &cfg.model.diffusion_model, "DIFFUSION_MODEL")
-}
-
 /// The frozen models and the schedule.
 pub struct Frozen {
     cfg: AceConfig,
@@ -119,23 +102,11 @@ impl Frozen {
         max_seq_len: usize,
         device: &Device,
     ) -> Result<Self> {
-        let vae_cfg: vae::Config = section(cfg, &cfg.model.first_stage_model, "FIRST_STAGE_MODEL")?;
-        let cond = &cfg.model.cond_stage_model;
-        let clean: Clean = cond.clean.parse()?;
-        let text = TextEmbedder::load(
-            &files.text_encoder,
-            &files.tokenizer,
-            cond.length,
-            clean,
-            device,
-            DType::F32,
-        )?;
-        let vae = AutoencoderKl::load(&vae_cfg, &files.vae, device, DType::F32)?;
-        let text_position_embeddings = if cfg.model.use_text_pos_embeddings {
-            text.text_position_embeddings(&cfg.model.text_identifier)?
-        } else {
-            Tensor::zeros((10, text.hidden_size()), DType::F32, device)?
-        };
+        let Conditioning {
+            text,
+            vae,
+            text_position_embeddings,
+        } = Conditioning::load(cfg, files, device, DType::F32)?;
         let ns = &cfg.model.diffusion.noise_scheduler;
         Ok(Self {
             schedule: LinearSchedule::new(ns.num_timesteps, ns.beta_min, ns.beta_max)?,
