@@ -25,7 +25,7 @@ pub mod scribble;
 pub mod segment;
 pub mod skeleton;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use canny::Canny;
 pub use contour::Contour;
@@ -105,27 +105,12 @@ fn composite(outer: &RgbImage, inner: &RgbImage, inside: &[bool]) -> RgbImage {
 mod tests {
     use super::*;
 
-    struct Invert;
-    impl Operation for Invert {
-        fn name(&self) -> &'static str {
-            "invert"
-        }
-        fn parameters(&self) -> serde_json::Value {
-            serde_json::json!({})
-        }
-        fn apply(&self, image: &RgbImage) -> Result<RgbImage> {
-            let mut out = image.clone();
-            image::imageops::invert(&mut out);
-            Ok(out)
-        }
-    }
-
     #[test]
     fn regional_keeps_outside_bit_for_bit_and_resizes_the_mask() {
         let img = RgbImage::from_fn(8, 4, |x, y| image::Rgb([x as u8 * 10, y as u8 * 20, 3]));
         // A 4x2 mask whose left half is inside: scaled to 8x4 it covers columns 0..4.
         let mask = GrayImage::from_fn(4, 2, |x, _| image::Luma([if x < 2 { 255 } else { 0 }]));
-        let out = apply(&Invert, &img, Some(&mask)).unwrap();
+        let out = apply(&testing::Invert("invert"), &img, Some(&mask)).unwrap();
         for (x, y, p) in out.enumerate_pixels() {
             let q = img.get_pixel(x, y);
             if x < 4 {

@@ -8,6 +8,25 @@ use opencv::core::Size;
 use opencv::imgproc;
 use std::path::PathBuf;
 
+/// An operation that inverts the image, for tests of what surrounds operations (regional
+/// application, pair building); it answers to the name it is given, so that a test can borrow a
+/// real operation's name (and its instruction templates).
+pub struct Invert(pub &'static str);
+
+impl Operation for Invert {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn parameters(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn apply(&self, image: &RgbImage) -> crate::Result<RgbImage> {
+        let mut out = image.clone();
+        image::imageops::invert(&mut out);
+        Ok(out)
+    }
+}
+
 /// The photographs the operations are checked on: the three tiny fixture inputs and
 /// `samples/chelsea.png` reduced to 256 px wide.
 pub const PHOTOS: [&str; 4] = ["astronaut", "chelsea", "coffee", "chelsea256"];

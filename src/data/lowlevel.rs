@@ -310,22 +310,7 @@ fn pair(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Inverts the image; named after a real operation so that its templates exist.
-    struct Invert;
-    impl Operation for Invert {
-        fn name(&self) -> &'static str {
-            "gray"
-        }
-        fn parameters(&self) -> serde_json::Value {
-            serde_json::json!({})
-        }
-        fn apply(&self, image: &RgbImage) -> Result<RgbImage> {
-            let mut out = image.clone();
-            image::imageops::invert(&mut out);
-            Ok(out)
-        }
-    }
+    use crate::analyze::testing::Invert;
 
     fn photos(dir: &Path) -> Vec<PathBuf> {
         (0..3)
@@ -352,7 +337,7 @@ mod tests {
             coverage: "0.2-0.4".parse().unwrap(),
             seed: 5,
         };
-        let ops: Vec<Box<dyn Operation>> = vec![Box::new(Invert)];
+        let ops: Vec<Box<dyn Operation>> = vec![Box::new(Invert("gray"))];
         let s = build(&imgs, &ops, &captions, &out, &cfg).unwrap();
         assert_eq!((s.pairs, s.computed, s.reused, s.failed), (6, 3, 0, 0));
         let recs = dataset::read(&out).unwrap();
@@ -411,7 +396,7 @@ mod tests {
             coverage: "0.1-0.5".parse().unwrap(),
             seed: 0,
         };
-        let ops: Vec<Box<dyn Operation>> = vec![Box::new(Invert)];
+        let ops: Vec<Box<dyn Operation>> = vec![Box::new(Invert("gray"))];
         let s = build(&imgs, &ops, &BTreeMap::new(), &dir.path().join("ds"), &cfg).unwrap();
         assert_eq!((s.failed, s.pairs, s.regional), (1, 6, 0));
         assert!(s.failures[0].contains("bad.png"));
