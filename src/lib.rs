@@ -16,6 +16,7 @@ pub mod eval;
 pub mod hub;
 pub mod imageio;
 pub mod inputs;
+pub mod kernels;
 pub mod model;
 pub mod pipeline;
 pub mod sampler;

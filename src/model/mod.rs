@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod dit;
+pub mod linear;
 pub mod recorder;
 pub mod text;
 pub mod vae;

@@ -7,11 +7,10 @@
 use super::config::Config;
 use super::layers::RmsNorm;
 use super::rope::RopeTables;
-use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
-
-/// Most attention scores held at once (queries are processed in chunks below this).
-const MAX_SCORES: usize = 1 << 26;
+use crate::kernels;
+use crate::model::linear::{linear, Linear};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -99,53 +98,8 @@ impl Attention {
     }
 }
 
-/// `softmax(q k^T / sqrt(head_dim)) v` on `[1, heads, tokens, head_dim]`, the softmax in f32,
-/// queries taken in chunks so that at most [`MAX_SCORES`] scores exist at a time.
+/// `softmax(q k^T / sqrt(head_dim)) v` on `[1, heads, tokens, head_dim]`, the softmax in f32.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let (_, heads, q_len, head_dim) = q.dims4()?;
-    let k_len = k.dim(2)?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let k_t = k.t()?;
-    let rows = (MAX_SCORES / (heads * k_len).max(1)).max(1);
-    let mut outs = Vec::with_capacity(q_len.div_ceil(rows));
-    for start in (0..q_len).step_by(rows) {
-        let q_c = q.narrow(2, start, rows.min(q_len - start))?;
-        let scores = (q_c.matmul(&k_t)? * scale)?.to_dtype(DType::F32)?;
-        let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        outs.push(probs.matmul(v)?);
-    }
-    Tensor::cat(&outs, 2)
-}
-
-/// Softmax over the last dimension: candle's fused kernel, which has no backward pass, unless
-/// the scores take part in a gradient computation (training), then the composed form.
-fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if xs.track_op() {
-        candle_nn::ops::softmax(xs, candle_core::D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(xs)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn attention_weights_values_by_softmax_of_scaled_scores() {
-        let dev = Device::Cpu;
-        // One head of size 4, one query, two keys.
-        let q = Tensor::new(&[[[[1f32, 0.0, 0.0, 0.0]]]], &dev).unwrap();
-        let k = Tensor::new(&[[[[2f32, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]], &dev).unwrap();
-        let v = Tensor::new(&[[[[1f32, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]]], &dev).unwrap();
-        let out = scaled_dot_product_attention(&q, &k, &v).unwrap();
-        let got = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        // scores (2/2, 0) -> weights (e/(e+1), 1/(e+1)).
-        let e = 1f32.exp();
-        let want = [e / (e + 1.0), 1.0 / (e + 1.0), 0.0, 0.0];
-        for (a, b) in got.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
-        }
-    }
+    let head_dim = q.dim(candle_core::D::Minus1)?;
+    kernels::attention(q, k, v, 1.0 / (head_dim as f64).sqrt())
 }

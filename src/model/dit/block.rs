@@ -3,7 +3,7 @@
 
 use super::attention::Attention;
 use super::config::Config;
-use super::layers::{layer_norm, modulate, Mlp};
+use super::layers::{modulated_layer_norm, Mlp};
 use super::rope::RopeTables;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -63,14 +63,14 @@ impl DitBlock {
         contexts: &[Tensor],
     ) -> Result<Tensor> {
         let m = self.modulation(t0)?;
-        let h = modulate(&layer_norm(xs)?, &m.shift_msa, &m.scale_msa)?;
+        let h = modulated_layer_norm(xs, &m.shift_msa, &m.scale_msa)?;
         let h = self.attn.self_attention(&h, rope)?;
         let xs = (xs + h.broadcast_mul(&m.gate_msa)?)?;
         let xs = (&xs
             + self
                 .cross_attn
                 .cross_attention(&xs, frame_tokens, contexts)?)?;
-        let h = modulate(&layer_norm(&xs)?, &m.shift_mlp, &m.scale_mlp)?;
+        let h = modulated_layer_norm(&xs, &m.shift_mlp, &m.scale_mlp)?;
         let h = self.mlp.forward(&h)?;
         xs + h.broadcast_mul(&m.gate_mlp)?
     }

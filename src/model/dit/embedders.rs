@@ -3,8 +3,9 @@
 //! then an MLP) and the adaLN-single projection of the timestep (`t_block`). The caption
 //! embedder (`y_embedder`) is a plain [`Mlp`](super::layers::Mlp).
 
+use crate::model::linear::{linear, Linear};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 
 /// Size of the sinusoidal timestep features (upstream `frequency_embedding_size`).
 pub const FREQUENCY_EMBEDDING_SIZE: usize = 256;

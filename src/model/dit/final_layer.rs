@@ -2,9 +2,10 @@
 //! embedding (before `t_block`) and a linear map of each token to its patch of output channels.
 
 use super::config::Config;
-use super::layers::{layer_norm, modulate};
+use super::layers::modulated_layer_norm;
+use crate::model::linear::{linear, Linear};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct FinalLayer {
@@ -28,6 +29,6 @@ impl FinalLayer {
         let table = self.scale_shift_table.broadcast_add(t)?;
         let (shift, scale) = (table.narrow(0, 0, 1)?, table.narrow(0, 1, 1)?);
         self.linear
-            .forward(&modulate(&layer_norm(xs)?, &shift, &scale)?)
+            .forward(&modulated_layer_norm(xs, &shift, &scale)?)
     }
 }

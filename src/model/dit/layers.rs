@@ -2,8 +2,10 @@
 //! tanh-approximated GELU, RMSNorm computed in f32, the affine-free LayerNorm and the adaLN
 //! modulation `x * (1 + scale) + shift`.
 
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use crate::kernels;
+use crate::model::linear::{linear, Linear};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
 /// LayerNorm and RMSNorm epsilon used everywhere in the DiT.
 pub const NORM_EPS: f64 = 1e-6;
@@ -26,8 +28,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // candle's `gelu` is the tanh approximation (PyTorch `approximate='tanh'`).
-        self.fc2.forward(&self.fc1.forward(xs)?.gelu()?)
+        self.fc2.forward(&kernels::gelu(&self.fc1.forward(xs)?)?)
     }
 }
 
@@ -47,25 +48,14 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let x = xs.to_dtype(DType::F32)?;
-        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + NORM_EPS)?.sqrt()?;
-        x.broadcast_div(&rms)?
-            .to_dtype(xs.dtype())?
-            .broadcast_mul(&self.weight)
+        kernels::rms_norm(xs, &self.weight, NORM_EPS)
     }
 }
 
-/// LayerNorm over the last dimension without scale or bias (eps [`NORM_EPS`]).
-pub fn layer_norm(xs: &Tensor) -> Result<Tensor> {
-    let x = xs.to_dtype(DType::F32)?;
-    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-    let std = (centred.sqr()?.mean_keepdim(D::Minus1)? + NORM_EPS)?.sqrt()?;
-    centred.broadcast_div(&std)?.to_dtype(xs.dtype())
-}
-
-/// adaLN modulation: `x * (1 + scale) + shift`, with `shift` and `scale` broadcast over tokens.
-pub fn modulate(xs: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    xs.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+/// adaLN: the affine-free LayerNorm (eps [`NORM_EPS`]) then `x * (1 + scale) + shift`, with
+/// `shift` and `scale` broadcast over tokens.
+pub fn modulated_layer_norm(xs: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    kernels::modulated_layer_norm(xs, shift, scale, NORM_EPS)
 }
 
 #[cfg(test)]
@@ -94,26 +84,31 @@ mod tests {
     }
 
     #[test]
-    fn layer_norm_has_no_affine() {
+    fn layer_norm_has_no_affine_then_scales_and_shifts_every_token() {
         let dev = Device::Cpu;
-        let x = Tensor::new(&[[1f32, 2.0, 3.0, 6.0]], &dev).unwrap();
-        let y = layer_norm(&x).unwrap().flatten_all().unwrap();
-        // mean 3, variance (4 + 1 + 0 + 9) / 4 = 3.5
+        let x = Tensor::new(&[[1f32, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 4.0]], &dev).unwrap();
+        let shift = Tensor::new(&[[10f32, 20.0, 30.0, 40.0]], &dev).unwrap();
+        let scale = Tensor::new(&[[1f32, -0.5, 0.0, 0.0]], &dev).unwrap();
+        let y = modulated_layer_norm(&x, &shift, &scale)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        // Row 1: mean 3, variance (4 + 1 + 0 + 9) / 4 = 3.5; row 2: mean 2, variance 4.
         let s = (3.5f32 + 1e-6).sqrt();
+        let t = (4f32 + 1e-6).sqrt();
         close(
             &y.to_vec1::<f32>().unwrap(),
-            &[-2.0 / s, -1.0 / s, 0.0, 3.0 / s],
-            1e-6,
+            &[
+                10.0 - 4.0 / s,
+                20.0 - 0.5 / s,
+                30.0,
+                40.0 + 3.0 / s,
+                10.0 - 4.0 / t,
+                20.0 - 1.0 / t,
+                30.0 + 2.0 / t,
+                40.0 + 2.0 / t,
+            ],
+            1e-5,
         );
-    }
-
-    #[test]
-    fn modulate_scales_then_shifts_every_token() {
-        let dev = Device::Cpu;
-        let x = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev).unwrap();
-        let shift = Tensor::new(&[[10f32, 20.0]], &dev).unwrap();
-        let scale = Tensor::new(&[[1f32, -0.5]], &dev).unwrap();
-        let y = modulate(&x, &shift, &scale).unwrap().flatten_all().unwrap();
-        close(&y.to_vec1::<f32>().unwrap(), &[12.0, 21.0, 16.0, 22.0], 0.0);
     }
 }

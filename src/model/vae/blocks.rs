@@ -3,11 +3,9 @@
 //! single-head spatial self-attention with 1x1-convolution projections, and the 2x resamplers
 //! (stride-2 convolution after an asymmetric zero pad, nearest upsampling then a convolution).
 
+use crate::kernels;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
-
-/// Largest number of attention scores computed at once (one query chunk, all keys).
-const MAX_SCORES: usize = 1 << 26;
 
 /// `Normalize`: GroupNorm with 32 groups, eps 1e-6 and an affine map.
 pub(crate) fn normalize(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
@@ -143,38 +141,17 @@ impl Module for AttnBlock {
             conv.forward(&normed)?
                 .to_dtype(DType::F32)?
                 .reshape((b, c, n))?
-                .transpose(1, 2)?
-                .contiguous()
+                .transpose(1, 2)
         };
         let (q, v) = (tokens(&self.q)?, tokens(&self.v)?);
-        let k_t = tokens(&self.k)?.transpose(1, 2)?.contiguous()?; // [B, C, HW]
-        let attended = attention(&q, &k_t, &v, (c as f64).powf(-0.5), MAX_SCORES)?;
+        let k = tokens(&self.k)?;
+        let attended = kernels::attention(&q, &k, &v, (c as f64).powf(-0.5))?;
         let attended = attended
             .transpose(1, 2)?
             .reshape((b, c, h, w))?
             .to_dtype(x.dtype())?;
         x + self.proj_out.forward(&attended)?
     }
-}
-
-/// softmax(q k_t * scale) v for q, v [B, N, C] and k_t [B, C, N], over chunks of queries so that
-/// at most `max_scores` scores exist at once.
-fn attention(
-    q: &Tensor,
-    k_t: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    max_scores: usize,
-) -> Result<Tensor> {
-    let (b, n, _) = q.dims3()?;
-    let chunk = (max_scores / (b * n).max(1)).clamp(1, n.max(1));
-    let mut outs = Vec::with_capacity(n.div_ceil(chunk));
-    for start in (0..n).step_by(chunk) {
-        let q_chunk = q.narrow(1, start, chunk.min(n - start))?;
-        let scores = (q_chunk.matmul(k_t)? * scale)?;
-        outs.push(candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)?);
-    }
-    Tensor::cat(&outs, 1)
 }
 
 /// `Downsample`: halves the spatial size, by a stride-2 3x3 convolution after padding one zero
@@ -336,39 +313,5 @@ mod tests {
             assert!((pair[0] as f64 + expected).abs() < 1e-6, "{pair:?}");
             assert!((pair[1] as f64 - expected).abs() < 1e-6, "{pair:?}");
         }
-    }
-
-    #[test]
-    fn attention_by_query_chunks_equals_attention_at_once() {
-        let dev = Device::Cpu;
-        let seq = |n: usize, f: f64| {
-            Tensor::arange(0f32, n as f32, &dev)
-                .unwrap()
-                .affine(f, 0.1)
-                .unwrap()
-                .sin()
-                .unwrap()
-        };
-        let q = seq(2 * 7 * 3, 0.37).reshape((2, 7, 3)).unwrap();
-        let k_t = seq(2 * 3 * 7, 0.91).reshape((2, 3, 7)).unwrap();
-        let v = seq(2 * 7 * 3, 1.3).reshape((2, 7, 3)).unwrap();
-        let whole = attention(&q, &k_t, &v, 0.5, usize::MAX).unwrap();
-        let chunked = attention(&q, &k_t, &v, 0.5, 2 * 7 * 3).unwrap();
-        let diff = (whole - chunked).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-7);
-    }
-
-    #[test]
-    fn attention_of_two_tokens_matches_hand_computation() {
-        let dev = Device::Cpu;
-        // One channel: q = [1, 0], k = [0, 2], v = [10, 20]; token 0 sees scores [0, 2].
-        let q = Tensor::new(&[[[1f32], [0.]]], &dev).unwrap();
-        let k_t = Tensor::new(&[[[0f32, 2.]]], &dev).unwrap();
-        let v = Tensor::new(&[[[10f32], [20.]]], &dev).unwrap();
-        let out = attention(&q, &k_t, &v, 1.0, usize::MAX).unwrap();
-        let out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let w = 1.0 / (1.0 + (2f32).exp());
-        assert!((out[0] - (10.0 * w + 20.0 * (1.0 - w))).abs() < 1e-5);
-        assert!((out[1] - 15.0).abs() < 1e-5);
     }
 }

@@ -1,0 +1,327 @@
+//! CPU kernels for the models' hot paths, where candle's generic CPU ops are slow: matrix
+//! products (candle's `gemm` crate reaches about 40 GFLOP/s per core on the machines we
+//! measure, OpenBLAS's AVX-512 kernels about 95), attention (candle materialises every score
+//! and runs its elementwise ops on one thread) and the tanh GELU. A DiT forward is nine tenths
+//! matrix products.
+//!
+//! Each entry point takes the fast path for f32 tensors on the CPU (with the default `openblas`
+//! feature) and candle's own ops everywhere else: other devices, other dtypes, builds without
+//! the feature. The fused attention and GELU have no backward pass, so tensors that take part
+//! in a gradient computation go the composed way; the matrix product has one.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+#[cfg(feature = "openblas")]
+mod attention;
+#[cfg(feature = "openblas")]
+mod gelu;
+#[cfg(feature = "openblas")]
+mod norm;
+#[cfg(feature = "openblas")]
+mod sgemm;
+
+/// Most attention scores the composed path holds at once (queries are taken in chunks).
+const MAX_SCORES: usize = 1 << 26;
+
+/// Whether a tensor is one for the CPU kernels here.
+#[cfg_attr(not(feature = "openblas"), allow(dead_code))]
+fn on_cpu_f32(t: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
+}
+
+/// `alpha * a @ b` over the last two dimensions. `a` is `[.., m, k]`; `b` is `[.., k, n]` with
+/// the same leading dimensions, or `[k, n]` shared by every matrix of `a`.
+pub fn matmul_scaled(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if on_cpu_f32(a) && on_cpu_f32(b) && a.rank() >= 2 && (b.rank() == 2 || b.rank() == a.rank()) {
+        return sgemm::matmul_scaled(a, b, alpha);
+    }
+    let product = if b.rank() == 2 && a.rank() > 2 {
+        a.broadcast_matmul(b)?
+    } else {
+        a.matmul(b)?
+    };
+    if alpha == 1.0 {
+        Ok(product)
+    } else {
+        product * alpha
+    }
+}
+
+/// `x @ w^T + bias` for `x [rows, in]`, `w [out, in]` (PyTorch `nn.Linear`).
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if let Some(bias) = bias {
+        if [x, w, bias].iter().all(|t| on_cpu_f32(t) && !t.track_op()) && x.rank() == 2 {
+            return sgemm::linear(x, w, bias);
+        }
+    }
+    let out = matmul(x, &w.t()?)?;
+    match bias {
+        Some(bias) => out.broadcast_add(bias),
+        None => Ok(out),
+    }
+}
+
+/// `a @ b`, see [`matmul_scaled`].
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_scaled(a, b, 1.0)
+}
+
+/// `softmax(q k^T * scale) v` with the softmax in f32, for `q [.., n_q, d]`, `k [.., n_k, d]`,
+/// `v [.., n_k, d_v]` with the same leading dimensions (batch, heads).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if [q, k, v]
+        .iter()
+        .all(|t| on_cpu_f32(t) && !t.track_op() && t.rank() >= 2)
+    {
+        return attention::attention(q, k, v, scale);
+    }
+    composed_attention(q, k, v, scale, MAX_SCORES)
+}
+
+/// [`attention`] from candle ops, queries in chunks so that at most `max_scores` scores exist
+/// at a time; candle's fused softmax unless gradients flow through the scores.
+fn composed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    max_scores: usize,
+) -> Result<Tensor> {
+    let rank = q.rank();
+    let (q_len, k_len) = (q.dim(rank - 2)?, k.dim(rank - 2)?);
+    let matrices: usize = q.dims()[..rank - 2].iter().product();
+    let rows = (max_scores / (matrices * k_len).max(1)).clamp(1, q_len.max(1));
+    let k_t = k.transpose(rank - 2, rank - 1)?;
+    let mut outs = Vec::with_capacity(q_len.div_ceil(rows));
+    for start in (0..q_len).step_by(rows) {
+        let q_c = q.narrow(rank - 2, start, rows.min(q_len - start))?;
+        let scores = matmul_scaled(&q_c, &k_t, scale)?.to_dtype(DType::F32)?;
+        let probs = if scores.track_op() {
+            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        outs.push(matmul(&probs.to_dtype(v.dtype())?, v)?);
+    }
+    Tensor::cat(&outs, rank - 2)
+}
+
+/// `LayerNorm(x) * (1 + scale) + shift` over the last dimension, the LayerNorm without affine
+/// parameters; `shift` and `scale` (`[1, dim]`) are broadcast over the rows of `x`.
+pub fn modulated_layer_norm(
+    xs: &Tensor,
+    shift: &Tensor,
+    scale: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if [xs, shift, scale]
+        .iter()
+        .all(|t| on_cpu_f32(t) && !t.track_op())
+    {
+        return xs.contiguous()?.apply_op3_no_bwd(
+            &shift.contiguous()?,
+            &scale.contiguous()?,
+            &norm::ModulatedLayerNorm { eps: eps as f32 },
+        );
+    }
+    let x = xs.to_dtype(DType::F32)?;
+    let centred = x.broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1)?)?;
+    let std = (centred.sqr()?.mean_keepdim(candle_core::D::Minus1)? + eps)?.sqrt()?;
+    let normed = centred.broadcast_div(&std)?.to_dtype(xs.dtype())?;
+    normed.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+}
+
+/// RMSNorm over the last dimension, `x / sqrt(mean(x^2) + eps) * weight`, computed in f32.
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if [xs, weight].iter().all(|t| on_cpu_f32(t) && !t.track_op()) {
+        return candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32);
+    }
+    let x = xs.to_dtype(DType::F32)?;
+    let rms = (x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + eps)?.sqrt()?;
+    x.broadcast_div(&rms)?
+        .to_dtype(xs.dtype())?
+        .broadcast_mul(weight)
+}
+
+/// GELU with the tanh approximation (PyTorch `approximate='tanh'`, candle's `gelu`).
+pub fn gelu(xs: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if on_cpu_f32(xs) && !xs.track_op() {
+        return xs.contiguous()?.apply_op1_no_bwd(&gelu::GeluTanh);
+    }
+    xs.gelu()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{IndexOp, Var};
+
+    pub(super) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn product_of_known_matrices() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[1f32, 2.0], [3.0, 4.0], [5.0, 6.0]], &dev).unwrap();
+        let b = Tensor::new(&[[1f32, 0.0, 2.0], [0.0, 1.0, 3.0]], &dev).unwrap();
+        let got = matmul_scaled(&a, &b, 0.5).unwrap();
+        let want = Tensor::new(
+            &[[0.5f32, 1.0, 4.0], [1.5, 2.0, 9.0], [2.5, 3.0, 14.0]],
+            &dev,
+        )
+        .unwrap();
+        assert!(max_diff(&got, &want) < 1e-6);
+    }
+
+    #[test]
+    fn strided_batched_and_shared_operands_match_candle() {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (2, 3, 70, 4), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (2, 3, 6, 4), &dev).unwrap();
+        // b transposed in place (strides), a narrowed (an offset), a shared right operand.
+        let bt = b.transpose(2, 3).unwrap();
+        let want = a.matmul(&bt.contiguous().unwrap()).unwrap();
+        assert!(max_diff(&matmul(&a, &bt).unwrap(), &want) < 1e-5);
+        let a_rows = a.narrow(2, 1, 3).unwrap();
+        let want = a_rows
+            .contiguous()
+            .unwrap()
+            .matmul(&bt.contiguous().unwrap());
+        assert!(max_diff(&matmul(&a_rows, &bt).unwrap(), &want.unwrap()) < 1e-5);
+        let w = Tensor::randn(0f32, 1.0, (7, 4), &dev).unwrap();
+        let got = matmul(&a, &w.t().unwrap()).unwrap();
+        assert_eq!(got.dims(), &[2, 3, 70, 7]);
+        let want = a.i((1, 2)).unwrap().matmul(&w.t().unwrap()).unwrap();
+        assert!(max_diff(&got.i((1, 2)).unwrap(), &want) < 1e-5);
+        // Heads split off a [tokens, dim] projection: matrices apart by a stride, rows by another.
+        let x = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
+        let heads = x.reshape((5, 2, 4)).unwrap().transpose(0, 1).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 4, 3), &dev).unwrap();
+        let want = heads.contiguous().unwrap().matmul(&k).unwrap();
+        assert!(max_diff(&matmul(&heads, &k).unwrap(), &want) < 1e-5);
+    }
+
+    #[test]
+    fn product_gradients_match_candle_matmul() {
+        let dev = Device::Cpu;
+        let a = Var::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
+        let w = Var::randn(0f32, 1.0, (3, 4), &dev).unwrap();
+        let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let ours = loss(matmul_scaled(&a, &w.t().unwrap(), 0.5).unwrap());
+        let theirs = loss((a.broadcast_matmul(&w.t().unwrap()).unwrap() * 0.5).unwrap());
+        for v in [a.as_tensor(), w.as_tensor()] {
+            assert!(max_diff(ours.get(v).unwrap(), theirs.get(v).unwrap()) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn fused_linear_matches_product_plus_bias() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (70, 6), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (5, 6), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let want = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(max_diff(&linear(&x, &w, Some(&b)).unwrap(), &want) < 1e-5);
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        assert!(max_diff(&linear(&x, &w, None).unwrap(), &want) < 1e-5);
+    }
+
+    #[test]
+    fn attention_weights_values_by_softmax_of_scaled_scores() {
+        let dev = Device::Cpu;
+        // One head of size 4, one query, two keys.
+        let q = Tensor::new(&[[[[1f32, 0.0, 0.0, 0.0]]]], &dev).unwrap();
+        let k = Tensor::new(&[[[[2f32, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]], &dev).unwrap();
+        let v = Tensor::new(&[[[[1f32, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]]], &dev).unwrap();
+        // scores (2/2, 0) -> weights (e/(e+1), 1/(e+1)).
+        let e = 1f32.exp();
+        let want = Tensor::new(&[[[[e / (e + 1.0), 1.0 / (e + 1.0), 0.0, 0.0]]]], &dev).unwrap();
+        for got in [
+            attention(&q, &k, &v, 0.5).unwrap(),
+            composed_attention(&q, &k, &v, 0.5, MAX_SCORES).unwrap(),
+            // One query per chunk.
+            composed_attention(&q, &k, &v, 0.5, 1).unwrap(),
+        ] {
+            assert!(max_diff(&got, &want) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn fused_attention_matches_composed_on_strided_heads() {
+        let dev = Device::Cpu;
+        // 300 queries (several query blocks and a ragged last one), 70 keys, 3 heads of 8,
+        // values of another width, heads split off [tokens, dim] without a copy.
+        let heads = |t: usize, d: usize| {
+            Tensor::randn(0f32, 1.0, (t, 3 * d), &dev)
+                .unwrap()
+                .reshape((1, t, 3, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+        };
+        let (q, k, v) = (heads(300, 8), heads(70, 8), heads(70, 5));
+        let got = attention(&q, &k, &v, 0.3).unwrap();
+        let want = composed_attention(&q, &k, &v, 0.3, MAX_SCORES).unwrap();
+        assert_eq!(got.dims(), &[1, 3, 300, 5]);
+        assert!(max_diff(&got, &want) < 1e-5);
+        let chunked = composed_attention(&q, &k, &v, 0.3, 3 * 70 * 7).unwrap();
+        assert!(max_diff(&chunked, &want) < 1e-6);
+    }
+
+    #[test]
+    fn fused_norms_match_composed_ones() {
+        let dev = Device::Cpu;
+        // A large common offset: the variance must not be taken as E[x^2] - E[x]^2.
+        let x = (Tensor::randn(0f32, 1.0, (3, 64), &dev).unwrap() + 300.0).unwrap();
+        let shift = Tensor::randn(0f32, 1.0, (1, 64), &dev).unwrap();
+        let scale = Tensor::randn(0f32, 1.0, (1, 64), &dev).unwrap();
+        let got = modulated_layer_norm(&x, &shift, &scale, 1e-6).unwrap();
+        let xv = Var::from_tensor(&x).unwrap();
+        // A tracked input takes the composed path.
+        let want = modulated_layer_norm(xv.as_tensor(), &shift, &scale, 1e-6).unwrap();
+        assert!(max_diff(&got, &want) < 1e-4, "{}", max_diff(&got, &want));
+        let weight = Tensor::randn(0f32, 1.0, 64, &dev).unwrap();
+        let got = rms_norm(&x, &weight, 1e-6).unwrap();
+        let want = rms_norm(xv.as_tensor(), &weight, 1e-6).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn gelu_is_the_tanh_approximation() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[-3f32, -1.0, 0.0, 0.5, 2.0], &dev).unwrap();
+        let want: Vec<f32> = [-3f32, -1.0, 0.0, 0.5, 2.0]
+            .iter()
+            .map(|&v| {
+                let inner = (2.0 / std::f32::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
+                0.5 * v * (1.0 + inner.tanh())
+            })
+            .collect();
+        let got = gelu(&x).unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        // Large inputs (several parallel chunks) agree with candle's own GELU.
+        let x = Tensor::randn(0f32, 2.0, (3, 50_000), &dev).unwrap();
+        assert!(max_diff(&gelu(&x).unwrap(), &x.gelu().unwrap()) < 1e-6);
+    }
+}

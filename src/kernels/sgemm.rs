@@ -1,0 +1,351 @@
+//! f32 matrix products through OpenBLAS's `sgemm`. OpenBLAS runs single-threaded; the work is
+//! split over candle's rayon pool instead (matrices of a batch, row blocks of each), so that
+//! the products and candle's own parallel ops share one set of threads.
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+};
+use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
+use rayon::prelude::*;
+use std::sync::Once;
+
+extern "C" {
+    /// OpenBLAS's own thread count (not part of CBLAS).
+    fn openblas_set_num_threads(num_threads: std::os::raw::c_int);
+}
+
+/// Fewest rows of a product worth a task of their own.
+const MIN_ROWS_PER_TASK: usize = 32;
+
+/// `alpha * a @ b` through [`Sgemm`], copying an operand first only when its strides are not
+/// ones BLAS can read in place.
+pub fn matmul_scaled(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
+    let a = readable(a)?;
+    let b = readable(b)?;
+    a.apply_op2(&b, Sgemm { alpha })
+}
+
+/// `t` itself when BLAS can read its matrices in place, else a contiguous copy.
+pub fn readable(t: &Tensor) -> Result<Tensor> {
+    if Operand::of(t.layout()).is_some() {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+/// How BLAS reads one operand: `batch` matrices `stride` apart (0: one matrix for all), each
+/// `rows x cols`, row-major or (`transposed`) column-major with leading dimension `ld`.
+#[derive(Debug, Clone, Copy)]
+pub struct Operand {
+    pub offset: usize,
+    pub batch: usize,
+    pub stride: usize,
+    pub rows: usize,
+    pub cols: usize,
+    transposed: bool,
+    ld: usize,
+}
+
+impl Operand {
+    /// The operand of a layout, `None` when its strides are not ones BLAS can take.
+    pub fn of(layout: &Layout) -> Option<Self> {
+        let dims = layout.dims();
+        let strides = layout.stride();
+        let r = dims.len();
+        if r < 2 {
+            return None;
+        }
+        let (rows, cols) = (dims[r - 2], dims[r - 1]);
+        let (rs, cs) = (strides[r - 2], strides[r - 1]);
+        let (transposed, ld) = if cs == 1 || cols == 1 {
+            (false, if rows == 1 { cols } else { rs })
+        } else if rs == 1 || rows == 1 {
+            (true, if cols == 1 { rows } else { cs })
+        } else {
+            return None;
+        };
+        // The leading dimension must span a whole row (a whole column when transposed).
+        if ld < if transposed { rows } else { cols }.max(1) {
+            return None;
+        }
+        let (batch, stride) = batch_stride(&dims[..r - 2], &strides[..r - 2])?;
+        Some(Self {
+            offset: layout.start_offset(),
+            batch,
+            stride,
+            rows,
+            cols,
+            transposed,
+            ld,
+        })
+    }
+
+    /// One contiguous row-major `rows x cols` matrix.
+    pub fn row_major(rows: usize, cols: usize) -> Self {
+        Self {
+            offset: 0,
+            batch: 1,
+            stride: 0,
+            rows,
+            cols,
+            transposed: false,
+            ld: cols.max(1),
+        }
+    }
+
+    /// The same matrices read transposed (`cols x rows`), without moving data.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// Rows `start..start + len` of matrix `i`: its data from the returned offset on.
+    pub fn rows_at(&self, i: usize, start: usize, len: usize) -> (usize, Self) {
+        let skip = if self.transposed {
+            start
+        } else {
+            start * self.ld
+        };
+        (
+            self.offset + i * self.stride + skip,
+            Self { rows: len, ..*self },
+        )
+    }
+
+    /// Elements a BLAS call reads from the start of one matrix.
+    fn span(&self) -> usize {
+        let (lines, width) = if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        };
+        if lines == 0 || width == 0 {
+            0
+        } else {
+            (lines - 1) * self.ld + width
+        }
+    }
+}
+
+/// The leading dimensions as equally spaced matrices: `(count, stride)`, `None` when they do
+/// not collapse into one stride.
+fn batch_stride(dims: &[usize], strides: &[usize]) -> Option<(usize, usize)> {
+    let mut stride = None;
+    let mut next = None;
+    for (&d, &s) in dims.iter().zip(strides).rev() {
+        if d == 1 {
+            continue;
+        }
+        match next {
+            None => stride = Some(s),
+            Some(expected) if expected != s => return None,
+            Some(_) => {}
+        }
+        next = Some(s * d);
+    }
+    Some((dims.iter().product(), stride.unwrap_or(0)))
+}
+
+/// `c = alpha * a @ b (+ c when accumulate)` for one matrix of each on the calling thread:
+/// `a` (`m x k`) and `b` (`k x n`) read from the given slices as their operands say, `c`
+/// row-major `m x n`.
+pub fn gemm(
+    a: &[f32],
+    oa: &Operand,
+    b: &[f32],
+    ob: &Operand,
+    c: &mut [f32],
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
+    let (m, k, n) = (oa.rows, oa.cols, ob.cols);
+    if ob.rows != k || a.len() < oa.span() || b.len() < ob.span() || c.len() < m * n {
+        candle_core::bail!(
+            "sgemm: {m}x{k} @ {}x{n} does not fit its buffers ({}, {}, {})",
+            ob.rows,
+            a.len(),
+            b.len(),
+            c.len()
+        )
+    }
+    if m * n == 0 {
+        return Ok(());
+    }
+    static SINGLE_THREADED: Once = Once::new();
+    // SAFETY: plain setter of OpenBLAS's thread count, called once before any product.
+    SINGLE_THREADED.call_once(|| unsafe { openblas_set_num_threads(1) });
+    let flag = |o: &Operand| {
+        if o.transposed {
+            CBLAS_TRANSPOSE::CblasTrans
+        } else {
+            CBLAS_TRANSPOSE::CblasNoTrans
+        }
+    };
+    // SAFETY: the checks above keep every read inside `a` and `b` (`span` is the last element
+    // a call touches plus one) and every write inside `c`.
+    unsafe {
+        cblas_sgemm(
+            CBLAS_LAYOUT::CblasRowMajor,
+            flag(oa),
+            flag(ob),
+            m as i32,
+            n as i32,
+            k as i32,
+            alpha,
+            a.as_ptr(),
+            oa.ld as i32,
+            b.as_ptr(),
+            ob.ld as i32,
+            if accumulate { 1.0 } else { 0.0 },
+            c.as_mut_ptr(),
+            n as i32,
+        );
+    }
+    Ok(())
+}
+
+/// `out = alpha * a @ b (+ out when accumulate)` for every matrix of the batch (`b` one matrix
+/// for all when its stride is 0), in parallel over matrices and row blocks.
+fn products(
+    a: &[f32],
+    oa: &Operand,
+    b: &[f32],
+    ob: &Operand,
+    alpha: f32,
+    accumulate: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    let (m, n) = (oa.rows, ob.cols);
+    if m * n == 0 {
+        return Ok(());
+    }
+    let threads = rayon::current_num_threads();
+    let blocks_per_matrix = threads
+        .div_ceil(oa.batch)
+        .min(m.div_ceil(MIN_ROWS_PER_TASK));
+    let block_rows = m.div_ceil(blocks_per_matrix.max(1));
+    out.par_chunks_mut(m * n)
+        .enumerate()
+        .try_for_each(|(i, c)| {
+            let b_at = ob.offset + i * ob.stride;
+            c.par_chunks_mut(block_rows * n)
+                .enumerate()
+                .try_for_each(|(block, c)| {
+                    let (a_at, oa) = oa.rows_at(i, block * block_rows, c.len() / n);
+                    gemm(&a[a_at..], &oa, &b[b_at..], ob, c, alpha, accumulate)
+                })
+        })
+}
+
+/// `x @ w^T + bias` for `x [rows, in]`, `w [out, in]`, `bias [out]` (inference only: no
+/// backward pass), the bias written first and the product added onto it.
+pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    readable(x)?.apply_op3_no_bwd(&readable(w)?, &bias.contiguous()?, &Linear)
+}
+
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "openblas-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(bias)) = (s1, s2, s3) else {
+            candle_core::bail!("openblas-linear takes f32")
+        };
+        let (Some(ox), Some(ow), Some((b0, b1))) =
+            (Operand::of(l1), Operand::of(l2), l3.contiguous_offsets())
+        else {
+            candle_core::bail!("openblas-linear: operand strides BLAS cannot read")
+        };
+        let (rows, out_dim) = (ox.rows, ow.rows);
+        if l1.dims().len() != 2 || l2.dims().len() != 2 || ow.cols != ox.cols || b1 - b0 != out_dim
+        {
+            candle_core::bail!(
+                "openblas-linear: x {:?}, w {:?}, bias {:?} do not fit together",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        let mut out = bias[b0..b1].repeat(rows);
+        products(x, &ox, w, &ow.t(), 1.0, true, &mut out)?;
+        Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
+    }
+}
+
+/// `alpha * a @ b` over the batch, see [`products`].
+struct Sgemm {
+    alpha: f64,
+}
+
+impl CustomOp2 for Sgemm {
+    fn name(&self) -> &'static str {
+        "openblas-sgemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("openblas-sgemm takes f32, got {:?}", s1.dtype())
+        };
+        let (Some(oa), Some(ob)) = (Operand::of(l1), Operand::of(l2)) else {
+            candle_core::bail!("openblas-sgemm: operand strides BLAS cannot read")
+        };
+        if ob.rows != oa.cols || (l2.dims().len() > 2 && ob.batch != oa.batch) {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: l1.shape().clone(),
+                rhs: l2.shape().clone(),
+                op: "matmul",
+            });
+        }
+        let mut dims = l1.dims()[..l1.dims().len() - 2].to_vec();
+        dims.extend([oa.rows, ob.cols]);
+        let mut out = vec![0f32; oa.batch * oa.rows * ob.cols];
+        products(a, &oa, b, &ob, self.alpha as f32, false, &mut out)?;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    /// `d(alpha a b)/da = alpha g b^T`, `d/db = alpha a^T g` (summed over the batch when `b`
+    /// is one matrix for all).
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_a = matmul_scaled(grad, &b.t()?, self.alpha)?;
+        let grad_b = if b.rank() == 2 && a.rank() > 2 {
+            let k = a.dim(candle_core::D::Minus1)?;
+            let n = grad.dim(candle_core::D::Minus1)?;
+            matmul_scaled(
+                &a.reshape(((), k))?.t()?,
+                &grad.reshape(((), n))?,
+                self.alpha,
+            )?
+        } else {
+            matmul_scaled(&a.t()?, grad, self.alpha)?
+        };
+        Ok((Some(grad_a), Some(grad_b)))
+    }
+}
