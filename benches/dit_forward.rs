@@ -1,12 +1,15 @@
 //! One full-size DiT forward (ACE-0.6B, random weights, f32, CPU) on a 512 px edit: two frames
 //! of 64x64 latents (1024 tokens each) with 40-row contexts. Prints wall time, peak RSS and the
-//! achieved GFLOP/s. Runs under `cargo bench --bench dit_forward`; two threads unless
-//! RAYON_NUM_THREADS says otherwise.
+//! achieved GFLOP/s, then runs the same forward of the reference (scepter's `ACE` backbone in
+//! PyTorch, `scripts/bench_dit_reference.py`) with as many threads and prints the ratio of the
+//! times. Runs under `cargo bench --bench dit_forward`; two threads unless RAYON_NUM_THREADS
+//! says otherwise; ACE_BENCH_REFERENCE=0 skips the reference.
 
 use ace::model::dit::{Config, DitAce, Sample};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
+use std::process::Command;
 use std::time::Instant;
 
 const CONTEXT_ROWS: usize = 40;
@@ -26,8 +29,17 @@ fn main() -> anyhow::Result<()> {
         "PATCH_SIZE: 2\nIN_CHANNELS: 4\nHIDDEN_SIZE: 1152\nDEPTH: 28\nNUM_HEADS: 16\n\
          MLP_RATIO: 4.0\nPRED_SIGMA: True\nY_CHANNELS: 4096\nMAX_SEQ_LEN: 1024\nQK_NORM: True\n",
     )?;
+    // The reference runs first, in a fresh process on an idle machine: whatever the first run
+    // leaves behind (page cache, fragmented memory) counts against ace, not against it.
+    let threads = candle_core::utils::get_num_threads();
+    let theirs = if std::env::var("ACE_BENCH_REFERENCE").as_deref() != Ok("0") {
+        reference(threads)?
+    } else {
+        None
+    };
     let dev = Device::Cpu;
     let start = Instant::now();
+    let rss_before = peak_rss_kib();
     let varmap = VarMap::new();
     DitAce::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
     // Plain (detached) tensors: built on the `Var`s themselves, the forward would record a
@@ -40,11 +52,14 @@ fn main() -> anyhow::Result<()> {
         .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
         .collect();
     drop(varmap);
+    let weight_bytes: usize = weights.values().map(|t| t.elem_count() * 4).sum();
     let dit = DitAce::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
     println!(
-        "random weights: {:.1} s, peak RSS {} MiB",
+        "random weights: {:.1} s, {} MiB of weights, peak RSS {} MiB (before: {} MiB)",
         start.elapsed().as_secs_f64(),
-        peak_rss_kib() / 1024
+        weight_bytes >> 20,
+        peak_rss_kib() / 1024,
+        rss_before / 1024
     );
 
     let sample = Sample {
@@ -77,7 +92,58 @@ fn main() -> anyhow::Result<()> {
         peak_rss_kib() / 1024,
         out[0].dims(),
     );
+    println!(
+        "peak RSS / weights: {:.2}",
+        (peak_rss_kib() * 1024) as f64 / weight_bytes as f64
+    );
+    if let Some(theirs) = theirs {
+        println!(
+            "ace / reference wall time: {:.2} (goal <= 0.8)",
+            secs / theirs
+        );
+    }
     Ok(())
+}
+
+/// Runs the PyTorch reference on the same forward, prints its numbers and returns its wall
+/// time (`None` when it cannot run here).
+fn reference(threads: usize) -> anyhow::Result<Option<f64>> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/bench_dit_reference.py"
+    );
+    let out = Command::new("python3")
+        .args([script, "--threads", &threads.to_string()])
+        .output();
+    let json = match out {
+        Ok(out) if out.status.success() => String::from_utf8(out.stdout)?,
+        Ok(out) => {
+            println!(
+                "reference: not run ({}); it needs `pip install torch einops` and \
+                 `pip install --no-deps scepter`",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("failed")
+            );
+            return Ok(None);
+        }
+        Err(e) => {
+            println!("reference: not run (python3: {e})");
+            return Ok(None);
+        }
+    };
+    let line = json.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let theirs = v["seconds"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "reference (scepter ACE, PyTorch {} threads): {theirs:.2} s wall, {:.2} s CPU, peak RSS \
+         {:.0} MiB",
+        v["threads"],
+        v["cpu_seconds"].as_f64().unwrap_or(f64::NAN),
+        v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+    );
+    Ok(Some(theirs))
 }
 
 /// Multiply-add FLOPs (2 per MAC) of the matmuls of one forward; element-wise work left out.
