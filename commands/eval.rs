@@ -16,8 +16,9 @@ pub struct Args {
     /// recognized_text (any may be absent); paths are relative to the manifest's folder.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
-    /// Folder of generated images: paired with --reference by file stem, or with --magicbrush
-    /// in MagicBrush's layout (<id>/*_1.png, inde_<i>.png, iter_<i>.png).
+    /// Folder of generated images: paired with --reference by file stem, with --magicbrush in
+    /// MagicBrush's layout (<id>/*_1.png, inde_<i>.png, iter_<i>.png), or with --emu-edit as
+    /// <idx>.png.
     #[arg(long, value_name = "DIR", conflicts_with = "manifest")]
     pub generated: Option<PathBuf>,
     /// Folder of ground-truth images for --generated.
@@ -25,13 +26,23 @@ pub struct Args {
         long,
         value_name = "DIR",
         requires = "generated",
-        conflicts_with = "magicbrush"
+        conflicts_with_all = ["magicbrush", "emu_edit"]
     )]
     pub reference: Option<PathBuf>,
     /// The MagicBrush test folder (images/<id>/, global_descriptions.json) for --generated;
     /// means are reported for the final turn and all turns.
-    #[arg(long, value_name = "DIR", requires = "generated")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "generated",
+        conflicts_with = "emu_edit"
+    )]
     pub magicbrush: Option<PathBuf>,
+    /// The Emu Edit test set (facebook/emu_edit_test_set): a parquet file or a folder of them,
+    /// for --generated. Input images are extracted once into ACE_CACHE_DIR (default
+    /// ~/.cache/ace); L1, CLIP-I and DINO compare each edit with its input, as Emu Edit does.
+    #[arg(long, value_name = "FILE|DIR", requires = "generated")]
+    pub emu_edit: Option<PathBuf>,
     /// CLIP model (Hugging Face layout): a folder or a cached hub id such as
     /// openai/clip-vit-base-patch32. Without it the CLIP metrics are left out.
     #[arg(long, value_name = "DIR|REPO")]
@@ -73,12 +84,15 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
         &args.generated,
         &args.reference,
         &args.magicbrush,
+        &args.emu_edit,
     ) {
         (Some(m), ..) => eval::manifest::read_manifest(m)?,
-        (None, Some(g), Some(r), None) => eval::manifest::pair_folders(g, r)?,
-        (None, Some(g), None, Some(test)) => eval::magicbrush::samples(g, test)?,
+        (None, Some(g), Some(r), None, None) => eval::manifest::pair_folders(g, r)?,
+        (None, Some(g), None, Some(test), None) => eval::magicbrush::samples(g, test)?,
+        (None, Some(g), None, None, Some(test)) => eval::emu_edit::samples(g, test)?,
         _ => anyhow::bail!(
-            "give --manifest FILE, or --generated DIR with --reference DIR or --magicbrush DIR"
+            "give --manifest FILE, or --generated DIR with --reference DIR, --magicbrush DIR \
+             or --emu-edit FILE|DIR"
         ),
     };
     let device = ace::device::open(global.device)?;

@@ -323,3 +323,58 @@ fn folders_are_paired_by_stem() {
         assert_eq!(doc["samples"][i]["clip_i"], Value::Null);
     }
 }
+
+/// The Emu Edit test set read from its parquet layout: rows paired with `<idx>.png` edits,
+/// inputs extracted to the cache and standing as the ground truth, per-task means.
+#[test]
+fn emu_edit_parquet_rows_pair_with_edits_by_idx() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = dir.path().join("edits");
+    std::fs::create_dir_all(&generated).unwrap();
+    for i in [0, 2] {
+        std::fs::copy(
+            fixture(&format!("data/{i}_gen.png")),
+            generated.join(format!("{i}.png")),
+        )
+        .unwrap();
+    }
+    let cache = dir.path().join("cache");
+    let out = Command::cargo_bin("ace")
+        .unwrap()
+        .env("ACE_CACHE_DIR", &cache)
+        .args(["eval", "--json", "--generated"])
+        .arg(&generated)
+        .arg("--emu-edit")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/emu-edit"))
+        .arg("--clip-model")
+        .arg(fixture("clip-tiny"))
+        .args(["--device", "cpu"])
+        .assert()
+        .success();
+    let doc: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let samples = doc["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2, "row 1 has no edit and is left out");
+    let cases = cases();
+    for (sample, (i, task)) in samples.iter().zip([(0, "background"), (2, "remove")]) {
+        assert_eq!(sample["task"], task);
+        let want = cases["metrics"][i]["clip_img_vs_input"].as_f64().unwrap();
+        let d = (sample["clip_img"].as_f64().unwrap() - want).abs();
+        assert!(d < 1e-4, "sample {i} clip_img off by {d}");
+        // The input is the ground truth: CLIP-I is the same image similarity as CLIPimg.
+        let d = (sample["clip_i"].as_f64().unwrap() - want).abs();
+        assert!(d < 1e-6, "sample {i} clip_i off by {d}");
+        assert!(sample["l1"].as_f64().unwrap() > 0.0);
+        let extracted = std::fs::read_dir(cache.join("emu-edit"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join(format!("{i}.png"));
+        assert_eq!(
+            std::fs::read(extracted).unwrap(),
+            std::fs::read(fixture(&format!("data/{i}_input.png"))).unwrap()
+        );
+    }
+    assert!(doc["mean_by_task"]["remove"]["clip_img"].is_number());
+}

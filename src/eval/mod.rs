@@ -8,6 +8,7 @@
 
 pub mod clip;
 pub mod dino;
+pub mod emu_edit;
 pub mod faces;
 pub mod locate;
 pub mod magicbrush;
