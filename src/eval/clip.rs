@@ -1,16 +1,18 @@
 //! CLIP (ViT-B/32 as `openai/clip-vit-base-patch32`) image and text embeddings in candle, from
-//! the Hugging Face layout. The towers are candle-transformers' `ClipVisionTransformer` and
-//! `ClipTextTransformer`; the text embedding is pooled as transformers does: at the first
+//! the Hugging Face layout. The image tower is the crate's image transformer ([`super::vit`]),
+//! the text tower candle-transformers' `ClipTextTransformer`; the text embedding is pooled as transformers does: at the first
 //! end-of-text token, or at the largest token id for configs whose `eos_token_id` is 2 (the
 //! original checkpoints, where end-of-text is the largest id).
 
 use super::locate::read_config;
 use super::preprocess::Preprocess;
+use super::vit::{ImageEncoder, Naming, VitConfig};
+use crate::kernels::Activation;
 use crate::model::checkpoint;
 use crate::{Error, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{linear_no_bias, Linear, VarBuilder};
-use candle_transformers::models::clip::{text_model, vision_model};
+use candle_transformers::models::clip::text_model;
 use std::path::{Path, PathBuf};
 
 /// The parts of `config.json` the embeddings need; absent fields take transformers' defaults
@@ -67,6 +69,7 @@ pub struct VisionConfig {
     pub image_size: usize,
     pub patch_size: usize,
     pub hidden_act: String,
+    pub layer_norm_eps: f64,
 }
 
 impl Default for VisionConfig {
@@ -80,6 +83,7 @@ impl Default for VisionConfig {
             image_size: 224,
             patch_size: 32,
             hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
         }
     }
 }
@@ -91,7 +95,7 @@ fn d512() -> usize {
 /// A loaded CLIP model with its tokenizer.
 pub struct Clip {
     config: Config,
-    vision: vision_model::ClipVisionTransformer,
+    vision: ImageEncoder,
     text: text_model::ClipTextTransformer,
     visual_projection: Linear,
     text_projection: Linear,
@@ -133,20 +137,20 @@ impl Clip {
             projection_dim: config.projection_dim,
         };
         let v = &config.vision_config;
-        let vision_cfg = vision_model::ClipVisionConfig {
-            embed_dim: v.hidden_size,
-            activation: text_model::Activation::QuickGelu,
-            intermediate_size: v.intermediate_size,
+        let vision_cfg = VitConfig {
+            hidden_size: v.hidden_size,
             num_hidden_layers: v.num_hidden_layers,
             num_attention_heads: v.num_attention_heads,
-            projection_dim: config.projection_dim,
-            num_channels: v.num_channels,
+            intermediate_size: v.intermediate_size,
             image_size: v.image_size,
             patch_size: v.patch_size,
+            num_channels: v.num_channels,
+            layer_norm_eps: v.layer_norm_eps,
+            activation: Activation::QuickGelu,
         };
         let text = text_model::ClipTextTransformer::new(vb.pp("text_model"), &text_cfg)
             .map_err(model_error)?;
-        let vision = vision_model::ClipVisionTransformer::new(vb.pp("vision_model"), &vision_cfg)
+        let vision = ImageEncoder::new(&vision_cfg, Naming::Clip, vb.pp("vision_model"))
             .map_err(model_error)?;
         let visual_projection = linear_no_bias(
             v.hidden_size,

@@ -1,15 +1,16 @@
 //! DINO (ViT-S/16 as `facebook/dino-vits16`, a transformers `ViTModel`) image embeddings in
-//! candle: the CLS token of the last hidden state after the final layer norm. The embeddings
-//! and encoder are candle-transformers' ViT blocks, which follow the same checkpoint names.
+//! candle: the CLS token of the last hidden state after the final layer norm, from the
+//! crate's image transformer ([`super::vit`]).
 
 use super::clip::stack;
 use super::locate::read_config;
 use super::preprocess::Preprocess;
+use super::vit::{ImageEncoder, Naming, VitConfig};
+use crate::kernels::Activation;
 use crate::model::checkpoint;
 use crate::{Error, Result};
-use candle_core::{DType, Device, IndexOp, Module};
-use candle_nn::{layer_norm, LayerNorm, VarBuilder};
-use candle_transformers::models::vit;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
 use std::path::Path;
 
 /// `config.json` of a transformers `ViTModel`; absent fields take `ViTConfig`'s defaults, as
@@ -46,29 +47,38 @@ impl Default for Config {
     }
 }
 
-impl From<Config> for vit::Config {
-    fn from(c: Config) -> Self {
-        vit::Config {
-            hidden_size: c.hidden_size,
-            num_hidden_layers: c.num_hidden_layers,
-            num_attention_heads: c.num_attention_heads,
-            intermediate_size: c.intermediate_size,
-            hidden_act: c.hidden_act,
-            layer_norm_eps: c.layer_norm_eps,
-            image_size: c.image_size,
-            patch_size: c.patch_size,
-            num_channels: c.num_channels,
-            qkv_bias: c.qkv_bias,
-        }
+impl Config {
+    fn vit(&self, dir: &Path) -> Result<VitConfig> {
+        let activation = match self.hidden_act {
+            candle_nn::Activation::Gelu => Activation::GeluErf,
+            candle_nn::Activation::NewGelu | candle_nn::Activation::GeluPytorchTanh => {
+                Activation::GeluTanh
+            }
+            other => {
+                return Err(Error::Config {
+                    path: dir.join("config.json"),
+                    message: format!("hidden_act {other:?} is not supported"),
+                })
+            }
+        };
+        Ok(VitConfig {
+            hidden_size: self.hidden_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            image_size: self.image_size,
+            patch_size: self.patch_size,
+            num_channels: self.num_channels,
+            layer_norm_eps: self.layer_norm_eps,
+            activation,
+        })
     }
 }
 
 /// A loaded DINO ViT.
 pub struct Dino {
-    config: vit::Config,
-    embeddings: vit::Embeddings,
-    encoder: vit::Encoder,
-    layernorm: LayerNorm,
+    config: VitConfig,
+    encoder: ImageEncoder,
     device: Device,
 }
 
@@ -76,7 +86,7 @@ impl Dino {
     /// Loads `dir` (config.json and weights; a `vit.` prefix, as in classification
     /// checkpoints, is accepted) onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Dino> {
-        let config: vit::Config = read_config::<Config>(dir)?.into();
+        let config = read_config::<Config>(dir)?.vit(dir)?;
         let tensors = checkpoint::load(dir, device)?;
         let prefixed = tensors.contains_key("vit.embeddings.cls_token");
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
@@ -85,20 +95,10 @@ impl Dino {
             path: dir.to_path_buf(),
             message: e.to_string(),
         };
-        let embeddings =
-            vit::Embeddings::new(&config, false, vb.pp("embeddings")).map_err(model_error)?;
-        let encoder = vit::Encoder::new(&config, vb.pp("encoder")).map_err(model_error)?;
-        let layernorm = layer_norm(
-            config.hidden_size,
-            config.layer_norm_eps,
-            vb.pp("layernorm"),
-        )
-        .map_err(model_error)?;
+        let encoder = ImageEncoder::new(&config, Naming::Vit, vb).map_err(model_error)?;
         Ok(Dino {
             config,
-            embeddings,
             encoder,
-            layernorm,
             device: device.clone(),
         })
     }
@@ -114,10 +114,7 @@ impl Dino {
             return Ok(Vec::new());
         }
         let x = stack(images, self.config.image_size, &self.device)?;
-        let hidden = self.embeddings.forward(&x, None, false)?;
-        let hidden = self.encoder.forward(&hidden)?;
-        let cls = self.layernorm.forward(&hidden.i((.., 0))?)?;
-        Ok(cls.to_vec2::<f32>()?)
+        Ok(self.encoder.forward(&x)?.to_vec2::<f32>()?)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod ocr;
 pub mod preprocess;
 pub mod report;
 pub mod results;
+pub mod vit;
 
 pub use manifest::Sample;
 pub use results::{Evaluation, Metric, SampleScores};

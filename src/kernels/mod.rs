@@ -1,20 +1,22 @@
 //! CPU kernels for the models' hot paths, where candle's generic CPU ops are slow: matrix
 //! products (candle's `gemm` crate reaches about 40 GFLOP/s per core on the machines we
 //! measure, OpenBLAS's AVX-512 kernels about 95), attention (candle materialises every score
-//! and runs its elementwise ops on one thread) and the tanh GELU. A DiT forward is nine tenths
-//! matrix products.
+//! and runs its elementwise ops on one thread), LayerNorm and the MLP activations. A DiT
+//! forward is nine tenths matrix products.
 //!
 //! Each entry point takes the fast path for f32 tensors on the CPU (with the default `openblas`
 //! feature) and candle's own ops everywhere else: other devices, other dtypes, builds without
-//! the feature. The fused attention and GELU have no backward pass, so tensors that take part
+//! the feature (the activations need no BLAS and run in every build). The fused attention,
+//! norms and activations have no backward pass, so tensors that take part
 //! in a gradient computation go the composed way; the matrix product has one.
 
 use candle_core::{DType, Device, Result, Tensor};
 
+pub use activation::Activation;
+
+mod activation;
 #[cfg(feature = "openblas")]
 mod attention;
-#[cfg(feature = "openblas")]
-mod gelu;
 #[cfg(feature = "openblas")]
 mod norm;
 #[cfg(feature = "openblas")]
@@ -24,7 +26,6 @@ mod sgemm;
 const MAX_SCORES: usize = 1 << 26;
 
 /// Whether a tensor is one for the CPU kernels here.
-#[cfg_attr(not(feature = "openblas"), allow(dead_code))]
 fn on_cpu_f32(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
 }
@@ -147,13 +148,16 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         .broadcast_mul(weight)
 }
 
-/// GELU with the tanh approximation (PyTorch `approximate='tanh'`, candle's `gelu`).
-pub fn gelu(xs: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
+/// `act(xs)` elementwise, see [`Activation`].
+pub fn activate(xs: &Tensor, act: Activation) -> Result<Tensor> {
     if on_cpu_f32(xs) && !xs.track_op() {
-        return xs.contiguous()?.apply_op1_no_bwd(&gelu::GeluTanh);
+        return xs.contiguous()?.apply_op1_no_bwd(&act);
     }
-    xs.gelu()
+    match act {
+        Activation::GeluTanh => xs.gelu(),
+        Activation::GeluErf => xs.gelu_erf(),
+        Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn activations_match_candle_ones() {
+        let dev = Device::Cpu;
+        // Large inputs (several parallel chunks); tracked inputs take candle's ops.
+        let x = Tensor::randn(0f32, 2.0, (3, 50_000), &dev).unwrap();
+        let tracked = Var::from_tensor(&x).unwrap();
+        for act in [
+            Activation::GeluTanh,
+            Activation::GeluErf,
+            Activation::QuickGelu,
+        ] {
+            let got = activate(&x, act).unwrap();
+            let want = activate(tracked.as_tensor(), act).unwrap();
+            assert!(max_diff(&got, &want) < 1e-5, "{act:?}");
+        }
+    }
+
+    #[test]
     fn gelu_is_the_tanh_approximation() {
         let dev = Device::Cpu;
         let x = Tensor::new(&[-3f32, -1.0, 0.0, 0.5, 2.0], &dev).unwrap();
@@ -316,12 +337,12 @@ mod tests {
                 0.5 * v * (1.0 + inner.tanh())
             })
             .collect();
-        let got = gelu(&x).unwrap().to_vec1::<f32>().unwrap();
+        let got = activate(&x, Activation::GeluTanh)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
         }
-        // Large inputs (several parallel chunks) agree with candle's own GELU.
-        let x = Tensor::randn(0f32, 2.0, (3, 50_000), &dev).unwrap();
-        assert!(max_diff(&gelu(&x).unwrap(), &x.gelu().unwrap()) < 1e-6);
     }
 }

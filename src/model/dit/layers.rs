@@ -28,7 +28,9 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&kernels::gelu(&self.fc1.forward(xs)?)?)
+        let hidden = self.fc1.forward(xs)?;
+        self.fc2
+            .forward(&kernels::activate(&hidden, kernels::Activation::GeluTanh)?)
     }
 }
 
