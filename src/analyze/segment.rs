@@ -298,7 +298,11 @@ fn dark_to_light(centres: &[[f32; 3]]) -> Vec<usize> {
 /// The `i`-th palette colour: hues a golden angle apart, alternating two lightnesses.
 fn palette(i: usize) -> [u8; 3] {
     let hue = (i as f64 * 137.507_764) % 360.0;
-    let (s, v) = if i % 2 == 0 { (0.65, 0.95) } else { (0.8, 0.7) };
+    let (s, v) = if i.is_multiple_of(2) {
+        (0.65, 0.95)
+    } else {
+        (0.8, 0.7)
+    };
     let c = v * s;
     let x = c * (1.0 - ((hue / 60.0) % 2.0 - 1.0).abs());
     let (r, g, b) = match (hue / 60.0) as u32 {

@@ -14,7 +14,9 @@ pub enum Activation {
     /// computed as the equal `x sigmoid(2u)`: `expf` costs a sixth of `tanhf` (3.7 vs 21.7 ns
     /// here) and the two agree to 1e-7.
     GeluTanh,
-    /// `0.5 x (1 + erf(x / sqrt 2))`, the exact GELU.
+    /// `0.5 x (1 + erf(x / sqrt 2))`, the exact GELU, with erf as PyTorch's vectorised CPU
+    /// kernels compute it (Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7): a sixth of the cost
+    /// of libm's `erff` (24 ns here).
     GeluErf,
     /// `x sigmoid(1.702 x)` (CLIP's `quick_gelu`).
     QuickGelu,
@@ -29,14 +31,26 @@ impl Activation {
             Activation::GeluTanh => {
                 x / (1.0 + (-2.0 * SQRT_TWO_OVER_PI * x * (1.0 + 0.044715 * x * x)).exp())
             }
-            Activation::GeluErf => {
-                (candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2) + 1.0)
-                    * 0.5
-                    * x
-            }
+            Activation::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
             Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
         }
     }
+}
+
+/// erf by Abramowitz & Stegun 7.1.26, the formula of ATen's `Vectorized<float>::erf`:
+/// `sign(x) (1 - t p(t) exp(-x^2))` with `t = 1 / (1 + 0.3275911 |x|)`.
+fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_7,
+        -1.453_152,
+        1.061_405_4,
+    ];
+    let t = 1.0 / (1.0 + P * x.abs());
+    let poly = (((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0];
+    (1.0 - t * poly * (-x * x).exp()).copysign(x)
 }
 
 impl CustomOp1 for Activation {
@@ -65,5 +79,17 @@ impl CustomOp1 for Activation {
                 }
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn erf_is_within_the_formula_bound_of_libm() {
+        for i in -800..=800 {
+            let x = i as f32 / 100.0;
+            let d = (super::erf(x) - candle_core::cpu::erf::erf_f32(x)).abs();
+            assert!(d <= 3e-7, "erf({x}) off by {d}");
+        }
     }
 }

@@ -11,9 +11,17 @@ use rayon::prelude::*;
 /// a few thousand keys.
 const QUERY_BLOCK: usize = 64;
 
-/// `softmax(q k^T * scale) v`, see [`super::attention`].
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    readable(q)?.apply_op3_no_bwd(&readable(k)?, &readable(v)?, &Attention { scale })
+/// `softmax(q k^T * scale) v`, see [`super::attention`]. With `backward`, the op records
+/// itself for backpropagation and keeps only q, k, v and the output: the backward pass
+/// recomputes each head's probabilities (training at 1024 tokens otherwise holds 64 MiB of
+/// scores and their softmax intermediates per block).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, backward: bool) -> Result<Tensor> {
+    let (q, k, v) = (readable(q)?, readable(k)?, readable(v)?);
+    if backward {
+        q.apply_op3(&k, &v, Attention { scale })
+    } else {
+        q.apply_op3_no_bwd(&k, &v, &Attention { scale })
+    }
 }
 
 struct Attention {
@@ -88,6 +96,60 @@ impl CustomOp3 for Attention {
                     })
             })?;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    /// One matrix (head) at a time, so that one head's scores exist at once.
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let flat = |t: &Tensor| -> Result<Tensor> {
+            let r = t.rank();
+            t.detach().reshape(((), t.dim(r - 2)?, t.dim(r - 1)?))
+        };
+        let (fq, fk, fv, fo, fg) = (flat(q)?, flat(k)?, flat(v)?, flat(out)?, flat(grad)?);
+        let mut grads: [Vec<Tensor>; 3] = Default::default();
+        for i in 0..fq.dim(0)? {
+            let at = |t: &Tensor| t.narrow(0, i, 1);
+            let head = self.head_grads(&at(&fq)?, &at(&fk)?, &at(&fv)?, &at(&fo)?, &at(&fg)?)?;
+            for (all, g) in grads.iter_mut().zip(head) {
+                all.push(g);
+            }
+        }
+        let [dq, dk, dv] = grads;
+        Ok((
+            Some(Tensor::cat(&dq, 0)?.reshape(q.shape())?),
+            Some(Tensor::cat(&dk, 0)?.reshape(k.shape())?),
+            Some(Tensor::cat(&dv, 0)?.reshape(v.shape())?),
+        ))
+    }
+}
+
+impl Attention {
+    /// Gradients of one matrix of the batch (`[1, n, d]` each, no graph): with
+    /// `P = softmax(scale q k^T)`, `dv = P^T g`, `dS = P (g v^T - rowsum(g o))`,
+    /// `dq = scale dS k`, `dk = scale dS^T q`.
+    fn head_grads(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        g: &Tensor,
+    ) -> Result<[Tensor; 3]> {
+        use super::matmul_scaled;
+        let probs = candle_nn::ops::softmax_last_dim(&matmul_scaled(q, &k.t()?, self.scale)?)?;
+        let dv = matmul_scaled(&probs.t()?, g, 1.0)?;
+        let dp = matmul_scaled(g, &v.t()?, 1.0)?;
+        let delta = (g * o)?.sum_keepdim(candle_core::D::Minus1)?;
+        let ds = (probs * dp.broadcast_sub(&delta)?)?;
+        let dq = matmul_scaled(&ds, k, self.scale)?;
+        let dk = matmul_scaled(&ds.t()?, q, self.scale)?;
+        Ok([dq, dk, dv])
     }
 }
 

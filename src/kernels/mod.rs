@@ -6,9 +6,9 @@
 //!
 //! Each entry point takes the fast path for f32 tensors on the CPU (with the default `openblas`
 //! feature) and candle's own ops everywhere else: other devices, other dtypes, builds without
-//! the feature (the activations need no BLAS and run in every build). The fused attention,
-//! norms and activations have no backward pass, so tensors that take part
-//! in a gradient computation go the composed way; the matrix product has one.
+//! the feature (norms and activations need no BLAS and run in every build). The activations
+//! have no backward pass, so tensors that take part in a gradient computation go the composed
+//! way there; products, attention and norms have one.
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -17,7 +17,6 @@ pub use activation::Activation;
 mod activation;
 #[cfg(feature = "openblas")]
 mod attention;
-#[cfg(feature = "openblas")]
 mod norm;
 #[cfg(feature = "openblas")]
 mod sgemm;
@@ -53,8 +52,9 @@ pub fn matmul_scaled(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     #[cfg(feature = "openblas")]
     if let Some(bias) = bias {
-        if [x, w, bias].iter().all(|t| on_cpu_f32(t) && !t.track_op()) && x.rank() == 2 {
-            return sgemm::linear(x, w, bias);
+        if [x, w, bias].iter().all(|t| on_cpu_f32(t)) && x.rank() == 2 {
+            let backward = [x, w, bias].iter().any(|t| t.track_op());
+            return sgemm::linear(x, w, bias, backward);
         }
     }
     let out = matmul(x, &w.t()?)?;
@@ -73,11 +73,9 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `v [.., n_k, d_v]` with the same leading dimensions (batch, heads).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     #[cfg(feature = "openblas")]
-    if [q, k, v]
-        .iter()
-        .all(|t| on_cpu_f32(t) && !t.track_op() && t.rank() >= 2)
-    {
-        return attention::attention(q, k, v, scale);
+    if [q, k, v].iter().all(|t| on_cpu_f32(t) && t.rank() >= 2) {
+        let backward = [q, k, v].iter().any(|t| t.track_op());
+        return attention::attention(q, k, v, scale, backward);
     }
     composed_attention(q, k, v, scale, MAX_SCORES)
 }
@@ -118,16 +116,14 @@ pub fn modulated_layer_norm(
     scale: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
-    if [xs, shift, scale]
-        .iter()
-        .all(|t| on_cpu_f32(t) && !t.track_op())
-    {
-        return xs.contiguous()?.apply_op3_no_bwd(
-            &shift.contiguous()?,
-            &scale.contiguous()?,
-            &norm::ModulatedLayerNorm { eps: eps as f32 },
-        );
+    if [xs, shift, scale].iter().all(|t| on_cpu_f32(t)) {
+        let (xs, shift, scale) = (xs.contiguous()?, shift.contiguous()?, scale.contiguous()?);
+        let op = norm::ModulatedLayerNorm { eps: eps as f32 };
+        return if [&xs, &shift, &scale].iter().any(|t| t.track_op()) {
+            xs.apply_op3(&shift, &scale, op)
+        } else {
+            xs.apply_op3_no_bwd(&shift, &scale, &op)
+        };
     }
     let x = xs.to_dtype(DType::F32)?;
     let centred = x.broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1)?)?;
@@ -138,8 +134,14 @@ pub fn modulated_layer_norm(
 
 /// RMSNorm over the last dimension, `x / sqrt(mean(x^2) + eps) * weight`, computed in f32.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if [xs, weight].iter().all(|t| on_cpu_f32(t) && !t.track_op()) {
-        return candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32);
+    if [xs, weight].iter().all(|t| on_cpu_f32(t)) {
+        let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+        let op = norm::RmsNorm { eps: eps as f32 };
+        return if xs.track_op() || weight.track_op() {
+            xs.apply_op2(&weight, op)
+        } else {
+            xs.apply_op2_no_bwd(&weight, &op)
+        };
     }
     let x = xs.to_dtype(DType::F32)?;
     let rms = (x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + eps)?.sqrt()?;
@@ -230,6 +232,109 @@ mod tests {
         let theirs = loss((a.broadcast_matmul(&w.t().unwrap()).unwrap() * 0.5).unwrap());
         for v in [a.as_tensor(), w.as_tensor()] {
             assert!(max_diff(ours.get(v).unwrap(), theirs.get(v).unwrap()) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn fused_attention_gradients_match_composed_ones() {
+        let dev = Device::Cpu;
+        let var = |t: usize, d: usize| Var::randn(0f32, 1.0, (2, 3, t, d), &dev).unwrap();
+        let (q, k, v) = (var(70, 8), var(20, 8), var(20, 5));
+        let loss = |o: Tensor| o.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let ours = loss(attention(&q, &k, &v, 0.4).unwrap());
+        let theirs = loss(composed_attention(&q, &k, &v, 0.4, MAX_SCORES).unwrap());
+        for t in [&q, &k, &v] {
+            let (a, b) = (
+                ours.get(t.as_tensor()).unwrap(),
+                theirs.get(t.as_tensor()).unwrap(),
+            );
+            assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+        }
+    }
+
+    #[test]
+    fn fused_norm_gradients_match_composed_ones() {
+        let dev = Device::Cpu;
+        let x =
+            Var::from_tensor(&(Tensor::randn(0f32, 1.0, (5, 16), &dev).unwrap() + 3.0).unwrap())
+                .unwrap();
+        let p = |shape: (usize, usize)| Var::randn(0f32, 1.0, shape, &dev).unwrap();
+        let (shift, scale) = (p((1, 16)), p((1, 16)));
+        let weight = Var::randn(0f32, 1.0, 16, &dev).unwrap();
+        let loss = |y: Tensor| {
+            (y.sqr().unwrap() * 0.5)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let ours = loss(
+            (modulated_layer_norm(&x, &shift, &scale, 1e-6).unwrap()
+                + rms_norm(&x, &weight, 1e-6).unwrap())
+            .unwrap(),
+        );
+        // The composed forms, written out.
+        let centred = x
+            .broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1).unwrap())
+            .unwrap();
+        let std = (centred
+            .sqr()
+            .unwrap()
+            .mean_keepdim(candle_core::D::Minus1)
+            .unwrap()
+            + 1e-6)
+            .unwrap()
+            .sqrt()
+            .unwrap();
+        let ln = centred
+            .broadcast_div(&std)
+            .unwrap()
+            .broadcast_mul(&(scale.as_tensor() + 1.0).unwrap())
+            .unwrap()
+            .broadcast_add(&shift)
+            .unwrap();
+        let rms = (x
+            .sqr()
+            .unwrap()
+            .mean_keepdim(candle_core::D::Minus1)
+            .unwrap()
+            + 1e-6)
+            .unwrap()
+            .sqrt()
+            .unwrap();
+        let rn = x
+            .broadcast_div(&rms)
+            .unwrap()
+            .broadcast_mul(&weight)
+            .unwrap();
+        let theirs = loss((ln + rn).unwrap());
+        for t in [&x, &shift, &scale, &weight].map(|v| v.as_tensor()) {
+            let (a, b) = (ours.get(t).unwrap(), theirs.get(t).unwrap());
+            assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+        }
+    }
+
+    #[test]
+    fn fused_linear_gradients_match_composed_ones() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (70, 6), &dev).unwrap();
+        let w = Var::randn(0f32, 1.0, (5, 6), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, 5, &dev).unwrap();
+        let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let ours = loss(linear(&x, &w, Some(&b)).unwrap());
+        let composed = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let theirs = loss(composed);
+        for t in [&x, &w, &b] {
+            let (a, b) = (
+                ours.get(t.as_tensor()).unwrap(),
+                theirs.get(t.as_tensor()).unwrap(),
+            );
+            assert!(max_diff(a, b) < 1e-3, "{}", max_diff(a, b));
         }
     }
 

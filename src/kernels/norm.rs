@@ -1,8 +1,10 @@
-//! The DiT's modulated LayerNorm in one parallel pass per token: `LN(x) * (1 + scale) + shift`
-//! with the affine-free LayerNorm (two-pass mean and variance, as PyTorch), where the composed
-//! candle ops take about ten single-threaded passes over the tokens.
+//! The DiT's norms in one parallel pass per token: the modulated LayerNorm
+//! `LN(x) * (1 + scale) + shift` (affine-free, two-pass mean and variance as PyTorch) and
+//! RMSNorm, where the composed candle ops take five to ten single-threaded passes over the
+//! tokens and, in training, keep every intermediate for the backward pass. Their backward
+//! passes recompute the normalised values from the input.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// `LN(x) * (1 + scale) + shift` over the last dimension of `x`; `shift` and `scale` hold one
@@ -58,5 +60,102 @@ impl CustomOp3 for ModulatedLayerNorm {
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    /// With `y = (x - mean) / std`: `dshift = sum g`, `dscale = sum g y`, and
+    /// `dx = (d - mean(d) - y mean(d y)) / std` for `d = g (1 + scale)`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let x = x.detach();
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let inv_std = (centred.sqr()?.mean_keepdim(D::Minus1)? + f64::from(self.eps))?
+            .sqrt()?
+            .recip()?;
+        let y = centred.broadcast_mul(&inv_std)?;
+        let d = grad.broadcast_mul(&(scale.detach() + 1.0)?)?;
+        let dx = (d.broadcast_sub(&d.mean_keepdim(D::Minus1)?)?
+            - y.broadcast_mul(&(&d * &y)?.mean_keepdim(D::Minus1)?)?)?
+        .broadcast_mul(&inv_std)?;
+        Ok((
+            Some(dx),
+            Some(sum_rows(grad)?.reshape(shift.shape())?),
+            Some(sum_rows(&(grad * y)?)?.reshape(scale.shape())?),
+        ))
+    }
+}
+
+/// Sums over every dimension but the last.
+fn sum_rows(t: &Tensor) -> Result<Tensor> {
+    t.reshape(((), t.dim(D::Minus1)?))?.sum(0)
+}
+
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight` over the last dimension.
+pub struct RmsNorm {
+    pub eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(weight)) = (s1, s2) else {
+            candle_core::bail!("rms-norm takes f32")
+        };
+        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("rms-norm takes contiguous tensors")
+        };
+        let dim = l1.dims().last().copied().unwrap_or(0);
+        if dim == 0 || w1 - w0 != dim {
+            candle_core::bail!("rms-norm: x {:?}, weight {:?}", l1.dims(), l2.dims())
+        }
+        let weight = &weight[w0..w1];
+        let mut out = vec![0f32; x1 - x0];
+        out.par_chunks_mut(dim)
+            .zip(x[x0..x1].par_chunks(dim))
+            .for_each(|(y, x)| {
+                let mean_square = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+                let inv = 1.0 / (mean_square + self.eps).sqrt();
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
+                    *y = x * inv * w;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    /// With `y = x / r`: `dweight = sum g y`, `dx = (d - y mean(d y)) / r` for `d = g weight`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let x = x.detach();
+        let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + f64::from(self.eps))?
+            .sqrt()?
+            .recip()?;
+        let y = x.broadcast_mul(&inv)?;
+        let d = grad.broadcast_mul(&weight.detach())?;
+        let dx =
+            (&d - y.broadcast_mul(&(&d * &y)?.mean_keepdim(D::Minus1)?)?)?.broadcast_mul(&inv)?;
+        Ok((
+            Some(dx),
+            Some(sum_rows(&(grad * y)?)?.reshape(weight.shape())?),
+        ))
     }
 }

@@ -242,10 +242,16 @@ fn products(
         })
 }
 
-/// `x @ w^T + bias` for `x [rows, in]`, `w [out, in]`, `bias [out]` (inference only: no
-/// backward pass), the bias written first and the product added onto it.
-pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    readable(x)?.apply_op3_no_bwd(&readable(w)?, &bias.contiguous()?, &Linear)
+/// `x @ w^T + bias` for `x [rows, in]`, `w [out, in]`, `bias [out]`, the bias written first
+/// and the product added onto it; with `backward` the op records itself for backpropagation
+/// (keeping x, w and bias only, not a biasless product as well).
+pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor, backward: bool) -> Result<Tensor> {
+    let (x, w, bias) = (readable(x)?, readable(w)?, bias.contiguous()?);
+    if backward {
+        x.apply_op3(&w, &bias, Linear)
+    } else {
+        x.apply_op3_no_bwd(&w, &bias, &Linear)
+    }
 }
 
 struct Linear;
@@ -285,6 +291,22 @@ impl CustomOp3 for Linear {
         let mut out = bias[b0..b1].repeat(rows);
         products(x, &ox, w, &ow.t(), 1.0, true, &mut out)?;
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
+    }
+
+    /// `dx = g w`, `dw = g^T x`, `dbias = sum over rows of g`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((
+            Some(matmul_scaled(grad, w, 1.0)?),
+            Some(matmul_scaled(&grad.t()?, x, 1.0)?),
+            Some(grad.sum(0)?),
+        ))
     }
 }
 

@@ -420,7 +420,7 @@ pub fn run(
             let step = run.state.step;
             let eval_now = !val.is_empty()
                 && (step == stage_end
-                    || (stage.eval_interval > 0 && step % stage.eval_interval == 0));
+                    || (stage.eval_interval > 0 && step.is_multiple_of(stage.eval_interval)));
             let line = LogLine {
                 step,
                 loss,
@@ -433,7 +433,7 @@ pub fn run(
                 },
             };
             Logs::append(&logs.jsonl, &json(&line))?;
-            if step % stage.log_interval == 0 || line.val_loss.is_some() {
+            if step.is_multiple_of(stage.log_interval) || line.val_loss.is_some() {
                 let val_text = line
                     .val_loss
                     .map(|v| format!(" val_loss {v:.6}"))
@@ -447,7 +447,7 @@ pub fn run(
                 )?;
             }
             progress(&line, total_steps);
-            if step % stage.checkpoint_interval == 0 {
+            if step.is_multiple_of(stage.checkpoint_interval) {
                 last_saved = Some((step, run.checkpoint()?));
             }
         }

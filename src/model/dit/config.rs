@@ -88,13 +88,13 @@ impl Config {
     /// Checks the constraints upstream asserts: heads divide the width into even head sizes.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: String| Error::invalid("DiT config", message);
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(bad(format!(
                 "HIDDEN_SIZE {} is not a multiple of NUM_HEADS {}",
                 self.hidden_size, self.num_heads
             )));
         }
-        if self.head_dim() % 2 != 0 || self.head_dim() < 6 {
+        if !self.head_dim().is_multiple_of(2) || self.head_dim() < 6 {
             return Err(bad(format!(
                 "head size {} (HIDDEN_SIZE / NUM_HEADS) must be even and at least 6",
                 self.head_dim()

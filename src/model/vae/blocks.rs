@@ -9,7 +9,7 @@ use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 /// `Normalize`: GroupNorm with 32 groups, eps 1e-6 and an affine map.
 pub(crate) fn normalize(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    if channels % GROUPS != 0 {
+    if !channels.is_multiple_of(GROUPS) {
         candle_core::bail!("GroupNorm({GROUPS}) cannot split {channels} channels");
     }
     Ok(GroupNorm {

@@ -1,0 +1,202 @@
+//! Time per training step and peak memory of the tiny and the full-size DiT (random weights,
+//! one 512 px text-to-image example: 1024 tokens, 40 context rows, batch 1, f32, CPU): the
+//! diffusion loss, its backward pass and one AdamW update, as `ace train` runs them. Each size
+//! runs in its own process (peak memory is per process), ours and then the PyTorch reference
+//! (`scripts/bench_train_reference.py`: scepter's ACE backbone, MSE loss, torch.optim.AdamW),
+//! and the ratios are printed. `cargo bench --bench train_step`; two threads unless
+//! RAYON_NUM_THREADS says otherwise; ACE_BENCH_REFERENCE=0 skips the reference.
+
+use ace::model::dit::Config;
+use ace::sampler::LinearSchedule;
+use ace::train::model::{diffusion_loss, Encoded};
+use ace::train::optimizer::{AdamW, AdamWParams};
+use ace::train::weights::DitWeights;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::SeedableRng;
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Instant;
+
+const CONTEXT_ROWS: usize = 40;
+const LATENT: usize = 64;
+const TINY: &str = "PATCH_SIZE: 2\nIN_CHANNELS: 4\nHIDDEN_SIZE: 64\nDEPTH: 2\nNUM_HEADS: 4\n\
+    MLP_RATIO: 4.0\nPRED_SIGMA: True\nY_CHANNELS: 32\nMAX_SEQ_LEN: 1024\nQK_NORM: True\n";
+const FULL: &str = "PATCH_SIZE: 2\nIN_CHANNELS: 4\nHIDDEN_SIZE: 1152\nDEPTH: 28\nNUM_HEADS: 16\n\
+    MLP_RATIO: 4.0\nPRED_SIGMA: True\nY_CHANNELS: 4096\nMAX_SEQ_LEN: 1024\nQK_NORM: True\n";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "2");
+    }
+    // A child run: one size, prints one line of numbers.
+    if let Some(i) = args.iter().position(|a| a == "--size") {
+        let size = args.get(i + 1).map(String::as_str).unwrap_or("");
+        let steps = if size == "tiny" { 5 } else { 1 };
+        let (secs, peak) = run(if size == "tiny" { TINY } else { FULL }, steps)?;
+        println!("{secs} {peak}");
+        return Ok(());
+    }
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not and skips the run.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("train_step: run with `cargo bench --bench train_step`");
+        return Ok(());
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let reference = std::env::var("ACE_BENCH_REFERENCE").as_deref() != Ok("0");
+    for size in ["tiny", "full"] {
+        let out = Command::new(&args[0]).args(["--size", size]).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{size}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        let mut it = text.split_whitespace().map(|v| v.parse::<f64>());
+        let (secs, peak) = (
+            it.next().unwrap_or(Ok(f64::NAN))?,
+            it.next().unwrap_or(Ok(0.0))?,
+        );
+        println!(
+            "ace, {size} DiT, {threads} threads: {secs:.3} s per training step, peak RSS {:.0} MiB",
+            peak / 1024.0
+        );
+        if reference {
+            compare(size, threads, secs, peak / 1024.0)?;
+        }
+    }
+    Ok(())
+}
+
+/// Seconds per step (mean over `steps` after one warm-up step for the tiny model) and peak
+/// RSS (KiB) of training the DiT of `config`.
+fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
+    let cfg: Config = serde_yaml::from_str(config)?;
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    ace::model::dit::DitAce::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    let base: BTreeMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("var map lock poisoned"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    drop(varmap);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let weights = DitWeights::from_tensors(&cfg, base, None, &mut rng, &dev)?;
+    let example = Encoded {
+        target: Tensor::randn(0f32, 1.0, (4, LATENT, LATENT), &dev)?,
+        target_mask: Tensor::ones((1, LATENT, LATENT), DType::F32, &dev)?,
+        edits: Vec::new(),
+        edit_masks: Vec::new(),
+        contexts: vec![Tensor::randn(
+            0f32,
+            1.0,
+            (CONTEXT_ROWS, cfg.y_channels),
+            &dev,
+        )?],
+    };
+    let noise = Tensor::randn(0f32, 1.0, (4, LATENT, LATENT), &dev)?;
+    let tpe = Tensor::randn(0f32, 1.0, (10, cfg.y_channels), &dev)?;
+    let schedule = LinearSchedule::official();
+    let mut opt = AdamW::new(AdamWParams {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    })?;
+    let mut step = || -> anyhow::Result<()> {
+        let dit = weights.model()?;
+        let loss = diffusion_loss(
+            &dit,
+            &tpe,
+            &schedule,
+            std::slice::from_ref(&example),
+            &[500],
+            std::slice::from_ref(&noise),
+        )?;
+        let grads = loss.backward()?;
+        let named: BTreeMap<String, Tensor> = weights
+            .trainable()
+            .iter()
+            .filter_map(|(name, var)| {
+                grads
+                    .get(var.as_tensor())
+                    .map(|g| (name.clone(), g.clone()))
+            })
+            .collect();
+        opt.step(weights.trainable(), &named)?;
+        Ok(())
+    };
+    if steps > 1 {
+        step()?;
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        step()?;
+    }
+    Ok((
+        start.elapsed().as_secs_f64() / steps as f64,
+        peak_rss_kib() as f64,
+    ))
+}
+
+/// Runs the reference for `size` and prints its numbers and the ratios.
+fn compare(size: &str, threads: usize, secs: f64, peak_mib: f64) -> anyhow::Result<()> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/bench_train_reference.py"
+    );
+    let out = Command::new("python3")
+        .args([script, "--size", size, "--threads", &threads.to_string()])
+        .output();
+    let out = match out {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            println!(
+                "reference: not run ({}); it needs `pip install torch einops` and \
+                 `pip install --no-deps scepter`",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("failed")
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            println!("reference: not run (python3: {e})");
+            return Ok(());
+        }
+    };
+    let text = String::from_utf8(out.stdout)?;
+    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())?;
+    let (theirs, their_peak) = (
+        v["seconds"].as_f64().unwrap_or(f64::NAN),
+        v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+    );
+    println!(
+        "reference, {size} DiT (scepter ACE, PyTorch {threads} threads): {theirs:.3} s per \
+         training step, peak RSS {their_peak:.0} MiB"
+    );
+    println!(
+        "ace / reference, {size}: time {:.2}, peak memory {:.2}",
+        secs / theirs,
+        peak_mib / their_peak
+    );
+    Ok(())
+}
+
+/// Peak resident set size of this process in KiB (Linux; 0 elsewhere).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
