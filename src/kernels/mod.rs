@@ -18,6 +18,7 @@ mod activation;
 #[cfg(feature = "openblas")]
 mod attention;
 mod norm;
+mod rope;
 #[cfg(feature = "openblas")]
 mod sgemm;
 
@@ -148,6 +149,27 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_div(&rms)?
         .to_dtype(xs.dtype())?
         .broadcast_mul(weight)
+}
+
+/// Rotary position embedding of `xs [.., tokens, head_dim]`: adjacent pairs rotated by the
+/// angles whose `cos` and `sin` are `[tokens, head_dim / 2]`, computed in the tables' dtype.
+pub fn rope_interleaved(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(xs) && cos.dtype() == DType::F64 && sin.dtype() == DType::F64 {
+        let xs = xs.contiguous()?;
+        return if xs.track_op() {
+            xs.apply_op3(cos, sin, rope::Rope)
+        } else {
+            xs.apply_op3_no_bwd(cos, sin, &rope::Rope)
+        };
+    }
+    let x = xs.to_dtype(cos.dtype())?.contiguous()?;
+    // candle's fused kernel has no backward pass: under training the composed form runs.
+    let rotated = if x.track_op() {
+        candle_nn::rotary_emb::rope_i_slow(&x, cos, sin)?
+    } else {
+        candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+    };
+    rotated.to_dtype(xs.dtype())
 }
 
 /// `act(xs)` elementwise, see [`Activation`].
@@ -313,6 +335,33 @@ mod tests {
             let (a, b) = (ours.get(t).unwrap(), theirs.get(t).unwrap());
             assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
         }
+    }
+
+    #[test]
+    fn rope_matches_candle_in_f64_with_its_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (1, 3, 10, 8), &dev).unwrap();
+        let angles = Tensor::randn(0f64, 2.0, (10, 4), &dev).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let want = candle_nn::rotary_emb::rope_i(&x.to_dtype(DType::F64).unwrap(), &cos, &sin)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let got = rope_interleaved(x.as_tensor(), &cos, &sin).unwrap();
+        assert_eq!(max_diff(&got, &want), 0.0);
+        let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let ours = loss((got * 2.0).unwrap());
+        let composed =
+            candle_nn::rotary_emb::rope_i_slow(&x.to_dtype(DType::F64).unwrap(), &cos, &sin)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+        let theirs = loss((composed * 2.0).unwrap());
+        let (a, b) = (
+            ours.get(x.as_tensor()).unwrap(),
+            theirs.get(x.as_tensor()).unwrap(),
+        );
+        assert!(max_diff(a, b) < 1e-5, "{}", max_diff(a, b));
     }
 
     #[test]

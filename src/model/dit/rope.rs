@@ -102,14 +102,7 @@ fn rotation_dtype(device: &Device) -> DType {
 impl RopeTables {
     /// Rotates `[1, heads, tokens, head_dim]` (adjacent pairs as complex numbers).
     pub fn apply(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let x = xs.to_dtype(self.cos.dtype())?.contiguous()?;
-        // The fused kernel has no backward pass: under training the composed form runs.
-        let rotated = if x.track_op() {
-            candle_nn::rotary_emb::rope_i_slow(&x, &self.cos, &self.sin)?
-        } else {
-            candle_nn::rotary_emb::rope_i(&x, &self.cos, &self.sin)?
-        };
-        rotated.to_dtype(xs.dtype())
+        crate::kernels::rope_interleaved(xs, &self.cos, &self.sin)
     }
 }
 
