@@ -19,7 +19,13 @@ use std::process::Command;
 use std::time::Instant;
 
 const CONTEXT_ROWS: usize = 40;
-const LATENT: usize = 64;
+/// Latent side (64: 1024 tokens); ACE_BENCH_LATENT changes it.
+fn latent() -> usize {
+    std::env::var("ACE_BENCH_LATENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
 const TINY: &str = "PATCH_SIZE: 2\nIN_CHANNELS: 4\nHIDDEN_SIZE: 64\nDEPTH: 2\nNUM_HEADS: 4\n\
     MLP_RATIO: 4.0\nPRED_SIGMA: True\nY_CHANNELS: 32\nMAX_SEQ_LEN: 1024\nQK_NORM: True\n";
 const FULL: &str = "PATCH_SIZE: 2\nIN_CHANNELS: 4\nHIDDEN_SIZE: 1152\nDEPTH: 28\nNUM_HEADS: 16\n\
@@ -74,6 +80,7 @@ fn main() -> anyhow::Result<()> {
 fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
     let cfg: Config = serde_yaml::from_str(config)?;
     let dev = Device::Cpu;
+    let latent = latent();
     let varmap = VarMap::new();
     ace::model::dit::DitAce::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
     let base: BTreeMap<String, Tensor> = varmap
@@ -87,8 +94,8 @@ fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let weights = DitWeights::from_tensors(&cfg, base, None, &mut rng, &dev)?;
     let example = Encoded {
-        target: Tensor::randn(0f32, 1.0, (4, LATENT, LATENT), &dev)?,
-        target_mask: Tensor::ones((1, LATENT, LATENT), DType::F32, &dev)?,
+        target: Tensor::randn(0f32, 1.0, (4, latent, latent), &dev)?,
+        target_mask: Tensor::ones((1, latent, latent), DType::F32, &dev)?,
         edits: Vec::new(),
         edit_masks: Vec::new(),
         contexts: vec![Tensor::randn(
@@ -98,7 +105,7 @@ fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
             &dev,
         )?],
     };
-    let noise = Tensor::randn(0f32, 1.0, (4, LATENT, LATENT), &dev)?;
+    let noise = Tensor::randn(0f32, 1.0, (4, latent, latent), &dev)?;
     let tpe = Tensor::randn(0f32, 1.0, (10, cfg.y_channels), &dev)?;
     let schedule = LinearSchedule::official();
     let mut opt = AdamW::new(AdamWParams {

@@ -303,8 +303,8 @@ impl CustomOp3 for Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Ok((
-            Some(matmul_scaled(grad, w, 1.0)?),
-            Some(matmul_scaled(&grad.t()?, x, 1.0)?),
+            Some(matmul_scaled(grad, &w.detach(), 1.0)?),
+            Some(matmul_scaled(&grad.t()?, &x.detach(), 1.0)?),
             Some(grad.sum(0)?),
         ))
     }
@@ -356,6 +356,8 @@ impl CustomOp2 for Sgemm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // Detached operands: the gradients must not carry the forward graph.
+        let (a, b) = (&a.detach(), &b.detach());
         let grad_a = matmul_scaled(grad, &b.t()?, self.alpha)?;
         let grad_b = if b.rank() == 2 && a.rank() > 2 {
             let k = a.dim(candle_core::D::Minus1)?;

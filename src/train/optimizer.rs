@@ -89,7 +89,9 @@ impl AdamW {
         for (name, var) in vars {
             let Some(g) = grads.get(name) else { continue };
             let p = var.as_tensor();
-            let g = g.to_dtype(p.dtype())?;
+            // Detached: a gradient computed from tracked tensors carries their graph (the whole
+            // forward pass), and the moments built from it would keep it alive across steps.
+            let g = g.detach().to_dtype(p.dtype())?;
             let state = match self.moments.remove(name) {
                 Some(s) => s,
                 None => Moments {
