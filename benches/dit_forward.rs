@@ -5,11 +5,13 @@
 //! times. Runs under `cargo bench --bench dit_forward`; two threads unless RAYON_NUM_THREADS
 //! says otherwise; ACE_BENCH_REFERENCE=0 skips the reference.
 
+mod common;
+
 use ace::model::dit::{Config, DitAce, Sample};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
+use common::peak_rss_kib;
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Instant;
 
 const CONTEXT_ROWS: usize = 40;
@@ -40,18 +42,9 @@ fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let start = Instant::now();
     let rss_before = peak_rss_kib();
-    let varmap = VarMap::new();
-    DitAce::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-    // Plain (detached) tensors: built on the `Var`s themselves, the forward would record a
-    // backprop graph and keep every intermediate alive.
-    let weights: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("var map lock poisoned"))?
-        .iter()
-        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+    let weights: HashMap<String, Tensor> = common::random_dit_weights(&cfg, &dev)?
+        .into_iter()
         .collect();
-    drop(varmap);
     let weight_bytes: usize = weights.values().map(|t| t.elem_count() * 4).sum();
     let dit = DitAce::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
     println!(
@@ -108,33 +101,10 @@ fn main() -> anyhow::Result<()> {
 /// Runs the PyTorch reference on the same forward, prints its numbers and returns its wall
 /// time (`None` when it cannot run here).
 fn reference(threads: usize) -> anyhow::Result<Option<f64>> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/bench_dit_reference.py"
-    );
-    let out = Command::new("python3")
-        .args([script, "--threads", &threads.to_string()])
-        .output();
-    let json = match out {
-        Ok(out) if out.status.success() => String::from_utf8(out.stdout)?,
-        Ok(out) => {
-            println!(
-                "reference: not run ({}); it needs `pip install torch einops` and \
-                 `pip install --no-deps scepter`",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("failed")
-            );
-            return Ok(None);
-        }
-        Err(e) => {
-            println!("reference: not run (python3: {e})");
-            return Ok(None);
-        }
+    let threads = threads.to_string();
+    let Some(v) = common::run_reference("bench_dit_reference.py", &["--threads", &threads])? else {
+        return Ok(None);
     };
-    let line = json.lines().last().unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(line)?;
     let theirs = v["seconds"].as_f64().unwrap_or(f64::NAN);
     println!(
         "reference (scepter ACE, PyTorch {} threads): {theirs:.2} s wall, {:.2} s CPU, peak RSS \
@@ -182,16 +152,4 @@ fn cpu_seconds() -> f64 {
             )
         })
         .unwrap_or(0.0)
-}
-
-/// Peak resident set size of this process in KiB (Linux; 0 elsewhere).
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }

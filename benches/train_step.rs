@@ -6,13 +6,14 @@
 //! and the ratios are printed. `cargo bench --bench train_step`; two threads unless
 //! RAYON_NUM_THREADS says otherwise; ACE_BENCH_REFERENCE=0 skips the reference.
 
+mod common;
+
 use ace::model::dit::Config;
 use ace::sampler::LinearSchedule;
 use ace::train::model::{diffusion_loss, Encoded};
 use ace::train::optimizer::{AdamW, AdamWParams};
 use ace::train::weights::DitWeights;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -81,16 +82,7 @@ fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
     let cfg: Config = serde_yaml::from_str(config)?;
     let dev = Device::Cpu;
     let latent = latent();
-    let varmap = VarMap::new();
-    ace::model::dit::DitAce::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-    let base: BTreeMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("var map lock poisoned"))?
-        .iter()
-        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
-        .collect();
-    drop(varmap);
+    let base = common::random_dit_weights(&cfg, &dev)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let weights = DitWeights::from_tensors(&cfg, base, None, &mut rng, &dev)?;
     let example = Encoded {
@@ -147,39 +139,17 @@ fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
     }
     Ok((
         start.elapsed().as_secs_f64() / steps as f64,
-        peak_rss_kib() as f64,
+        common::peak_rss_kib() as f64,
     ))
 }
 
 /// Runs the reference for `size` and prints its numbers and the ratios.
 fn compare(size: &str, threads: usize, secs: f64, peak_mib: f64) -> anyhow::Result<()> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/bench_train_reference.py"
-    );
-    let out = Command::new("python3")
-        .args([script, "--size", size, "--threads", &threads.to_string()])
-        .output();
-    let out = match out {
-        Ok(out) if out.status.success() => out,
-        Ok(out) => {
-            println!(
-                "reference: not run ({}); it needs `pip install torch einops` and \
-                 `pip install --no-deps scepter`",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("failed")
-            );
-            return Ok(());
-        }
-        Err(e) => {
-            println!("reference: not run (python3: {e})");
-            return Ok(());
-        }
+    let threads = threads.to_string();
+    let args = ["--size", size, "--threads", &threads];
+    let Some(v) = common::run_reference("bench_train_reference.py", &args)? else {
+        return Ok(());
     };
-    let text = String::from_utf8(out.stdout)?;
-    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())?;
     let (theirs, their_peak) = (
         v["seconds"].as_f64().unwrap_or(f64::NAN),
         v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
@@ -194,16 +164,4 @@ fn compare(size: &str, threads: usize, secs: f64, peak_mib: f64) -> anyhow::Resu
         peak_mib / their_peak
     );
     Ok(())
-}
-
-/// Peak resident set size of this process in KiB (Linux; 0 elsewhere).
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -202,6 +202,20 @@ mod tests {
             .unwrap()
     }
 
+    /// Asserts that the gradients of `sum(ours^2)` and `sum(theirs^2)` with respect to `vars`
+    /// agree within `tol`.
+    fn assert_same_gradients(ours: Tensor, theirs: Tensor, vars: &[&Var], tol: f32) {
+        let grads = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let (ours, theirs) = (grads(ours), grads(theirs));
+        for v in vars {
+            let (a, b) = (
+                ours.get(v.as_tensor()).unwrap(),
+                theirs.get(v.as_tensor()).unwrap(),
+            );
+            assert!(max_diff(a, b) < tol, "{}", max_diff(a, b));
+        }
+    }
+
     #[test]
     fn product_of_known_matrices() {
         let dev = Device::Cpu;
@@ -249,12 +263,12 @@ mod tests {
         let dev = Device::Cpu;
         let a = Var::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
         let w = Var::randn(0f32, 1.0, (3, 4), &dev).unwrap();
-        let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let ours = loss(matmul_scaled(&a, &w.t().unwrap(), 0.5).unwrap());
-        let theirs = loss((a.broadcast_matmul(&w.t().unwrap()).unwrap() * 0.5).unwrap());
-        for v in [a.as_tensor(), w.as_tensor()] {
-            assert!(max_diff(ours.get(v).unwrap(), theirs.get(v).unwrap()) < 1e-4);
-        }
+        assert_same_gradients(
+            matmul_scaled(&a, &w.t().unwrap(), 0.5).unwrap(),
+            (a.broadcast_matmul(&w.t().unwrap()).unwrap() * 0.5).unwrap(),
+            &[&a, &w],
+            1e-4,
+        );
     }
 
     #[test]
@@ -262,78 +276,53 @@ mod tests {
         let dev = Device::Cpu;
         let var = |t: usize, d: usize| Var::randn(0f32, 1.0, (2, 3, t, d), &dev).unwrap();
         let (q, k, v) = (var(70, 8), var(20, 8), var(20, 5));
-        let loss = |o: Tensor| o.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let ours = loss(attention(&q, &k, &v, 0.4).unwrap());
-        let theirs = loss(composed_attention(&q, &k, &v, 0.4, MAX_SCORES).unwrap());
-        for t in [&q, &k, &v] {
-            let (a, b) = (
-                ours.get(t.as_tensor()).unwrap(),
-                theirs.get(t.as_tensor()).unwrap(),
-            );
-            assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
-        }
+        assert_same_gradients(
+            attention(&q, &k, &v, 0.4).unwrap(),
+            composed_attention(&q, &k, &v, 0.4, MAX_SCORES).unwrap(),
+            &[&q, &k, &v],
+            1e-4,
+        );
     }
 
     #[test]
     fn fused_norm_gradients_match_composed_ones() {
         let dev = Device::Cpu;
-        let x =
-            Var::from_tensor(&(Tensor::randn(0f32, 1.0, (5, 16), &dev).unwrap() + 3.0).unwrap())
-                .unwrap();
-        let p = |shape: (usize, usize)| Var::randn(0f32, 1.0, shape, &dev).unwrap();
-        let (shift, scale) = (p((1, 16)), p((1, 16)));
-        let weight = Var::randn(0f32, 1.0, 16, &dev).unwrap();
-        let loss = |y: Tensor| {
-            (y.sqr().unwrap() * 0.5)
+        // A large common offset: the variance must not be taken as E[x^2] - E[x]^2.
+        let x = (Tensor::randn(0f32, 1.0, (5, 16), &dev).unwrap() + 3.0).unwrap();
+        let [shift, scale, weight] =
+            [(1, 16), (1, 16), (16, 1)].map(|s| Tensor::randn(0f32, 1.0, s, &dev).unwrap());
+        let weight = weight.flatten_all().unwrap();
+        // The same values in f32 (the fused kernels) and in f64 (candle's composed ops).
+        let vars = |dtype| {
+            [&x, &shift, &scale, &weight]
+                .map(|t| Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap())
+        };
+        let norms = |[x, shift, scale, weight]: &[Var; 4]| {
+            (modulated_layer_norm(x, shift, scale, 1e-6).unwrap()
+                + rms_norm(x, weight, 1e-6).unwrap())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+        };
+        let (fused, composed) = (vars(DType::F32), vars(DType::F64));
+        let grads = |v: &[Var; 4]| {
+            norms(v)
+                .sqr()
                 .unwrap()
                 .sum_all()
                 .unwrap()
                 .backward()
                 .unwrap()
         };
-        let ours = loss(
-            (modulated_layer_norm(&x, &shift, &scale, 1e-6).unwrap()
-                + rms_norm(&x, &weight, 1e-6).unwrap())
-            .unwrap(),
-        );
-        // The composed forms, written out.
-        let centred = x
-            .broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1).unwrap())
-            .unwrap();
-        let std = (centred
-            .sqr()
-            .unwrap()
-            .mean_keepdim(candle_core::D::Minus1)
-            .unwrap()
-            + 1e-6)
-            .unwrap()
-            .sqrt()
-            .unwrap();
-        let ln = centred
-            .broadcast_div(&std)
-            .unwrap()
-            .broadcast_mul(&(scale.as_tensor() + 1.0).unwrap())
-            .unwrap()
-            .broadcast_add(&shift)
-            .unwrap();
-        let rms = (x
-            .sqr()
-            .unwrap()
-            .mean_keepdim(candle_core::D::Minus1)
-            .unwrap()
-            + 1e-6)
-            .unwrap()
-            .sqrt()
-            .unwrap();
-        let rn = x
-            .broadcast_div(&rms)
-            .unwrap()
-            .broadcast_mul(&weight)
-            .unwrap();
-        let theirs = loss((ln + rn).unwrap());
-        for t in [&x, &shift, &scale, &weight].map(|v| v.as_tensor()) {
-            let (a, b) = (ours.get(t).unwrap(), theirs.get(t).unwrap());
-            assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+        let (ours, theirs) = (grads(&fused), grads(&composed));
+        for (f, c) in fused.iter().zip(&composed) {
+            let a = ours.get(f.as_tensor()).unwrap();
+            let b = theirs
+                .get(c.as_tensor())
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            assert!(max_diff(a, &b) < 1e-4, "{}", max_diff(a, &b));
         }
     }
 
@@ -349,19 +338,12 @@ mod tests {
             .unwrap();
         let got = rope_interleaved(x.as_tensor(), &cos, &sin).unwrap();
         assert_eq!(max_diff(&got, &want), 0.0);
-        let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let ours = loss((got * 2.0).unwrap());
         let composed =
             candle_nn::rotary_emb::rope_i_slow(&x.to_dtype(DType::F64).unwrap(), &cos, &sin)
                 .unwrap()
                 .to_dtype(DType::F32)
                 .unwrap();
-        let theirs = loss((composed * 2.0).unwrap());
-        let (a, b) = (
-            ours.get(x.as_tensor()).unwrap(),
-            theirs.get(x.as_tensor()).unwrap(),
-        );
-        assert!(max_diff(a, b) < 1e-5, "{}", max_diff(a, b));
+        assert_same_gradients(got, composed, &[&x], 1e-5);
     }
 
     #[test]
@@ -370,21 +352,17 @@ mod tests {
         let x = Var::randn(0f32, 1.0, (70, 6), &dev).unwrap();
         let w = Var::randn(0f32, 1.0, (5, 6), &dev).unwrap();
         let b = Var::randn(0f32, 1.0, 5, &dev).unwrap();
-        let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let ours = loss(linear(&x, &w, Some(&b)).unwrap());
         let composed = x
             .matmul(&w.t().unwrap())
             .unwrap()
             .broadcast_add(&b)
             .unwrap();
-        let theirs = loss(composed);
-        for t in [&x, &w, &b] {
-            let (a, b) = (
-                ours.get(t.as_tensor()).unwrap(),
-                theirs.get(t.as_tensor()).unwrap(),
-            );
-            assert!(max_diff(a, b) < 1e-3, "{}", max_diff(a, b));
-        }
+        assert_same_gradients(
+            linear(&x, &w, Some(&b)).unwrap(),
+            composed,
+            &[&x, &w, &b],
+            1e-3,
+        );
     }
 
     #[test]

@@ -1,0 +1,65 @@
+//! What the benches share: reading this process's peak memory, and running a Python reference
+//! script that prints one JSON line of numbers.
+
+#![allow(dead_code)] // each bench uses its part
+
+use ace::model::dit::{Config, DitAce};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// Random DiT weights (candle's initialisations) as plain tensors: built on the `Var`s
+/// themselves, a forward would record a backprop graph and keep every intermediate alive.
+pub fn random_dit_weights(cfg: &Config, dev: &Device) -> anyhow::Result<BTreeMap<String, Tensor>> {
+    let varmap = VarMap::new();
+    DitAce::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+    let weights = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("var map lock poisoned"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    Ok(weights)
+}
+
+/// Peak resident set size of this process in KiB (Linux; 0 elsewhere).
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `scripts/SCRIPT ARGS` with python3 and parses the JSON line it prints last; `None`
+/// (with a line saying why) when it cannot run here, e.g. without torch or scepter.
+pub fn run_reference(script: &str, args: &[&str]) -> anyhow::Result<Option<serde_json::Value>> {
+    let path = format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = match Command::new("python3").arg(&path).args(args).output() {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            println!(
+                "reference: not run ({}); it needs `pip install torch einops` and \
+                 `pip install --no-deps scepter`",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("failed")
+            );
+            return Ok(None);
+        }
+        Err(e) => {
+            println!("reference: not run (python3: {e})");
+            return Ok(None);
+        }
+    };
+    let text = String::from_utf8(out.stdout)?;
+    Ok(Some(serde_json::from_str(
+        text.lines().last().unwrap_or_default(),
+    )?))
+}
