@@ -15,7 +15,6 @@ use ace::train::optimizer::{AdamW, AdamWParams};
 use ace::train::weights::DitWeights;
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
 
@@ -118,15 +117,7 @@ fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
             std::slice::from_ref(&noise),
         )?;
         let grads = loss.backward()?;
-        let named: BTreeMap<String, Tensor> = weights
-            .trainable()
-            .iter()
-            .filter_map(|(name, var)| {
-                grads
-                    .get(var.as_tensor())
-                    .map(|g| (name.clone(), g.clone()))
-            })
-            .collect();
+        let named = weights.gradients(&grads);
         opt.step(weights.trainable(), &named)?;
         Ok(())
     };

@@ -9,7 +9,6 @@ use ace::train::optimizer::{AdamW, AdamWParams};
 use ace::train::weights::DitWeights;
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn fixture(rel: &str) -> PathBuf {
@@ -116,12 +115,7 @@ fn one_training_step_matches_the_reference() {
     );
 
     let grads = before.backward().unwrap();
-    let mut named = BTreeMap::new();
-    for (name, var) in weights.trainable() {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            named.insert(name.clone(), g.clone());
-        }
-    }
+    let named = weights.gradients(&grads);
     let watched: Vec<String> = json["watched"]
         .as_array()
         .unwrap()

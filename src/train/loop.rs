@@ -226,14 +226,12 @@ impl Run<'_> {
             )?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
             let store = (loss / stage.accu_step as f64)?.backward()?;
-            for (name, var) in self.weights.trainable() {
-                if let Some(g) = store.get(var.as_tensor()) {
-                    let sum = match grads.remove(name) {
-                        Some(acc) => (acc + g)?,
-                        None => g.clone(),
-                    };
-                    grads.insert(name.clone(), sum);
-                }
+            for (name, g) in self.weights.gradients(&store) {
+                let sum = match grads.remove(&name) {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                };
+                grads.insert(name, sum);
             }
         }
         if let Some(max_norm) = stage.grad_clip {

@@ -69,7 +69,8 @@ impl AdamW {
         self.step
     }
 
-    /// One update of every parameter that has a gradient in `grads` (by name).
+    /// One update of every parameter that has a gradient in `grads` (by name; detached, as
+    /// [`super::weights::DitWeights::gradients`] gives them).
     pub fn step(
         &mut self,
         vars: &BTreeMap<String, Var>,
@@ -89,9 +90,7 @@ impl AdamW {
         for (name, var) in vars {
             let Some(g) = grads.get(name) else { continue };
             let p = var.as_tensor();
-            // Detached: a gradient computed from tracked tensors carries their graph (the whole
-            // forward pass), and the moments built from it would keep it alive across steps.
-            let g = g.detach().to_dtype(p.dtype())?;
+            let g = g.to_dtype(p.dtype())?;
             let state = match self.moments.remove(name) {
                 Some(s) => s,
                 None => Moments {

@@ -8,6 +8,7 @@ use super::lora::{Adapters, LoraSpec};
 use crate::model::checkpoint;
 use crate::model::dit::{self, layout, DitAce};
 use crate::{Error, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -93,6 +94,20 @@ impl DitWeights {
     /// The trained weights by name.
     pub fn trainable(&self) -> &BTreeMap<String, Var> {
         &self.trainable
+    }
+
+    /// The gradients of the trained weights in `store`, by name, detached: a gradient computed
+    /// from tracked tensors carries their graph (the whole forward pass), so anything built
+    /// from it (accumulated micro-batches, optimizer moments) would keep that graph alive.
+    pub fn gradients(&self, store: &GradStore) -> BTreeMap<String, Tensor> {
+        self.trainable
+            .iter()
+            .filter_map(|(name, var)| {
+                store
+                    .get(var.as_tensor())
+                    .map(|g| (name.clone(), g.detach()))
+            })
+            .collect()
     }
 
     pub fn lora(&self) -> Option<&LoraSpec> {
