@@ -2,6 +2,8 @@
 //! through k-means + union-find with the default settings; prints the time and the peak memory
 //! (VmHWM). `ACE_BENCH_ROWS` sets another row count. Run with `cargo bench --bench pairs`.
 
+mod common;
+
 use ace::data::embeddings::Embeddings;
 use ace::data::pairs::{mine, PairConfig};
 use rand::{Rng, SeedableRng};
@@ -11,18 +13,6 @@ use std::time::Instant;
 
 const DIM: usize = 768;
 const CHUNK_ROWS: usize = 4096;
-
-/// Peak resident memory of this process, from /proc/self/status.
-fn peak_memory() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l[6..].trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
 
 fn main() -> ace::Result<()> {
     let rows: usize = std::env::var("ACE_BENCH_ROWS")
@@ -53,7 +43,7 @@ fn main() -> ace::Result<()> {
     println!(
         "pairs bench: {rows} x {DIM} embeddings (generated in {generated:.1} s); mined in {secs:.1} s \
          on {} threads: {} clusters (largest {}), {} pairs compared, {} kept, {} near-duplicates, \
-         {} sets; peak memory (VmHWM) {}",
+         {} sets; peak memory (VmHWM) {} MiB",
         rayon::current_num_threads(),
         s.clusters,
         s.largest_cluster,
@@ -61,7 +51,7 @@ fn main() -> ace::Result<()> {
         s.kept,
         s.near_duplicates,
         mined.sets.len(),
-        peak_memory()
+        common::peak_rss_kib() / 1024
     );
     Ok(())
 }

@@ -78,15 +78,7 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    matches!(
-                        e.to_ascii_lowercase().as_str(),
-                        "png" | "jpg" | "jpeg" | "webp" | "bmp" | "tif" | "tiff"
-                    )
-                })
-        })
+        .filter(|p| p.is_file() && crate::inputs::is_image_name(p))
         .collect();
     out.sort();
     Ok(out)

@@ -13,9 +13,6 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use std::path::{Path, PathBuf};
 
-/// Image file extensions looked for in the generated folder.
-const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
-
 /// One row of the test set, as far as scoring needs it.
 #[derive(Debug, Default, PartialEq)]
 struct Row {
@@ -144,9 +141,10 @@ fn read_rows(file: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// `<dir>/<stem>.<ext>` for the first image extension that exists.
+/// `<dir>/<stem>.<ext>` for the first image extension ([`crate::inputs::IMAGE_EXTENSIONS`])
+/// that exists.
 fn find_image(dir: &Path, stem: &str) -> Option<PathBuf> {
-    EXTENSIONS
+    crate::inputs::IMAGE_EXTENSIONS
         .iter()
         .map(|ext| dir.join(format!("{stem}.{ext}")))
         .find(|p| p.is_file())
