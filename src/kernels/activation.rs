@@ -25,16 +25,29 @@ pub enum Activation {
 #[allow(clippy::excessive_precision)]
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_560_802_865_4;
 
-impl Activation {
-    fn apply(self, x: f32) -> f32 {
-        match self {
-            Activation::GeluTanh => {
-                x / (1.0 + (-2.0 * SQRT_TWO_OVER_PI * x * (1.0 + 0.044715 * x * x)).exp())
+fn gelu_tanh(x: f32) -> f32 {
+    x / (1.0 + (-2.0 * SQRT_TWO_OVER_PI * x * (1.0 + 0.044715 * x * x)).exp())
+}
+
+fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + (-1.702 * x).exp())
+}
+
+/// `out[i] = f(input[i])` over all cores; one loop per function, with no dispatch inside.
+fn map_parallel(input: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; input.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(input.par_chunks(CHUNK))
+        .for_each(|(out, input)| {
+            for (y, &x) in out.iter_mut().zip(input) {
+                *y = f(x);
             }
-            Activation::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-            Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
-        }
-    }
+        });
+    out
 }
 
 /// erf by Abramowitz & Stegun 7.1.26, the formula of ATen's `Vectorized<float>::erf`:
@@ -70,14 +83,11 @@ impl CustomOp1 for Activation {
             candle_core::bail!("{} takes a contiguous tensor", self.name())
         };
         let input = &data[start..end];
-        let mut out = vec![0f32; input.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(input.par_chunks(CHUNK))
-            .for_each(|(out, input)| {
-                for (y, &x) in out.iter_mut().zip(input) {
-                    *y = self.apply(x);
-                }
-            });
+        let out = match self {
+            Activation::GeluTanh => map_parallel(input, gelu_tanh),
+            Activation::GeluErf => map_parallel(input, gelu_erf),
+            Activation::QuickGelu => map_parallel(input, quick_gelu),
+        };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
