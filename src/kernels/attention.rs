@@ -73,8 +73,7 @@ impl CustomOp3 for Attention {
         out.par_chunks_mut(q_len * v_dim)
             .enumerate()
             .try_for_each(|(i, out)| {
-                let k_at = ok.offset + i * ok.stride;
-                let v_at = ov.offset + i * ov.stride;
+                let (k_at, v_at) = (ok.matrix(i), ov.matrix(i));
                 out.par_chunks_mut(QUERY_BLOCK * v_dim)
                     .enumerate()
                     .try_for_each(|(block, out)| {

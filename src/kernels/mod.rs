@@ -405,11 +405,11 @@ mod tests {
     fn fused_attention_matches_composed_on_strided_heads() {
         let dev = Device::Cpu;
         // 300 queries (several query blocks and a ragged last one), 70 keys, 3 heads of 8,
-        // values of another width, heads split off [tokens, dim] without a copy.
+        // values of another width, heads split off [batch, tokens, dim] without a copy.
         let heads = |t: usize, d: usize| {
-            Tensor::randn(0f32, 1.0, (t, 3 * d), &dev)
+            Tensor::randn(0f32, 1.0, (2, t, 3 * d), &dev)
                 .unwrap()
-                .reshape((1, t, 3, d))
+                .reshape((2, t, 3, d))
                 .unwrap()
                 .transpose(1, 2)
                 .unwrap()
@@ -417,7 +417,7 @@ mod tests {
         let (q, k, v) = (heads(300, 8), heads(70, 8), heads(70, 5));
         let got = attention(&q, &k, &v, 0.3).unwrap();
         let want = composed_attention(&q, &k, &v, 0.3, MAX_SCORES).unwrap();
-        assert_eq!(got.dims(), &[1, 3, 300, 5]);
+        assert_eq!(got.dims(), &[2, 3, 300, 5]);
         assert!(max_diff(&got, &want) < 1e-5);
         let chunked = composed_attention(&q, &k, &v, 0.3, 3 * 70 * 7).unwrap();
         assert!(max_diff(&chunked, &want) < 1e-6);

@@ -34,13 +34,13 @@ pub fn readable(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// How BLAS reads one operand: `batch` matrices `stride` apart (0: one matrix for all), each
-/// `rows x cols`, row-major or (`transposed`) column-major with leading dimension `ld`.
+/// How BLAS reads one operand: `batch` matrices, each `rows x cols`, row-major or
+/// (`transposed`) column-major with leading dimension `ld`, laid out as [`Batch`] says.
 #[derive(Debug, Clone, Copy)]
 pub struct Operand {
     pub offset: usize,
     pub batch: usize,
-    pub stride: usize,
+    layout: Batch,
     pub rows: usize,
     pub cols: usize,
     transposed: bool,
@@ -69,11 +69,11 @@ impl Operand {
         if ld < if transposed { rows } else { cols }.max(1) {
             return None;
         }
-        let (batch, stride) = batch_stride(&dims[..r - 2], &strides[..r - 2])?;
+        let matrices = Batch::of(&dims[..r - 2], &strides[..r - 2])?;
         Some(Self {
             offset: layout.start_offset(),
-            batch,
-            stride,
+            batch: dims[..r - 2].iter().product(),
+            layout: matrices,
             rows,
             cols,
             transposed,
@@ -86,7 +86,7 @@ impl Operand {
         Self {
             offset: 0,
             batch: 1,
-            stride: 0,
+            layout: Batch::SHARED,
             rows,
             cols,
             transposed: false,
@@ -104,6 +104,11 @@ impl Operand {
         }
     }
 
+    /// Where matrix `i` of the batch starts (the one matrix, for an operand shared by all).
+    pub fn matrix(&self, i: usize) -> usize {
+        self.offset + self.layout.offset(i)
+    }
+
     /// Rows `start..start + len` of matrix `i`: its data from the returned offset on.
     pub fn rows_at(&self, i: usize, start: usize, len: usize) -> (usize, Self) {
         let skip = if self.transposed {
@@ -111,10 +116,7 @@ impl Operand {
         } else {
             start * self.ld
         };
-        (
-            self.offset + i * self.stride + skip,
-            Self { rows: len, ..*self },
-        )
+        (self.matrix(i) + skip, Self { rows: len, ..*self })
     }
 
     /// Elements a BLAS call reads from the start of one matrix.
@@ -132,23 +134,55 @@ impl Operand {
     }
 }
 
-/// The leading dimensions as equally spaced matrices: `(count, stride)`, `None` when they do
-/// not collapse into one stride.
-fn batch_stride(dims: &[usize], strides: &[usize]) -> Option<(usize, usize)> {
-    let mut stride = None;
-    let mut next = None;
-    for (&d, &s) in dims.iter().zip(strides).rev() {
-        if d == 1 {
-            continue;
+/// Where the matrices of a batch lie: the leading dimensions collapse into at most two
+/// equally spaced levels, `inner` matrices `inner_stride` apart within each group and the
+/// groups `outer_stride` apart. Heads split off a `[batch, tokens, heads * head_dim]` tensor
+/// (`[batch, heads, tokens, head_dim]` by strides) take both levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Batch {
+    inner: usize,
+    inner_stride: usize,
+    outer_stride: usize,
+}
+
+impl Batch {
+    /// One matrix for every index (an operand without leading dimensions).
+    const SHARED: Batch = Batch {
+        inner: 1,
+        inner_stride: 0,
+        outer_stride: 0,
+    };
+
+    /// The levels of leading `dims` with `strides`, `None` when they need more than two.
+    fn of(dims: &[usize], strides: &[usize]) -> Option<Self> {
+        // Groups of dimensions that collapse into one stride, innermost first: (count, stride).
+        let mut levels: Vec<(usize, usize)> = Vec::with_capacity(2);
+        for (&d, &s) in dims.iter().zip(strides).rev().filter(|(&d, _)| d != 1) {
+            match levels.last_mut() {
+                Some((count, stride)) if *stride * *count == s => *count *= d,
+                _ => levels.push((d, s)),
+            }
         }
-        match next {
-            None => stride = Some(s),
-            Some(expected) if expected != s => return None,
-            Some(_) => {}
+        match levels[..] {
+            [] => Some(Self::SHARED),
+            [(_, stride)] => Some(Batch {
+                inner: usize::MAX,
+                inner_stride: stride,
+                outer_stride: 0,
+            }),
+            [(inner, inner_stride), (_, outer_stride)] => Some(Batch {
+                inner,
+                inner_stride,
+                outer_stride,
+            }),
+            _ => None,
         }
-        next = Some(s * d);
     }
-    Some((dims.iter().product(), stride.unwrap_or(0)))
+
+    /// Offset of matrix `i` from the first.
+    fn offset(&self, i: usize) -> usize {
+        (i / self.inner) * self.outer_stride + (i % self.inner) * self.inner_stride
+    }
 }
 
 /// `c = alpha * a @ b (+ c when accumulate)` for one matrix of each on the calling thread:
@@ -210,7 +244,7 @@ pub fn gemm(
 }
 
 /// `out = alpha * a @ b (+ out when accumulate)` for every matrix of the batch (`b` one matrix
-/// for all when its stride is 0), in parallel over matrices and row blocks.
+/// for all when it has no leading dimensions), in parallel over matrices and row blocks.
 fn products(
     a: &[f32],
     oa: &Operand,
@@ -232,7 +266,7 @@ fn products(
     out.par_chunks_mut(m * n)
         .enumerate()
         .try_for_each(|(i, c)| {
-            let b_at = ob.offset + i * ob.stride;
+            let b_at = ob.matrix(i);
             c.par_chunks_mut(block_rows * n)
                 .enumerate()
                 .try_for_each(|(block, c)| {
@@ -371,5 +405,36 @@ impl CustomOp2 for Sgemm {
             matmul_scaled(&a.t()?, grad, self.alpha)?
         };
         Ok((Some(grad_a), Some(grad_b)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Offsets of every matrix of a layout, as [`Operand`] reads them.
+    fn offsets(dims: &[usize], strides: &[usize]) -> Option<Vec<usize>> {
+        let batch = Batch::of(dims, strides)?;
+        Some(
+            (0..dims.iter().product())
+                .map(|i| batch.offset(i))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn leading_dimensions_collapse_into_at_most_two_levels() {
+        // Contiguous [2, 3] matrices of 10 elements: one level.
+        assert_eq!(
+            offsets(&[2, 3], &[30, 10]).unwrap(),
+            [0, 10, 20, 30, 40, 50]
+        );
+        // Heads of a [2 batch, 5 tokens, 3 heads x 4] tensor: heads 4 apart, samples 60 apart.
+        assert_eq!(offsets(&[2, 3], &[60, 4]).unwrap(), [0, 4, 8, 60, 64, 68]);
+        // Size-one dimensions are skipped; a broadcast dimension (stride 0) repeats matrices.
+        assert_eq!(offsets(&[2, 1, 2], &[0, 99, 7]).unwrap(), [0, 7, 0, 7]);
+        assert_eq!(offsets(&[], &[]).unwrap(), [0]);
+        // Three levels are left to a copy.
+        assert!(offsets(&[2, 2, 2], &[100, 1000, 7]).is_none());
     }
 }
