@@ -32,13 +32,12 @@ pub enum Naming {
     Vit,
 }
 
-/// One pre-norm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+/// One pre-norm block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`. The query, key and value
+/// projections run as one product (`qkv`).
 #[derive(Debug, Clone)]
 struct Block {
     norm1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Linear,
     o: Linear,
     norm2: LayerNorm,
     fc1: Linear,
@@ -51,9 +50,11 @@ impl Block {
         Ok(match naming {
             Naming::Clip => Self {
                 norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
-                q: linear(h, h, vb.pp("self_attn.q_proj"))?,
-                k: linear(h, h, vb.pp("self_attn.k_proj"))?,
-                v: linear(h, h, vb.pp("self_attn.v_proj"))?,
+                qkv: Linear::stacked(&[
+                    linear(h, h, vb.pp("self_attn.q_proj"))?,
+                    linear(h, h, vb.pp("self_attn.k_proj"))?,
+                    linear(h, h, vb.pp("self_attn.v_proj"))?,
+                ])?,
                 o: linear(h, h, vb.pp("self_attn.out_proj"))?,
                 norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
                 fc1: linear(h, i, vb.pp("mlp.fc1"))?,
@@ -61,9 +62,11 @@ impl Block {
             },
             Naming::Vit => Self {
                 norm1: layer_norm(h, eps, vb.pp("layernorm_before"))?,
-                q: linear(h, h, vb.pp("attention.attention.query"))?,
-                k: linear(h, h, vb.pp("attention.attention.key"))?,
-                v: linear(h, h, vb.pp("attention.attention.value"))?,
+                qkv: Linear::stacked(&[
+                    linear(h, h, vb.pp("attention.attention.query"))?,
+                    linear(h, h, vb.pp("attention.attention.key"))?,
+                    linear(h, h, vb.pp("attention.attention.value"))?,
+                ])?,
                 o: linear(h, h, vb.pp("attention.output.dense"))?,
                 norm2: layer_norm(h, eps, vb.pp("layernorm_after"))?,
                 fc1: linear(h, i, vb.pp("intermediate.dense"))?,
@@ -75,11 +78,14 @@ impl Block {
     fn forward(&self, xs: &Tensor, heads: usize, act: Activation) -> Result<Tensor> {
         let (b, t, h) = xs.dims3()?;
         let normed = self.norm1.forward(xs)?;
-        // [b, t, h] -> [b, heads, t, h / heads] as a strided view; the kernels read it in place.
-        let split = |x: Tensor| x.reshape((b, t, heads, h / heads))?.transpose(1, 2);
-        let q = split(self.q.forward(&normed)?)?;
-        let k = split(self.k.forward(&normed)?)?;
-        let v = split(self.v.forward(&normed)?)?;
+        // [b, t, 3 h] -> q, k, v as [b, heads, t, h / heads] strided views; the kernels read
+        // them in place.
+        let qkv = self
+            .qkv
+            .forward(&normed)?
+            .reshape((b, t, 3, heads, h / heads))?;
+        let part = |i: usize| qkv.i((.., .., i))?.transpose(1, 2);
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let attended = kernels::attention(&q, &k, &v, ((h / heads) as f64).powf(-0.5))?
             .transpose(1, 2)?
             .reshape((b, t, h))?;

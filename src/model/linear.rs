@@ -21,6 +21,25 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     })
 }
 
+impl Linear {
+    /// One layer whose output is the outputs of `layers` side by side (the query, key and value
+    /// projections of one input as a single product); all take the same input and have biases.
+    pub fn stacked(layers: &[Linear]) -> Result<Linear> {
+        let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+        let biases = layers
+            .iter()
+            .map(|l| l.bias.as_ref())
+            .collect::<Option<Vec<_>>>();
+        let Some(biases) = biases else {
+            candle_core::bail!("stacked linear layers must all have biases")
+        };
+        Ok(Linear {
+            weight: Tensor::cat(&weights, 0)?,
+            bias: Some(Tensor::cat(&biases, 0)?),
+        })
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dims = xs.dims();
@@ -40,8 +59,8 @@ mod tests {
     use candle_core::{DType, Device};
     use std::collections::HashMap;
 
-    #[test]
-    fn computes_x_wt_plus_b_on_the_last_dimension() {
+    /// The 2 -> 3 layer of known weights `[[1, 2], [0, -1], [3, 0.5]]`, bias `[10, 20, 30]`.
+    fn known_layer() -> Linear {
         let dev = Device::Cpu;
         let weights = HashMap::from([
             (
@@ -53,7 +72,13 @@ mod tests {
                 Tensor::new(&[10f32, 20.0, 30.0], &dev).unwrap(),
             ),
         ]);
-        let layer = linear(2, 3, VarBuilder::from_tensors(weights, DType::F32, &dev)).unwrap();
+        linear(2, 3, VarBuilder::from_tensors(weights, DType::F32, &dev)).unwrap()
+    }
+
+    #[test]
+    fn computes_x_wt_plus_b_on_the_last_dimension() {
+        let dev = Device::Cpu;
+        let layer = known_layer();
         let x = Tensor::new(&[[[1f32, 1.0]], [[2.0, -2.0]]], &dev).unwrap();
         let y = layer.forward(&x).unwrap();
         assert_eq!(y.dims(), &[2, 1, 3]);
@@ -61,5 +86,25 @@ mod tests {
             y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             [13.0, 19.0, 33.5, 8.0, 22.0, 35.0]
         );
+    }
+
+    #[test]
+    fn stacked_layers_give_their_outputs_side_by_side() {
+        let dev = Device::Cpu;
+        let stacked = Linear::stacked(&[known_layer(), known_layer()]).unwrap();
+        let x = Tensor::new(&[[1f32, 1.0], [2.0, -2.0]], &dev).unwrap();
+        let y = stacked.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(
+            y,
+            [
+                [13.0, 19.0, 33.5, 13.0, 19.0, 33.5],
+                [8.0, 22.0, 35.0, 8.0, 22.0, 35.0]
+            ]
+        );
+        let biasless = Linear {
+            weight: Tensor::ones((1, 2), DType::F32, &dev).unwrap(),
+            bias: None,
+        };
+        assert!(Linear::stacked(&[known_layer(), biasless]).is_err());
     }
 }
