@@ -17,6 +17,7 @@ pub mod hub;
 pub mod imageio;
 pub mod inputs;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod pipeline;
 pub mod sampler;
