@@ -3,6 +3,7 @@
 //! probabilities in place and multiplied into the values, in parallel over heads and blocks.
 //! The full score matrix (64 Mi floats for one 2048-token sample of 16 heads) never exists.
 
+use super::exp::{exp, map_in_place};
 use super::sgemm::{gemm, readable, Operand};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -152,15 +153,10 @@ impl Attention {
     }
 }
 
-/// `exp(x - max) / sum`, as candle's `softmax_last_dim`.
+/// `exp(x - max) / sum`, as candle's `softmax_last_dim`, with the vectorised [`exp`].
 fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    for x in row.iter_mut() {
-        *x /= sum;
-    }
+    map_in_place(row, |x| exp(x - max));
+    let sum: f32 = row.iter().sum();
+    map_in_place(row, |x| x / sum);
 }

@@ -17,6 +17,7 @@ pub use activation::Activation;
 mod activation;
 #[cfg(feature = "openblas")]
 mod attention;
+mod exp;
 mod norm;
 mod rope;
 #[cfg(feature = "openblas")]
