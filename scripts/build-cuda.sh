@@ -72,9 +72,9 @@ done
 # from the cudarc that candle-core uses (Cargo.lock also lists one for candle's optional `ug`
 # feature), and for every function that the wheel's libcudart.so.13 exports (those returning a
 # string per its header). libnvrtc is loaded only when called (candle compiles kernels at run
-# time only on request); the others are checked up front when a GPU is opened. The MoE kernels'
-# registration with the runtime runs in static constructors, so libcudart is loaded at start-up
-# where it is found (and these calls do nothing where it is not).
+# time only on request); the others are checked up front when a GPU is opened. (ace does not use
+# the MoE kernels, so their host code is not linked; if it were, its kernel registration would
+# run in static constructors and load libcudart at start-up where found, do nothing where not.)
 cudarc_src=$(cd "$repo" && cargo metadata --locked --format-version 1 --features cuda |
     python3 -c 'import json, sys, os
 meta = json.load(sys.stdin)
