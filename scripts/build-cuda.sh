@@ -27,7 +27,8 @@
 # binary starts anywhere; `--device cuda` loads the libraries first and names a missing one in
 # one error line (exit 2), `--device auto` then falls back to the CPU. At run time it needs the
 # driver's libcuda.so.1 and CUDA 13's cuBLAS (libcublas.so.13, libcublasLt.so.13) and cuRAND
-# (libcurand.so.10); libnvrtc.so.13 only if a kernel is compiled at run time.
+# (libcurand.so.10); libnvrtc.so.13 only if a kernel is compiled at run time, libcudart.so.13
+# only if its functions are called (they are not, see below).
 # For a GPU machine without OpenCV 4.6, scripts/bundle-libs.sh packs the binary with its libraries.
 set -euo pipefail
 
@@ -71,10 +72,9 @@ done
 # The shim: trampolines for every function of cudarc's bindings of the five libraries it links,
 # from the cudarc that candle-core uses (Cargo.lock also lists one for candle's optional `ug`
 # feature), and for every function that the wheel's libcudart.so.13 exports (those returning a
-# string per its header). libnvrtc is loaded only when called (candle compiles kernels at run
-# time only on request); the others are checked up front when a GPU is opened. (ace does not use
-# the MoE kernels, so their host code is not linked; if it were, its kernel registration would
-# run in static constructors and load libcudart at start-up where found, do nothing where not.)
+# string per its header). libnvrtc and libcudart are loaded only when called (candle compiles
+# kernels at run time only on request; ace does not use the MoE kernels, so their host code, the
+# runtime's only user, is not linked); the others are checked up front when a GPU is opened.
 cudarc_src=$(cd "$repo" && cargo metadata --locked --format-version 1 --features cuda |
     python3 -c 'import json, sys, os
 meta = json.load(sys.stdin)
@@ -96,13 +96,13 @@ nm -D --defined-only "$cu/lib/libcudart.so.13" |
     >"$shim/cudart.names"
 python3 "$repo/scripts/cuda-shim.py" -o "$shim/new.c" --search-dir "$cu/lib" \
     --lib "libcuda.so.1:34:$cudarc_src/driver/sys/mod.rs" \
-    --lib "libcudart.so.13:34:$shim/cudart.names" \
     --lib "libcublas.so.13:1:$cudarc_src/cublas/sys/mod.rs" \
     --lib "libcublasLt.so.13:1:$cudarc_src/cublaslt/sys/mod.rs" \
     --lib "libcurand.so.10:203:$cudarc_src/curand/sys/mod.rs" \
-    --lazy "libnvrtc.so.13:11:$cudarc_src/nvrtc/sys/mod.rs"
-# Status codes: CUDA_ERROR_STUB_LIBRARY, cudaErrorStubLibrary, CUBLAS_STATUS_NOT_INITIALIZED,
-# CURAND_STATUS_INITIALIZATION_FAILED, NVRTC_ERROR_INTERNAL_ERROR.
+    --lazy "libnvrtc.so.13:11:$cudarc_src/nvrtc/sys/mod.rs" \
+    --lazy "libcudart.so.13:34:$shim/cudart.names"
+# Status codes: CUDA_ERROR_STUB_LIBRARY, CUBLAS_STATUS_NOT_INITIALIZED,
+# CURAND_STATUS_INITIALIZATION_FAILED, NVRTC_ERROR_INTERNAL_ERROR, cudaErrorStubLibrary.
 # Rebuilt only when it changed: a new object relinks (and recompiles) ace.
 if ! cmp -s "$shim/new.c" "$shim/ace-cuda-shim.c" || [[ ! -e $shim/ace-cuda-shim.o ]]; then
     cc -O2 -fPIC -Wall -Wextra -Werror -c -o "$shim/ace-cuda-shim.o" "$shim/new.c"
