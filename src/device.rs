@@ -81,7 +81,7 @@ fn open_cuda() -> Result<Device> {
 }
 
 /// Loads the CUDA libraries of a build made by scripts/build-cuda.sh, whose binary links a shim
-/// (scripts/cuda-shim.py) in their place and loads them at run time: the first one missing is
+/// (build/cuda_shim.rs) in their place and loads them at run time: the first one missing is
 /// reported here, in one line, rather than as a failing call later on.
 #[cfg(ace_cuda_shim)]
 fn cuda_libraries() -> std::result::Result<(), String> {
