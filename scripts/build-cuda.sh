@@ -14,13 +14,21 @@
 # driver at least as new as nvcc (driver 580 = CUDA 13.0), and cudarc 0.19 knows 13.0-13.4.
 #
 # How it links: candle 0.9 asks cudarc for `dynamic-linking` (cudarc's `dynamic-loading` cannot be
-# added beside it: cudarc's build script refuses both; huggingface/candle#3900), so the binary
-# needs libcuda.so.1, libcublas.so.13 (with libcublasLt.so.13) and libcurand.so.10 at start-up.
-# The wheels carry no libcuda (it comes with the driver), so a stub exporting the driver API's
-# names is built for the link step only (lib/stubs/libcuda.so, as in a CUDA toolkit). At run
-# time the real driver's libcuda.so.1 and the CUDA 13 libraries must be found, e.g.
-#   LD_LIBRARY_PATH=$ACE_CUDA_HOME/nvidia/cu13/lib ace generate ... --device cuda
-# Without an NVIDIA driver the binary does not start (libcuda.so.1 missing): use the CPU build.
+# added beside it: cudarc's build script refuses both; huggingface/candle#3900), which would give
+# the binary DT_NEEDED entries on libcuda.so.1, libcublas.so.13, libcublasLt.so.13 and
+# libcurand.so.10, so that it would not even start without the NVIDIA driver. Instead, the binary
+# links a shim that build.rs writes (build/cuda_shim.rs) from cudarc's bindings (the cudarc of
+# Cargo.lock): for each function, a trampoline that loads its library with dlopen on first use (by
+# soname, so through LD_LIBRARY_PATH and ld.so.cache, then from this build's
+# $ACE_CUDA_HOME/nvidia/cu13/lib) and jumps to it; a missing library makes the function return an
+# error status of that library. This script names the libraries for build.rs (ACE_CUDA_SHIM_LIBS,
+# ACE_CUDA_SHIM_LAZY, ACE_CUDA_SHIM_SEARCH_DIR); the -lcuda, -lcublas, ... that cudarc asks for find
+# empty linker scripts in lib/stubs (the wheels' real libraries have only versioned names), so
+# nothing CUDA ends up in DT_NEEDED. The binary starts anywhere; `--device cuda` loads the libraries
+# first and names a missing one in one error line (exit 2), `--device auto` then falls back to the
+# CPU. At run time it needs the driver's libcuda.so.1 and CUDA 13's cuBLAS (libcublas.so.13,
+# libcublasLt.so.13) and cuRAND (libcurand.so.10); libnvrtc.so.13 only if a kernel is compiled at
+# run time, libcudart.so.13 only if its functions are called (they are not, see below).
 # For a GPU machine without OpenCV 4.6, scripts/bundle-libs.sh packs the binary with its libraries.
 set -euo pipefail
 
@@ -43,37 +51,79 @@ if [[ ! -x $cu/bin/nvcc || ! -e $cu/lib/libcublas.so.13 || ! -e $cu/lib/libcuran
     python3 -m pip install --quiet --no-deps --target "$home" "${wheels[@]}"
 fi
 
-# The linker looks for unversioned names (-lcublas); the wheels ship only the versioned ones.
-for so in "$cu"/lib/lib{cublas,cublasLt,curand,nvrtc,cudart}.so.*; do
-    case $so in *builtins* | *.alt.*) continue ;; esac
-    name=$(basename "$so")
-    ln -sfn "$name" "$cu/lib/${name%%.so.*}.so"
+# cudarc's build script asks the linker for -lcuda -lnvrtc -lcurand -lcublas -lcublasLt and adds
+# $cu/lib and $cu/lib/stubs to its search path; candle-kernels adds -lcudart for the host code of
+# its MoE kernels (a static library built by nvcc). The shim defines all their functions, so each
+# name finds an empty linker script in lib/stubs; the real libraries must not be found, so no
+# unversioned names in lib (earlier versions of this script made such links there, and a stub
+# libcuda.so in lib/stubs: both are replaced).
+for name in cuda cublas cublasLt curand nvrtc cudart; do
+    if [[ -L $cu/lib/lib$name.so ]]; then rm -f "$cu/lib/lib$name.so"; fi
+done
+mkdir -p "$cu/lib/stubs"
+for name in cuda cudart cublas cublasLt curand nvrtc; do
+    script=$cu/lib/stubs/lib$name.so
+    if [[ ! -f $script || $(head -c 2 "$script") != "/*" ]]; then
+        echo "/* ace: lib$name's functions are defined by the shim of build/cuda_shim.rs */" \
+            >"$script"
+    fi
 done
 
-# Link-time stub of the driver library: every driver API function that cuda.h declares or that
-# cudarc binds, each returning CUDA_ERROR_STUB_LIBRARY (34).
-stub=$cu/lib/stubs/libcuda.so
-if [[ ! -e $stub ]]; then
-    echo "build-cuda: writing the link-time stub $stub" >&2
-    cudarc_sys=$(cd "$repo" && cargo metadata --locked --format-version 1 --features cuda |
-        python3 -c 'import json, sys, os
-pkgs = json.load(sys.stdin)["packages"]
-print(*[os.path.join(os.path.dirname(p["manifest_path"]), "src/driver/sys/mod.rs")
-        for p in pkgs if p["name"] == "cudarc"])')
-    mkdir -p "$cu/lib/stubs"
-    src=$(mktemp --suffix=.c)
-    {
-        cc -E -P -I"$cu/include" "$cu/include/cuda.h" |
-            grep -oE '^ *CUresult +cu[A-Za-z0-9_]+ *\(' | grep -oE 'cu[A-Za-z0-9_]+'
-        # shellcheck disable=SC2086 # one path per cudarc version in the lock file
-        grep -ohE '^pub unsafe fn cu[A-Za-z0-9_]+' $cudarc_sys | grep -oE 'cu[A-Za-z0-9_]+$'
-    } | sort -u | sed 's/.*/int &(void) { return 34; }/' >"$src"
-    cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub" "$src"
-    rm -f "$src"
+# The shim: trampolines for every function of cudarc's bindings of the five libraries it links,
+# from the cudarc that candle-core uses (Cargo.lock also lists one for candle's optional `ug`
+# feature), and for every function that the wheel's libcudart.so.13 exports (those returning a
+# string per its header). libnvrtc and libcudart are loaded only when called (candle compiles
+# kernels at run time only on request; ace does not use the MoE kernels, so their host code, the
+# runtime's only user, is not linked); the others are checked up front when a GPU is opened.
+# build.rs writes it (build/cuda_shim.rs), compiles it with the C compiler and links it.
+cd "$repo"
+cudarc_version=$(cargo tree --locked --features cuda -e normal --prefix depth -f '{p}' |
+    awk 'match($0, /^[0-9]+/) {
+        depth = substr($0, 1, RLENGTH) + 0; rest = substr($0, RLENGTH + 1)
+        if (in_core && depth <= core) in_core = 0
+        if (in_core && depth == core + 1 && rest ~ /^cudarc v/) { split(rest, f, " "); print f[2] }
+        if (rest ~ /^candle-core v/ && rest !~ /\(\*\)$/) { in_core = 1; core = depth }
+    }' | sort -u)
+if [[ $(wc -w <<<"$cudarc_version") != 1 ]]; then
+    echo "build-cuda: expected one cudarc under candle-core, found '$cudarc_version'" >&2
+    exit 1
 fi
+cudarc_dir=$(cargo metadata --locked --format-version 1 --features cuda |
+    grep -o "\"manifest_path\":\"[^\"]*/cudarc-${cudarc_version#v}/Cargo.toml\"" | sort -u)
+if [[ $(wc -l <<<"$cudarc_dir") != 1 || -z $cudarc_dir ]]; then
+    echo "build-cuda: cudarc $cudarc_version not found in cargo metadata: '$cudarc_dir'" >&2
+    exit 1
+fi
+cudarc_dir=${cudarc_dir#\"manifest_path\":\"}
+cudarc_src=${cudarc_dir%/Cargo.toml\"}/src
+target=${CARGO_TARGET_DIR:-$repo/target}
+shim=$target/cuda-shim
+mkdir -p "$shim"
+rm -f "$shim/ace-cuda-shim.c" "$shim/ace-cuda-shim.o" # written by earlier versions of this script
+nm -D --defined-only "$cu/lib/libcudart.so.13" |
+    awk -v strings="$(grep -oE 'const char *\* *CUDARTAPI +[A-Za-z0-9_]+' \
+        "$cu/include/cuda_runtime_api.h" | awk '{print $NF}')" '
+        BEGIN { n = split(strings, s, "\n"); for (i = 1; i <= n; i++) string[s[i]] = 1 }
+        $2 == "T" { sub(/@.*/, "", $3); print $3 (($3 in string) ? " string" : "") }' \
+    >"$shim/cudart.names.new"
+# Rewritten only when it changed, so that build.rs does not run again for nothing.
+if cmp -s "$shim/cudart.names.new" "$shim/cudart.names"; then
+    rm "$shim/cudart.names.new"
+else
+    mv "$shim/cudart.names.new" "$shim/cudart.names"
+fi
+# SONAME:STATUS:NAMES, STATUS being what the functions return while the library is missing:
+# CUDA_ERROR_STUB_LIBRARY, CUBLAS_STATUS_NOT_INITIALIZED, CURAND_STATUS_INITIALIZATION_FAILED,
+# NVRTC_ERROR_INTERNAL_ERROR, cudaErrorStubLibrary.
+export ACE_CUDA_SHIM_LIBS="libcuda.so.1:34:$cudarc_src/driver/sys/mod.rs;\
+libcublas.so.13:1:$cudarc_src/cublas/sys/mod.rs;\
+libcublasLt.so.13:1:$cudarc_src/cublaslt/sys/mod.rs;\
+libcurand.so.10:203:$cudarc_src/curand/sys/mod.rs"
+export ACE_CUDA_SHIM_LAZY="libnvrtc.so.13:11:$cudarc_src/nvrtc/sys/mod.rs;\
+libcudart.so.13:34:$shim/cudart.names"
+export ACE_CUDA_SHIM_SEARCH_DIR=$cu/lib
 
 export CUDA_PATH=$cu CUDA_ROOT=$cu CUDA_HOME=$cu
 export PATH=$cu/bin:$PATH
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-cd "$repo"
 exec cargo build --locked --release --features cuda "$@"

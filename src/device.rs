@@ -38,7 +38,7 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda => {
             if cfg!(feature = "cuda") {
-                Device::new_cuda(0).map_err(|e| unusable("cuda", &e))
+                open_cuda()
             } else {
                 Err(Error::invalid(
                     "device",
@@ -58,9 +58,9 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
         }
         DeviceChoice::Auto => {
             if cfg!(feature = "cuda") {
-                match Device::new_cuda(0) {
+                match open_cuda() {
                     Ok(d) => return Ok(d),
-                    Err(e) => log::info!("{}; trying the next device", unusable("cuda", &e)),
+                    Err(e) => log::info!("{e}; trying the next device"),
                 }
             }
             if cfg!(feature = "metal") {
@@ -74,11 +74,61 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
+/// GPU 0 through CUDA, once the CUDA libraries are known to load.
+fn open_cuda() -> Result<Device> {
+    cuda_libraries().map_err(|cause| no_gpu("cuda", &cause))?;
+    Device::new_cuda(0).map_err(|e| unusable("cuda", &e))
+}
+
+/// Loads the CUDA libraries of a build made by scripts/build-cuda.sh, whose binary links a shim
+/// (build/cuda_shim.rs) in their place and loads them at run time: the first one missing is
+/// reported here, in one line, rather than as a failing call later on.
+#[cfg(ace_cuda_shim)]
+fn cuda_libraries() -> std::result::Result<(), String> {
+    extern "C" {
+        /// Defined by the shim: 0, or -1 with "SONAME: dlerror's text" in `msg`.
+        fn ace_cuda_shim_load(msg: *mut std::ffi::c_char, len: usize) -> std::ffi::c_int;
+    }
+    let mut msg = [0u8; 1024];
+    // SAFETY: the shim writes a NUL-terminated string of at most `len` bytes into `msg`.
+    if unsafe { ace_cuda_shim_load(msg.as_mut_ptr().cast(), msg.len()) } == 0 {
+        return Ok(());
+    }
+    let msg = std::ffi::CStr::from_bytes_until_nul(&msg).unwrap_or_default();
+    Err(missing_library(&msg.to_string_lossy()))
+}
+
+/// Without the shim (a build linked against a CUDA toolkit), the binary does not start unless
+/// the libraries are there.
+#[cfg(not(ace_cuda_shim))]
+fn cuda_libraries() -> std::result::Result<(), String> {
+    Ok(())
+}
+
+/// Says which library did not load and what provides it, from the shim's "SONAME: dlerror"
+/// (dlerror itself starts with the soname when the file is not found).
+#[cfg(any(test, ace_cuda_shim))]
+fn missing_library(msg: &str) -> String {
+    let (soname, why) = msg.split_once(": ").unwrap_or((msg, ""));
+    if why != "cannot open shared object file: No such file or directory" {
+        return format!("{soname} does not load: {why}");
+    }
+    let hint = if soname.starts_with("libcuda.so") {
+        "the NVIDIA driver is not installed"
+    } else {
+        "put the CUDA libraries' directory on LD_LIBRARY_PATH"
+    };
+    format!("{soname} not found: {hint}")
+}
+
 /// The error for a GPU that this build supports but cannot open (no driver, no device, missing
 /// library). candle appends a backtrace to its errors when `RUST_BACKTRACE` is set; only the
 /// first line is kept, so the report stays one line.
 fn unusable(kind: &str, e: &candle_core::Error) -> Error {
-    let cause = e.to_string();
+    no_gpu(kind, &e.to_string())
+}
+
+fn no_gpu(kind: &str, cause: &str) -> Error {
     let cause = cause.lines().next().unwrap_or_default();
     Error::invalid("device", format!("{kind}: no usable GPU 0 ({cause})"))
 }
@@ -102,6 +152,35 @@ mod tests {
             assert!(open(DeviceChoice::Auto).unwrap().is_cpu());
             assert!(open(DeviceChoice::Cuda).is_err());
         }
+    }
+
+    #[test]
+    fn a_missing_library_is_named_with_what_provides_it() {
+        let driver = missing_library(
+            "libcuda.so.1: cannot open shared object file: No such file or directory",
+        );
+        assert_eq!(
+            driver,
+            "libcuda.so.1 not found: the NVIDIA driver is not installed"
+        );
+        let blas = missing_library(
+            "libcublas.so.13: cannot open shared object file: No such file or directory",
+        );
+        assert_eq!(
+            blas,
+            "libcublas.so.13 not found: put the CUDA libraries' directory on LD_LIBRARY_PATH"
+        );
+        let other = missing_library("libcurand.so.10: wrong ELF class: ELFCLASS32");
+        assert_eq!(
+            other,
+            "libcurand.so.10 does not load: wrong ELF class: ELFCLASS32"
+        );
+        let err = no_gpu("cuda", &driver).to_string();
+        assert_eq!(
+            err,
+            "invalid device: cuda: no usable GPU 0 \
+             (libcuda.so.1 not found: the NVIDIA driver is not installed)"
+        );
     }
 
     #[test]
