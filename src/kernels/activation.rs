@@ -1,6 +1,7 @@
 //! The MLP activations over all cores: candle's CPU unary ops run on one thread, and the
 //! models apply them to `tokens x intermediate` values per block (`tokens x 4608` in the DiT).
 
+use super::contiguous;
 use super::exp::{exp, map_into};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
@@ -78,13 +79,7 @@ impl CustomOp1 for Activation {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("{} takes f32", self.name())
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{} takes a contiguous tensor", self.name())
-        };
-        let input = &data[start..end];
+        let input = contiguous::<f32>(self.name(), storage, layout)?;
         let out = match self {
             Activation::GeluTanh => map_parallel(input, gelu_tanh),
             Activation::GeluErf => map_parallel(input, gelu_erf),

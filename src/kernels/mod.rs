@@ -26,6 +26,22 @@ mod sgemm;
 /// Most attention scores the composed path holds at once (queries are taken in chunks).
 const MAX_SCORES: usize = 1 << 26;
 
+/// The elements of a contiguous CPU tensor as `T`, for the ops' `cpu_fwd`; `op` names the op in
+/// the errors.
+fn contiguous<'a, T: candle_core::WithDType>(
+    op: &str,
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+) -> Result<&'a [T]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op} takes contiguous tensors")
+    };
+    match storage.as_slice::<T>() {
+        Ok(values) => Ok(&values[start..end]),
+        Err(_) => candle_core::bail!("{op} takes {:?} tensors", T::DTYPE),
+    }
+}
+
 /// Whether a tensor is one for the CPU kernels here.
 fn on_cpu_f32(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32

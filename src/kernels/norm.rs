@@ -4,6 +4,7 @@
 //! tokens and, in training, keep every intermediate for the backward pass. Their backward
 //! passes recompute the normalised values from the input.
 
+use super::contiguous;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -27,19 +28,11 @@ impl CustomOp3 for ModulatedLayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(shift), CpuStorage::F32(scale)) = (s1, s2, s3)
-        else {
-            candle_core::bail!("modulated-layer-norm takes f32")
-        };
-        let (Some((x0, x1)), Some((h0, h1)), Some((c0, c1))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("modulated-layer-norm takes contiguous tensors")
-        };
+        let x = contiguous::<f32>(self.name(), s1, l1)?;
+        let shift = contiguous::<f32>(self.name(), s2, l2)?;
+        let scale = contiguous::<f32>(self.name(), s3, l3)?;
         let dim = l1.dims().last().copied().unwrap_or(0);
-        if dim == 0 || h1 - h0 != dim || c1 - c0 != dim {
+        if dim == 0 || shift.len() != dim || scale.len() != dim {
             candle_core::bail!(
                 "modulated-layer-norm: x {:?}, shift {:?}, scale {:?} do not fit together",
                 l1.dims(),
@@ -47,10 +40,9 @@ impl CustomOp3 for ModulatedLayerNorm {
                 l3.dims()
             )
         }
-        let (shift, scale) = (&shift[h0..h1], &scale[c0..c1]);
-        let mut out = vec![0f32; x1 - x0];
+        let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim)
-            .zip(x[x0..x1].par_chunks(dim))
+            .zip(x.par_chunks(dim))
             .for_each(|(y, x)| {
                 let mean = x.iter().sum::<f32>() / dim as f32;
                 let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
@@ -112,21 +104,15 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(weight)) = (s1, s2) else {
-            candle_core::bail!("rms-norm takes f32")
-        };
-        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("rms-norm takes contiguous tensors")
-        };
+        let x = contiguous::<f32>(self.name(), s1, l1)?;
+        let weight = contiguous::<f32>(self.name(), s2, l2)?;
         let dim = l1.dims().last().copied().unwrap_or(0);
-        if dim == 0 || w1 - w0 != dim {
+        if dim == 0 || weight.len() != dim {
             candle_core::bail!("rms-norm: x {:?}, weight {:?}", l1.dims(), l2.dims())
         }
-        let weight = &weight[w0..w1];
-        let mut out = vec![0f32; x1 - x0];
+        let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim)
-            .zip(x[x0..x1].par_chunks(dim))
+            .zip(x.par_chunks(dim))
             .for_each(|(y, x)| {
                 let mean_square = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
                 let inv = 1.0 / (mean_square + self.eps).sqrt();

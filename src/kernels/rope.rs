@@ -4,6 +4,7 @@
 //! f64 copies of the tensor. It has a backward pass (the rotation by the opposite angle), so
 //! training keeps only its input instead of the composed form's dozen intermediates.
 
+use super::contiguous;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -24,32 +25,24 @@ impl CustomOp3 for Rope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F64(cos), CpuStorage::F64(sin)) = (s1, s2, s3) else {
-            candle_core::bail!("rope-interleaved takes f32 values and f64 tables")
-        };
-        let (Some((x0, x1)), Some((c0, c1)), Some((s0, s1))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("rope-interleaved takes contiguous tensors")
-        };
+        let x = contiguous::<f32>(self.name(), s1, l1)?;
+        let cos = contiguous::<f64>(self.name(), s2, l2)?;
+        let sin = contiguous::<f64>(self.name(), s3, l3)?;
         let dims = l1.dims();
         let (tokens, head_dim) = match dims {
             [.., t, d] => (*t, *d),
             _ => candle_core::bail!("rope-interleaved: x {dims:?} has no token dimension"),
         };
         let half = head_dim / 2;
-        if head_dim % 2 != 0 || c1 - c0 < tokens * half || s1 - s0 < tokens * half {
+        if head_dim % 2 != 0 || cos.len() < tokens * half || sin.len() < tokens * half {
             candle_core::bail!(
                 "rope-interleaved: x {dims:?} does not fit tables {:?}",
                 l2.dims()
             )
         }
-        let (cos, sin) = (&cos[c0..c1], &sin[s0..s1]);
-        let mut out = vec![0f32; x1 - x0];
+        let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(tokens * head_dim)
-            .zip(x[x0..x1].par_chunks(tokens * head_dim))
+            .zip(x.par_chunks(tokens * head_dim))
             .for_each(|(out, x)| {
                 for (t, (out, x)) in out.chunks_mut(head_dim).zip(x.chunks(head_dim)).enumerate() {
                     for j in 0..half {
