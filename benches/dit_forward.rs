@@ -2,8 +2,10 @@
 //! of 64x64 latents (1024 tokens each) with 40-row contexts. Prints wall time, peak RSS and the
 //! achieved GFLOP/s, then runs the same forward of the reference (scepter's `ACE` backbone in
 //! PyTorch, `scripts/bench_dit_reference.py`) with as many threads and prints the ratio of the
-//! times. Runs under `cargo bench --bench dit_forward`; two threads unless RAYON_NUM_THREADS
-//! says otherwise; ACE_BENCH_REFERENCE=0 skips the reference.
+//! times. Last, one guided sampling step (conditional and negative pass) as two separate
+//! forwards (the baseline) and prepared and batched, with the ratio. Runs under
+//! `cargo bench --bench dit_forward`; two threads unless RAYON_NUM_THREADS says otherwise;
+//! ACE_BENCH_REFERENCE=0 skips the reference.
 
 mod common;
 
@@ -66,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             .map(|_| Tensor::randn(0f32, 1.0, (CONTEXT_ROWS, cfg.y_channels), &dev))
             .collect::<candle_core::Result<_>>()?,
     };
-    let t = Tensor::new(&[500f32], &dev)?;
+    let t = [500f32];
     let tpe = Tensor::randn(0f32, 1.0, (10, cfg.y_channels), &dev)?;
 
     let start = Instant::now();
@@ -95,6 +97,41 @@ fn main() -> anyhow::Result<()> {
             secs / theirs
         );
     }
+    guided_step(&dit, &sample, &tpe)
+}
+
+/// One guided sampling step (conditional and negative pass) two ways: each pass on its own with
+/// everything recomputed, as steps ran before the DiT input was prepared once per run (the
+/// baseline), and through `forward_prepared`, both passes through the blocks together.
+fn guided_step(dit: &DitAce, cond: &Sample, tpe: &Tensor) -> anyhow::Result<()> {
+    let negative = Sample {
+        contexts: cond
+            .contexts
+            .iter()
+            .map(|c| c.zeros_like())
+            .collect::<candle_core::Result<_>>()?,
+        ..cond.clone()
+    };
+    let t = [500f32];
+    let start = Instant::now();
+    for sample in [cond, &negative] {
+        dit.forward(std::slice::from_ref(sample), &t, tpe)?;
+    }
+    let alone = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let prepared = dit.prepare(&[cond.clone(), negative], tpe)?;
+    let prepare = start.elapsed().as_secs_f64();
+    let target = cond.frames[0].clone();
+    let start = Instant::now();
+    dit.forward_prepared(&prepared, &[target.clone(), target], &[t[0], t[0]])?;
+    let together = start.elapsed().as_secs_f64();
+    println!(
+        "guided step (conditional + negative pass): {alone:.2} s as two separate forwards \
+         (baseline), {together:.2} s prepared and batched (+ {prepare:.2} s once per run to \
+         prepare); step time / baseline: {:.2}",
+        together / alone
+    );
     Ok(())
 }
 

@@ -186,6 +186,80 @@ fn pixart_layout_checkpoint_loads_as_the_same_model() {
     }
 }
 
+fn tiny_model() -> DitAce {
+    DitAce::load(&tiny_config(), &tiny_checkpoint(), &Device::Cpu, DType::F32).unwrap()
+}
+
+fn peak(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn samples_batched_together_match_samples_run_alone() {
+    let dit = tiny_model();
+    let (samples, t, tpe) = golden_inputs();
+    // The 3-frame sample, again with other contexts (as a negative pass), and at another step.
+    let first = samples[0].clone();
+    let mut negative = first.clone();
+    negative.contexts = first.contexts.iter().map(|c| (c * -0.5).unwrap()).collect();
+    let batch = [first.clone(), negative, first, samples[1].clone()];
+    let ts = [t[0], t[0], t[0] * 0.5, t[1]];
+    let together = dit.forward(&batch, &ts, &tpe).unwrap();
+    for (i, (sample, &t)) in batch.iter().zip(&ts).enumerate() {
+        let alone = dit
+            .forward(std::slice::from_ref(sample), &[t], &tpe)
+            .unwrap();
+        let err = max_abs_diff(&together[i], &alone[0]);
+        let tol = 1e-5 * peak(&alone[0]).max(1.0);
+        assert!(err <= tol, "sample {i}: max |a-b| = {err} > {tol}");
+    }
+    assert!(
+        max_abs_diff(&together[0], &together[1]) > 1e-3,
+        "contexts ignored"
+    );
+    assert!(
+        max_abs_diff(&together[0], &together[2]) > 1e-3,
+        "timestep ignored"
+    );
+}
+
+#[test]
+fn prepared_samples_take_each_steps_target() {
+    let dit = tiny_model();
+    let (samples, t, tpe) = golden_inputs();
+    let whole = dit.forward(&samples, &t, &tpe).unwrap();
+    // Prepared with a different target of the same shape: only the shape is read.
+    let mut first_step = samples.clone();
+    for s in &mut first_step {
+        s.frames[0] = s.frames[0].zeros_like().unwrap();
+    }
+    let prepared = dit.prepare(&first_step, &tpe).unwrap();
+    assert_eq!(prepared.len(), 2);
+    let targets: Vec<Tensor> = samples.iter().map(|s| s.frames[0].clone()).collect();
+    let outs = dit.forward_prepared(&prepared, &targets, &t).unwrap();
+    for (a, b) in outs.iter().zip(&whole) {
+        assert_eq!(max_abs_diff(a, b), 0.0);
+    }
+
+    let err = dit
+        .forward_prepared(&prepared, &targets[..1], &t)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("DiT targets"), "{err}");
+    let mut wrong = targets.clone();
+    wrong[1] = wrong[0].clone();
+    let err = dit
+        .forward_prepared(&prepared, &wrong, &t)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sample 1"), "{err}");
+}
+
 #[test]
 fn checkpoint_errors_name_the_tensor_and_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,7 +278,7 @@ fn checkpoint_errors_name_the_tensor_and_file() {
 }
 
 /// The golden batch as [`Sample`]s, with its timesteps and text position embeddings.
-fn golden_inputs() -> (Vec<Sample>, Tensor, Tensor) {
+fn golden_inputs() -> (Vec<Sample>, Vec<f32>, Tensor) {
     let dev = Device::Cpu;
     let golden: HashMap<String, Tensor> =
         candle_core::safetensors::load(fixture("ace-tiny/expected/dit_forward.safetensors"), &dev)
@@ -246,8 +320,14 @@ fn golden_inputs() -> (Vec<Sample>, Tensor, Tensor) {
             masks,
             contexts,
         });
-        ts.push(get("t").unwrap());
+        ts.extend(
+            get("t")
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
     }
-    let t = Tensor::cat(&ts, 0).unwrap();
-    (samples, t, golden["text_position_embeddings"].clone())
+    (samples, ts, golden["text_position_embeddings"].clone())
 }

@@ -213,36 +213,31 @@ impl Ace {
         let mut x = req.noise.sample(&latent_shape, &self.device)?;
         let masks: Vec<Tensor> = std::iter::once(&target_mask)
             .chain(edit_masks.iter())
-            .map(|m| m.to_dtype(self.dtype))
-            .collect::<candle_core::Result<_>>()?;
-        let edits: Vec<Tensor> = edit_frames
-            .iter()
-            .map(|e| e.to_dtype(self.dtype))
-            .collect::<candle_core::Result<_>>()?;
+            .cloned()
+            .collect();
+        let sample = |contexts: &[Tensor]| Sample {
+            frames: std::iter::once(x.clone())
+                .chain(edit_frames.iter().cloned())
+                .collect(),
+            masks: masks.clone(),
+            contexts: contexts.to_vec(),
+        };
+        let mut batch = vec![sample(&cond_contexts)];
+        if req.guidance.needs_unconditional() {
+            batch.push(sample(&uncond_contexts));
+        }
+        // Edit images, contexts and their keys and values are the same at every step.
+        let prepared = self.dit.prepare(&batch, &self.text_position_embeddings)?;
         for i in 0..ddim.steps() {
             if crate::cancel::requested() {
                 return Err(Error::invalid("run", "interrupted"));
             }
-            let frames: Vec<Tensor> = std::iter::once(x.to_dtype(self.dtype))
-                .chain(edits.iter().map(|e| Ok(e.clone())))
-                .collect::<candle_core::Result<_>>()?;
-            let sample = |contexts: &[Tensor]| Sample {
-                frames: frames.clone(),
-                masks: masks.clone(),
-                contexts: contexts.to_vec(),
-            };
-            let mut batch = vec![sample(&cond_contexts)];
-            if req.guidance.needs_unconditional() {
-                batch.push(sample(&uncond_contexts));
-            }
-            let t = Tensor::from_vec(
-                vec![ddim.model_timestep(i); batch.len()],
-                batch.len(),
-                &self.device,
+            let target = x.to_dtype(self.dtype)?;
+            let out = self.dit.forward_prepared(
+                &prepared,
+                &vec![target; prepared.len()],
+                &vec![ddim.model_timestep(i); prepared.len()],
             )?;
-            let out = self
-                .dit
-                .forward(&batch, &t, &self.text_position_embeddings)?;
             let cond = out[0].to_dtype(DType::F32)?;
             let uncond = out.get(1).map(|u| u.to_dtype(DType::F32)).transpose()?;
             let eps = req.guidance.combine(&cond, uncond.as_ref())?;

@@ -230,8 +230,6 @@ pub fn diffusion_loss(
         });
     }
     let t: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
-    let device = batch[0].target.device();
-    let t = Tensor::from_vec(t, ts.len(), device)?;
     let outs = dit.forward(&samples, &t, text_position_embeddings)?;
     let mut total: Option<Tensor> = None;
     for (out, noise) in outs.iter().zip(noises) {

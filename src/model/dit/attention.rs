@@ -42,18 +42,19 @@ impl Attention {
         })
     }
 
-    /// `[tokens, dim]` -> `[1, heads, tokens, head_dim]`.
-    fn heads(&self, xs: &Tensor) -> Result<Tensor> {
-        let (tokens, dim) = xs.dims2()?;
-        xs.reshape((1, tokens, self.num_heads, dim / self.num_heads))?
+    /// `[batch * tokens, dim]` -> `[batch, heads, tokens, head_dim]`.
+    fn heads(&self, xs: &Tensor, batch: usize) -> Result<Tensor> {
+        let (rows, dim) = xs.dims2()?;
+        xs.reshape((batch, rows / batch, self.num_heads, dim / self.num_heads))?
             .transpose(1, 2)?
             .contiguous()
     }
 
-    /// `[1, heads, tokens, head_dim]` -> `[tokens, dim]`.
+    /// `[batch, heads, tokens, head_dim]` -> `[batch * tokens, dim]`.
     fn merge_heads(xs: &Tensor) -> Result<Tensor> {
-        let (_, heads, tokens, head_dim) = xs.dims4()?;
-        xs.transpose(1, 2)?.reshape((tokens, heads * head_dim))
+        let (batch, heads, tokens, head_dim) = xs.dims4()?;
+        xs.transpose(1, 2)?
+            .reshape((batch * tokens, heads * head_dim))
     }
 
     /// Linear projection then the query RMSNorm (used for keys as well, as upstream).
@@ -65,37 +66,55 @@ impl Attention {
         }
     }
 
-    /// Self-attention over all `[tokens, dim]` of one sample, rotated by `rope`.
-    pub fn self_attention(&self, xs: &Tensor, rope: &RopeTables) -> Result<Tensor> {
-        let q = rope.apply(&self.heads(&self.project_normed(&self.q, xs)?)?)?;
-        let k = rope.apply(&self.heads(&self.project_normed(&self.k, xs)?)?)?;
-        let v = self.heads(&self.v.forward(xs)?)?;
+    /// Self-attention of `batch` samples of the same frames, `[batch * tokens, dim]` (sample
+    /// after sample): each sample's tokens attend to all of that sample's tokens, rotated by
+    /// `rope`.
+    pub fn self_attention(&self, xs: &Tensor, batch: usize, rope: &RopeTables) -> Result<Tensor> {
+        let q = rope.apply(&self.heads(&self.project_normed(&self.q, xs)?, batch)?)?;
+        let k = rope.apply(&self.heads(&self.project_normed(&self.k, xs)?, batch)?)?;
+        let v = self.heads(&self.v.forward(xs)?, batch)?;
         let out = scaled_dot_product_attention(&q, &k, &v)?;
         self.o.forward(&Self::merge_heads(&out)?)
     }
 
-    /// Cross-attention of one sample: the tokens `[tokens, dim]` are the frames' tokens one
-    /// after another (`frame_tokens[i]` each); frame i attends to `contexts[i]` (`[rows_i, dim]`).
+    /// The keys and values a frame's tokens attend to in cross-attention, from its embedded
+    /// context `[rows, dim]`; they stay the same for every sampling step.
+    pub fn context_keys_values(&self, context: &Tensor) -> Result<KeysValues> {
+        Ok(KeysValues {
+            k: self.heads(&self.project_normed(&self.k, context)?, 1)?,
+            v: self.heads(&self.v.forward(context)?, 1)?,
+        })
+    }
+
+    /// Cross-attention of `samples.len()` samples of the same frames, `[batch * tokens, dim]`
+    /// (sample after sample, each the frames' tokens one after another, `frame_tokens[i]`
+    /// each): frame i of sample b attends to `samples[b][i]`.
     pub fn cross_attention(
         &self,
         xs: &Tensor,
         frame_tokens: &[usize],
-        contexts: &[Tensor],
+        samples: &[&[KeysValues]],
     ) -> Result<Tensor> {
         let q = self.project_normed(&self.q, xs)?;
-        let mut outs = Vec::with_capacity(frame_tokens.len());
+        let mut outs = Vec::with_capacity(samples.len() * frame_tokens.len());
         let mut start = 0;
-        for (&len, context) in frame_tokens.iter().zip(contexts) {
-            let q_f = self.heads(&q.narrow(0, start, len)?)?;
-            let k_f = self.heads(&self.project_normed(&self.k, context)?)?;
-            let v_f = self.heads(&self.v.forward(context)?)?;
-            outs.push(Self::merge_heads(&scaled_dot_product_attention(
-                &q_f, &k_f, &v_f,
-            )?)?);
-            start += len;
+        for frames in samples {
+            for (&len, kv) in frame_tokens.iter().zip(*frames) {
+                let q_f = self.heads(&q.narrow(0, start, len)?, 1)?;
+                let out = scaled_dot_product_attention(&q_f, &kv.k, &kv.v)?;
+                outs.push(Self::merge_heads(&out)?);
+                start += len;
+            }
         }
         self.o.forward(&Tensor::cat(&outs, 0)?)
     }
+}
+
+/// Cross-attention keys and values of one frame's context, `[1, heads, rows, head_dim]` each.
+#[derive(Debug, Clone)]
+pub struct KeysValues {
+    k: Tensor,
+    v: Tensor,
 }
 
 /// `softmax(q k^T / sqrt(head_dim)) v` on `[1, heads, tokens, head_dim]`, the softmax in f32.

@@ -1,7 +1,7 @@
 //! One DiT block (upstream `DiTACEBlock`, PixArt adaLN-single): modulated self-attention with a
 //! gate, unmodulated ungated cross-attention to the frames' contexts, modulated gated MLP.
 
-use super::attention::Attention;
+use super::attention::{Attention, KeysValues};
 use super::config::Config;
 use super::layers::{modulated_layer_norm, Mlp};
 use super::rope::RopeTables;
@@ -52,27 +52,33 @@ impl DitBlock {
         })
     }
 
-    /// `xs`: `[tokens, hidden]` of one sample; `t0`: `[1, 6*hidden]` from `t_block`;
-    /// `frame_tokens` and `contexts` (embedded, `[rows_i, hidden]`) per frame.
+    /// `xs`: `[batch * tokens, hidden]`, the tokens of `cross_kv.len()` samples of the same
+    /// frames at the same timestep, sample after sample; `t0`: `[1, 6*hidden]` from `t_block`;
+    /// `frame_tokens` per frame; `cross_kv` per sample, per frame.
     pub fn forward(
         &self,
         xs: &Tensor,
         t0: &Tensor,
         rope: &RopeTables,
         frame_tokens: &[usize],
-        contexts: &[Tensor],
+        cross_kv: &[&[KeysValues]],
     ) -> Result<Tensor> {
         let m = self.modulation(t0)?;
         let h = modulated_layer_norm(xs, &m.shift_msa, &m.scale_msa)?;
-        let h = self.attn.self_attention(&h, rope)?;
+        let h = self.attn.self_attention(&h, cross_kv.len(), rope)?;
         let xs = (xs + h.broadcast_mul(&m.gate_msa)?)?;
         let xs = (&xs
             + self
                 .cross_attn
-                .cross_attention(&xs, frame_tokens, contexts)?)?;
+                .cross_attention(&xs, frame_tokens, cross_kv)?)?;
         let h = modulated_layer_norm(&xs, &m.shift_mlp, &m.scale_mlp)?;
         let h = self.mlp.forward(&h)?;
         xs + h.broadcast_mul(&m.gate_mlp)?
+    }
+
+    /// The cross-attention keys and values of a frame's embedded context `[rows, hidden]`.
+    pub fn context_keys_values(&self, context: &Tensor) -> Result<KeysValues> {
+        self.cross_attn.context_keys_values(context)
     }
 }
 

@@ -6,6 +6,10 @@
 //! each frame cross-attends to its own context, and image indicator embeddings (the embedded T5
 //! states of `{image}`, `{image1}`, ...) tell frames and contexts apart. Only the target frame's
 //! tokens come out, as the eps prediction.
+//!
+//! What does not change across sampling steps is computed once per run ([`prepared`]); samples
+//! of the same frames at the same timestep (guidance's conditional and negative passes) go
+//! through the blocks together, one batch of tokens.
 
 pub mod attention;
 pub mod block;
@@ -14,18 +18,22 @@ pub mod embedders;
 pub mod final_layer;
 pub mod layers;
 pub mod layout;
+pub mod prepared;
 pub mod rope;
 
 pub use config::Config;
+pub use prepared::Prepared;
 
 use crate::model::checkpoint;
 use crate::{Error, Result};
+use attention::KeysValues;
 use block::DitBlock;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use embedders::{PatchEmbedder, TBlock, TimestepEmbedder};
 use final_layer::FinalLayer;
 use layers::Mlp;
+use prepared::PreparedSample;
 use rope::Rope;
 use std::path::Path;
 
@@ -104,41 +112,122 @@ impl DitAce {
         &self.device
     }
 
-    /// The eps prediction for frame 0 of each sample, `[IN_CHANNELS, h, w]` (in the model dtype).
+    /// The eps prediction for frame 0 of each sample, `[IN_CHANNELS, h, w]` (in the model dtype):
+    /// [`prepare`](Self::prepare) then [`forward_prepared`](Self::forward_prepared) with the
+    /// samples' own frame 0.
     ///
-    /// `t`: `[B]` timesteps, one per sample; `text_position_embeddings`: `[10, Y_CHANNELS]` raw T5
+    /// `t`: one timestep per sample; `text_position_embeddings`: `[10, Y_CHANNELS]` raw T5
     /// states of the first token of `{image}`, `{image1}`, ..., `{image9}`.
     pub fn forward(
         &self,
         samples: &[Sample],
-        t: &Tensor,
+        t: &[f32],
         text_position_embeddings: &Tensor,
     ) -> Result<Vec<Tensor>> {
-        let t: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        if t.len() != samples.len() {
-            return Err(Error::Shape {
-                name: "DiT timesteps".into(),
-                expected: vec![samples.len()],
-                found: vec![t.len()],
-            });
-        }
-        let tpe = self.input(text_position_embeddings)?;
-        match tpe.dims() {
-            [_, c] if *c == self.cfg.y_channels => {}
-            dims => {
+        let prepared = self.prepare(samples, text_position_embeddings)?;
+        let targets: Vec<Tensor> = samples.iter().map(|s| s.frames[0].clone()).collect();
+        self.forward_prepared(&prepared, &targets, t)
+    }
+
+    /// The eps prediction for each prepared sample whose noisy target (frame 0) is now
+    /// `targets[i]` at timestep `t[i]`. Samples of the same frames at the same timestep (the
+    /// conditional and negative passes of guidance) go through the blocks together.
+    pub fn forward_prepared(
+        &self,
+        prepared: &Prepared,
+        targets: &[Tensor],
+        t: &[f32],
+    ) -> Result<Vec<Tensor>> {
+        let samples = &prepared.samples;
+        for (name, found) in [("DiT targets", targets.len()), ("DiT timesteps", t.len())] {
+            if found != samples.len() {
                 return Err(Error::Shape {
-                    name: "text position embeddings".into(),
-                    expected: vec![10, self.cfg.y_channels],
-                    found: dims.to_vec(),
-                })
+                    name: name.into(),
+                    expected: vec![samples.len()],
+                    found: vec![found],
+                });
             }
         }
-        let indicators = self.y_embedder.forward(&tpe)?;
-        samples
-            .iter()
-            .zip(t)
-            .enumerate()
-            .map(|(i, (sample, t))| self.forward_sample(i, sample, t, &indicators))
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for i in 0..samples.len() {
+            let same = |g: &&mut Vec<usize>| {
+                samples[g[0]].grid == samples[i].grid && t[g[0]].to_bits() == t[i].to_bits()
+            };
+            match groups.iter_mut().find(same) {
+                Some(group) => group.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        let mut outs = vec![None; samples.len()];
+        for group in groups {
+            let tokens = group
+                .iter()
+                .map(|&i| self.sample_tokens(i, &samples[i], &targets[i]))
+                .collect::<Result<Vec<_>>>()?;
+            let eps = self.forward_group(
+                &group.iter().map(|&i| &samples[i]).collect::<Vec<_>>(),
+                Tensor::cat(&tokens, 0)?,
+                t[group[0]],
+            )?;
+            for (i, eps) in group.into_iter().zip(eps) {
+                outs[i] = Some(eps);
+            }
+        }
+        Ok(outs.into_iter().flatten().collect())
+    }
+
+    /// The tokens of one sample: its target frame embedded with its indicator, then the
+    /// prepared edit images' tokens.
+    fn sample_tokens(
+        &self,
+        index: usize,
+        sample: &PreparedSample,
+        target: &Tensor,
+    ) -> Result<Tensor> {
+        let (x, rows, cols) = self.frame_input(index, 0, target, &sample.target_mask)?;
+        if (rows, cols) != sample.grid[0] {
+            let p = self.cfg.patch_size;
+            return Err(Error::Shape {
+                name: format!("sample {index} target latent"),
+                expected: vec![
+                    self.cfg.in_channels,
+                    sample.grid[0].0 * p,
+                    sample.grid[0].1 * p,
+                ],
+                found: target.dims().to_vec(),
+            });
+        }
+        let target = self
+            .x_embedder
+            .forward(&x)?
+            .broadcast_add(&sample.target_indicator)?;
+        match &sample.edit_tokens {
+            Some(edits) => Ok(Tensor::cat(&[&target, edits], 0)?),
+            None => Ok(target),
+        }
+    }
+
+    /// Samples of the same frames through the blocks together at timestep `t`; `xs` holds
+    /// their tokens sample after sample. Returns each sample's eps prediction.
+    fn forward_group(
+        &self,
+        group: &[&PreparedSample],
+        mut xs: Tensor,
+        t: f32,
+    ) -> Result<Vec<Tensor>> {
+        let first = group[0];
+        let frame_tokens: Vec<usize> = first.grid.iter().map(|(h, w)| h * w).collect();
+        let tokens: usize = frame_tokens.iter().sum();
+        let t = self.t_embedder.forward(&[t], self.dtype, &self.device)?;
+        let t0 = self.t_block.forward(&t)?;
+        for (b, block) in self.blocks.iter().enumerate() {
+            let cross_kv: Vec<&[KeysValues]> =
+                group.iter().map(|s| s.cross_kv[b].as_slice()).collect();
+            xs = block.forward(&xs, &t0, &first.rope, &frame_tokens, &cross_kv)?;
+        }
+        let out = self.final_layer.forward(&xs, &t)?;
+        (0..group.len())
+            .map(|k| self.unpatchify(&out.narrow(0, k * tokens, frame_tokens[0])?, first.grid[0]))
             .collect()
     }
 
@@ -147,74 +236,18 @@ impl DitAce {
         Ok(xs.to_device(&self.device)?.to_dtype(self.dtype)?)
     }
 
-    /// One sample through the whole network; `indicators` are the embedded image indicators.
-    fn forward_sample(
-        &self,
-        index: usize,
-        sample: &Sample,
-        t: f32,
-        indicators: &Tensor,
-    ) -> Result<Tensor> {
-        let n = sample.frames.len();
-        if n == 0 || sample.masks.len() != n || sample.contexts.len() != n {
-            return Err(Error::invalid(
-                "DiT input",
-                format!(
-                    "sample {index}: {n} frames, {} masks and {} contexts (need as many, at least one)",
-                    sample.masks.len(),
-                    sample.contexts.len()
-                ),
-            ));
-        }
-        if n > indicators.dim(0)? {
-            return Err(Error::invalid(
-                "DiT input",
-                format!(
-                    "sample {index}: {n} frames but only {} image indicator embeddings",
-                    indicators.dim(0)?
-                ),
-            ));
-        }
-        // Frame 0 (the target) takes the last used indicator, frame i >= 1 takes indicator i-1.
-        let indicator = |frame: usize| indicators.get(if frame == 0 { n - 1 } else { frame - 1 });
-
-        let mut tokens = Vec::with_capacity(n);
-        let mut grid = Vec::with_capacity(n);
-        let mut contexts = Vec::with_capacity(n);
-        for f in 0..n {
-            let (x, rows, cols) = self.frame_input(index, f, sample)?;
-            tokens.push(self.x_embedder.forward(&x)?.broadcast_add(&indicator(f)?)?);
-            grid.push((rows, cols));
-            let context = self.context_input(index, f, &sample.contexts[f])?;
-            contexts.push(
-                self.y_embedder
-                    .forward(&context)?
-                    .broadcast_add(&indicator(f)?)?,
-            );
-        }
-        let frame_tokens: Vec<usize> = grid.iter().map(|(h, w)| h * w).collect();
-        let mut xs = Tensor::cat(&tokens, 0)?;
-
-        let t = self.t_embedder.forward(&[t], self.dtype, &self.device)?;
-        let t0 = self.t_block.forward(&t)?;
-        let rope = self.rope.tables(&grid, &self.device)?;
-        for block in &self.blocks {
-            xs = block.forward(&xs, &t0, &rope, &frame_tokens, &contexts)?;
-        }
-        let out = self.final_layer.forward(&xs, &t)?;
-        self.unpatchify(&out.narrow(0, 0, frame_tokens[0])?, grid[0])
-    }
-
-    /// Frame `f` of a sample with its mask as an extra channel, checked; with its token grid.
+    /// Frame `f` of sample `index` with its mask as an extra channel, checked; with its token
+    /// grid.
     fn frame_input(
         &self,
         index: usize,
         f: usize,
-        sample: &Sample,
+        frame: &Tensor,
+        mask: &Tensor,
     ) -> Result<(Tensor, usize, usize)> {
         let name = |what: &str| format!("sample {index} frame {f} {what}");
-        let frame = self.input(&sample.frames[f])?;
-        let mask = self.input(&sample.masks[f])?;
+        let frame = self.input(frame)?;
+        let mask = self.input(mask)?;
         let (c, h, w) = frame.dims3().map_err(|_| Error::Shape {
             name: name("latent"),
             expected: vec![self.cfg.in_channels, 0, 0],
@@ -240,22 +273,6 @@ impl DitAce {
             });
         }
         Ok((Tensor::cat(&[&frame, &mask], 0)?, h / p, w / p))
-    }
-
-    /// The context of frame `f`, checked.
-    fn context_input(&self, index: usize, f: usize, context: &Tensor) -> Result<Tensor> {
-        let context = self.input(context)?;
-        match context.dims() {
-            [rows, c] if *rows > 0 && *c == self.cfg.y_channels => Ok(context),
-            dims => Err(Error::Shape {
-                name: format!("sample {index} frame {f} context (at least one row)"),
-                expected: vec![
-                    dims.first().copied().unwrap_or(1).max(1),
-                    self.cfg.y_channels,
-                ],
-                found: dims.to_vec(),
-            }),
-        }
     }
 
     /// `[h*w, p*p*C]` tokens of the target frame -> `[IN_CHANNELS, h*p, w*p]` (the first half of
