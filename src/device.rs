@@ -2,7 +2,18 @@
 //! only with the `cuda` and `metal` cargo features, so the CPU build carries no GPU code.
 
 use crate::{Error, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
+
+/// The most precise float dtype `device` computes in: f64, except on Metal, which has none
+/// (f32). Used where the reference works in double precision (RoPE angles, guidance
+/// statistics).
+pub fn widest_float(device: &Device) -> DType {
+    if device.is_metal() {
+        DType::F32
+    } else {
+        DType::F64
+    }
+}
 
 /// The device a user asks for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -2,8 +2,9 @@
 //! `out *= r * std(c) / std(out) + (1 - r)` with unbiased standard deviations over all the
 //! elements of the sample. With s <= 1 only the conditional pass runs and nothing is rescaled.
 
+use crate::device::widest_float;
 use crate::{Error, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 /// Guide scale and rescale factor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,18 +43,21 @@ impl Guidance {
         if self.rescale <= 0.0 {
             return Ok(out);
         }
-        let ratio = std_unbiased(cond)? / (std_unbiased(&out)? + 1e-12);
-        Ok((out * (self.rescale * ratio + (1.0 - self.rescale)))?)
+        // Computed on the device, without reading anything back: no sync inside a step.
+        let ratio = (std_unbiased(cond)? / (std_unbiased(&out)? + 1e-12)?)?;
+        let factor = ((ratio * self.rescale)? + (1.0 - self.rescale))?;
+        Ok(out.broadcast_mul(&factor.to_dtype(out.dtype())?)?)
     }
 }
 
-/// Unbiased standard deviation over all elements, accumulated in double precision.
-fn std_unbiased(x: &Tensor) -> Result<f64> {
-    let v: Vec<f64> = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / (n - 1.0).max(1.0);
-    Ok(var.sqrt())
+/// Unbiased standard deviation over all elements as a one-element tensor on `x`'s device,
+/// accumulated in double precision (single on Metal).
+fn std_unbiased(x: &Tensor) -> Result<Tensor> {
+    let x = x.flatten_all()?.to_dtype(widest_float(x.device()))?;
+    let n = x.elem_count() as f64;
+    let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
+    let var = (centred.sqr()?.sum_keepdim(0)? / (n - 1.0).max(1.0))?;
+    Ok(var.sqrt()?)
 }
 
 #[cfg(test)]
@@ -77,7 +81,8 @@ mod tests {
         let g = Guidance::new(4.5, 1.0).unwrap();
         let c = t(&[1.0, -1.0, 0.5, 2.0]);
         let out = g.combine(&c, Some(&t(&[0.2, 0.1, -0.3, 0.0]))).unwrap();
-        let (sc, so) = (std_unbiased(&c).unwrap(), std_unbiased(&out).unwrap());
+        let std = |x: &Tensor| std_unbiased(x).unwrap().to_vec1::<f64>().unwrap()[0];
+        let (sc, so) = (std(&c), std(&out));
         assert!((sc - so).abs() < 1e-5, "{sc} vs {so}");
         // unbiased std of [1, -1, 0.5, 2] is sqrt(1.5625)
         assert!((sc - 1.25).abs() < 1e-12);

@@ -6,7 +6,7 @@
 //! rotation itself runs in f64 too except on Metal, which has no f64 (there f32).
 
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 /// RoPE base period.
 const THETA: f64 = 10000.0;
@@ -78,7 +78,7 @@ impl Rope {
                 }
             }
         }
-        let dtype = rotation_dtype(device);
+        let dtype = crate::device::widest_float(device);
         Ok(RopeTables {
             cos: Tensor::from_vec(cos, (tokens, half), &Device::Cpu)?
                 .to_dtype(dtype)?
@@ -87,15 +87,6 @@ impl Rope {
                 .to_dtype(dtype)?
                 .to_device(device)?,
         })
-    }
-}
-
-/// The dtype the rotation runs in: f64 as upstream, f32 where the device has no f64.
-fn rotation_dtype(device: &Device) -> DType {
-    if device.is_metal() {
-        DType::F32
-    } else {
-        DType::F64
     }
 }
 
@@ -109,6 +100,7 @@ impl RopeTables {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     #[test]
     fn splits_head_into_frame_row_column_parts() {
