@@ -96,6 +96,28 @@ fn tiny_model_matches_the_reference_forward() {
     }
 }
 
+#[test]
+fn tiny_model_in_half_precision_is_close_to_the_reference() {
+    // The path a GPU takes in bf16/f16 (candle's ops rather than the f32 CPU kernels), in f16,
+    // which candle's CPU products support.
+    let dit = DitAce::load(&tiny_config(), &tiny_checkpoint(), &Device::Cpu, DType::F16).unwrap();
+    let (samples, t, tpe) = golden_inputs();
+    let outs = dit.forward(&samples, &t, &tpe).unwrap();
+    let golden: HashMap<String, Tensor> = candle_core::safetensors::load(
+        fixture("ace-tiny/expected/dit_forward.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (b, out) in outs.iter().enumerate() {
+        assert_eq!(out.dtype(), DType::F16);
+        let want = &golden[&format!("b{b}.out")];
+        let err = max_abs_diff(&out.to_dtype(DType::F32).unwrap(), want);
+        let tol = 5e-3 * peak(want).max(1.0);
+        eprintln!("f16 sample {b}: max |a-b| = {err:e} (tolerance {tol:e})");
+        assert!(err <= tol, "f16 sample {b}: max |a-b| = {err} > {tol}");
+    }
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()

@@ -99,7 +99,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 }
 
 /// [`attention`] from candle ops, queries in chunks so that at most `max_scores` scores exist
-/// at a time; candle's fused softmax unless gradients flow through the scores.
+/// at a time; candle's fused softmax unless gradients flow through the scores. The scale is
+/// applied to the queries (a pass over them rather than over the scores). On CUDA the softmax
+/// runs on the scores in their own dtype: its kernel accumulates in f32 and rounds once, as
+/// converting to f32 and back does, without two more passes over the largest tensor.
 fn composed_attention(
     q: &Tensor,
     k: &Tensor,
@@ -111,11 +114,17 @@ fn composed_attention(
     let (q_len, k_len) = (q.dim(rank - 2)?, k.dim(rank - 2)?);
     let matrices: usize = q.dims()[..rank - 2].iter().product();
     let rows = (max_scores / (matrices * k_len).max(1)).clamp(1, q_len.max(1));
+    let q = (q * scale)?;
     let k_t = k.transpose(rank - 2, rank - 1)?;
+    let softmax_dtype = if q.device().is_cuda() {
+        q.dtype()
+    } else {
+        DType::F32
+    };
     let mut outs = Vec::with_capacity(q_len.div_ceil(rows));
     for start in (0..q_len).step_by(rows) {
         let q_c = q.narrow(rank - 2, start, rows.min(q_len - start))?;
-        let scores = matmul_scaled(&q_c, &k_t, scale)?.to_dtype(DType::F32)?;
+        let scores = matmul(&q_c, &k_t)?.to_dtype(softmax_dtype)?;
         let probs = if scores.track_op() {
             candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
         } else {
@@ -160,6 +169,10 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         } else {
             xs.apply_op2_no_bwd(&weight, &op)
         };
+    }
+    if !xs.track_op() && !weight.track_op() {
+        // One kernel on the GPU (sums in f32, one rounding), candle's op on other CPU dtypes.
+        return candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32);
     }
     let x = xs.to_dtype(DType::F32)?;
     let rms = (x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + eps)?.sqrt()?;
@@ -456,6 +469,37 @@ mod tests {
         let got = rms_norm(&x, &weight, 1e-6).unwrap();
         let want = rms_norm(xv.as_tensor(), &weight, 1e-6).unwrap();
         assert!(max_diff(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn half_precision_takes_candles_ops_within_its_rounding() {
+        // The path of GPUs and of f16 on the CPU: candle's fused RMSNorm and the composed
+        // attention, checked against the f32 kernels at f16's precision (11 bits).
+        let dev = Device::Cpu;
+        let half = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
+        let f32 = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (6, 64), &dev).unwrap();
+        let weight = Tensor::randn(0f32, 1.0, 64, &dev).unwrap();
+        let want = rms_norm(&x, &weight, 1e-6).unwrap();
+        let got = f32(rms_norm(&half(&x), &half(&weight), 1e-6).unwrap());
+        let peak = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            max_diff(&got, &want) < 2e-3 * peak,
+            "{}",
+            max_diff(&got, &want)
+        );
+
+        let [q, k, v] = [(2, 3, 40, 8), (2, 3, 50, 8), (2, 3, 50, 8)]
+            .map(|s| Tensor::randn(0f32, 1.0, s, &dev).unwrap());
+        let want = attention(&q, &k, &v, 0.35).unwrap();
+        let got = f32(attention(&half(&q), &half(&k), &half(&v), 0.35).unwrap());
+        assert!(max_diff(&got, &want) < 4e-3, "{}", max_diff(&got, &want));
     }
 
     #[test]
