@@ -29,6 +29,8 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "2");
     }
+    // As `ace` does (src/memory.rs).
+    ace::memory::keep_freed_blocks();
     let cfg: Config = serde_yaml::from_str(
         "PATCH_SIZE: 2\nIN_CHANNELS: 4\nHIDDEN_SIZE: 1152\nDEPTH: 28\nNUM_HEADS: 16\n\
          MLP_RATIO: 4.0\nPRED_SIGMA: True\nY_CHANNELS: 4096\nMAX_SEQ_LEN: 1024\nQK_NORM: True\n",

@@ -36,6 +36,8 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "2");
     }
+    // As `ace` does (src/memory.rs).
+    ace::memory::keep_freed_blocks();
     // A child run: one size, prints one line of numbers.
     if let Some(i) = args.iter().position(|a| a == "--size") {
         let size = args.get(i + 1).map(String::as_str).unwrap_or("");

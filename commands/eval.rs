@@ -96,7 +96,6 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
         ),
     };
     let device = ace::device::open(global.device)?;
-    ace::memory::keep_freed_blocks();
     let mut models = Models::default();
     if let Some(spec) = &args.clip_model {
         let dir = eval::locate::model_dir(spec, "CLIP")?;

@@ -44,6 +44,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.global);
+    // Every command's working set is a repeating pattern of large buffers (activations,
+    // images): keep freed ones for reuse rather than page-faulting them in afresh.
+    ace::memory::keep_freed_blocks();
     let _ = ctrlc::set_handler(|| {
         if ace::cancel::requested() {
             std::process::exit(130);

@@ -1,8 +1,9 @@
 //! How the process keeps freed memory. glibc hands every freed block above its mmap threshold
 //! (adjusted up to 32 MiB) back to the kernel, so a model that allocates and frees the same
 //! large activations layer after layer page-faults and zeroes them afresh each time: 7% of
-//! `ace eval`'s CPU time went to the kernel that way. [`keep_freed_blocks`] keeps them in the
-//! heap for reuse instead.
+//! `ace eval`'s CPU time went to the kernel that way, and a full-size DiT forward and training
+//! step ran 14–16% longer for it. [`keep_freed_blocks`] keeps them in the heap for reuse
+//! instead; `ace` sets it at start, the benches too.
 
 /// Serves large allocations from the heap and keeps what is freed there (up to 1 GiB at the
 /// top), for commands whose working set is a repeating pattern of large tensors. Peak memory
