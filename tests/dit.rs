@@ -71,36 +71,20 @@ fn tiny_checkpoint() -> PathBuf {
 
 #[test]
 fn tiny_model_matches_the_reference_forward() {
-    let dit = DitAce::load(&tiny_config(), &tiny_checkpoint(), &Device::Cpu, DType::F32).unwrap();
-    let (samples, t, tpe) = golden_inputs();
-    let outs = dit.forward(&samples, &t, &tpe).unwrap();
-    let golden: HashMap<String, Tensor> = candle_core::safetensors::load(
-        fixture("ace-tiny/expected/dit_forward.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    for (b, out) in outs.iter().enumerate() {
-        let want = &golden[&format!("b{b}.out")];
-        assert_eq!(out.dims(), want.dims());
-        let err = max_abs_diff(out, want);
-        let peak = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let tol = 1e-4 * peak.max(1.0);
-        eprintln!("sample {b}: max |a-b| = {err:e} (max |b| = {peak}, tolerance {tol:e})");
-        assert!(err <= tol, "sample {b}: max |a-b| = {err} > {tol}");
-    }
+    assert_matches_the_reference_forward(DType::F32, 1e-4);
 }
 
 #[test]
 fn tiny_model_in_half_precision_is_close_to_the_reference() {
     // The path a GPU takes in bf16/f16 (candle's ops rather than the f32 CPU kernels), in f16,
     // which candle's CPU products support.
-    let dit = DitAce::load(&tiny_config(), &tiny_checkpoint(), &Device::Cpu, DType::F16).unwrap();
+    assert_matches_the_reference_forward(DType::F16, 5e-3);
+}
+
+/// The tiny model in `dtype` on the golden batch: each sample's output within `relative` of
+/// the largest reference value (at least 1).
+fn assert_matches_the_reference_forward(dtype: DType, relative: f32) {
+    let dit = DitAce::load(&tiny_config(), &tiny_checkpoint(), &Device::Cpu, dtype).unwrap();
     let (samples, t, tpe) = golden_inputs();
     let outs = dit.forward(&samples, &t, &tpe).unwrap();
     let golden: HashMap<String, Tensor> = candle_core::safetensors::load(
@@ -109,12 +93,19 @@ fn tiny_model_in_half_precision_is_close_to_the_reference() {
     )
     .unwrap();
     for (b, out) in outs.iter().enumerate() {
-        assert_eq!(out.dtype(), DType::F16);
+        assert_eq!(out.dtype(), dtype);
         let want = &golden[&format!("b{b}.out")];
+        assert_eq!(out.dims(), want.dims());
         let err = max_abs_diff(&out.to_dtype(DType::F32).unwrap(), want);
-        let tol = 5e-3 * peak(want).max(1.0);
-        eprintln!("f16 sample {b}: max |a-b| = {err:e} (tolerance {tol:e})");
-        assert!(err <= tol, "f16 sample {b}: max |a-b| = {err} > {tol}");
+        let peak = peak(want);
+        let tol = relative * peak.max(1.0);
+        eprintln!(
+            "{dtype:?} sample {b}: max |a-b| = {err:e} (max |b| = {peak}, tolerance {tol:e})"
+        );
+        assert!(
+            err <= tol,
+            "{dtype:?} sample {b}: max |a-b| = {err} > {tol}"
+        );
     }
 }
 
