@@ -100,9 +100,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 
 /// [`attention`] from candle ops, queries in chunks so that at most `max_scores` scores exist
 /// at a time; candle's fused softmax unless gradients flow through the scores. The scale is
-/// applied to the queries (a pass over them rather than over the scores). On CUDA the softmax
-/// runs on the scores in their own dtype: its kernel accumulates in f32 and rounds once, as
-/// converting to f32 and back does, without two more passes over the largest tensor.
+/// applied to the queries (a pass over them rather than over the scores). On CUDA the fused
+/// softmax runs on the scores in their own dtype: its kernel accumulates in f32 and rounds
+/// once, as converting to f32 and back does, without two more passes over the largest tensor.
 fn composed_attention(
     q: &Tensor,
     k: &Tensor,
@@ -116,19 +116,17 @@ fn composed_attention(
     let rows = (max_scores / (matrices * k_len).max(1)).clamp(1, q_len.max(1));
     let q = (q * scale)?;
     let k_t = k.transpose(rank - 2, rank - 1)?;
-    let softmax_dtype = if q.device().is_cuda() {
-        q.dtype()
-    } else {
-        DType::F32
-    };
     let mut outs = Vec::with_capacity(q_len.div_ceil(rows));
     for start in (0..q_len).step_by(rows) {
         let q_c = q.narrow(rank - 2, start, rows.min(q_len - start))?;
-        let scores = matmul(&q_c, &k_t)?.to_dtype(softmax_dtype)?;
+        let scores = matmul(&q_c, &k_t)?;
         let probs = if scores.track_op() {
-            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
-        } else {
+            // Composed of candle ops for the gradients: in f32 throughout.
+            candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, candle_core::D::Minus1)?
+        } else if scores.device().is_cuda() {
             candle_nn::ops::softmax_last_dim(&scores)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
         };
         outs.push(matmul(&probs.to_dtype(v.dtype())?, v)?);
     }
@@ -172,7 +170,7 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     }
     if !xs.track_op() && !weight.track_op() {
         // One kernel on the GPU (sums in f32, one rounding), candle's op on other CPU dtypes.
-        return candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32);
+        return candle_nn::ops::rms_norm(&xs.contiguous()?, &weight.contiguous()?, eps as f32);
     }
     let x = xs.to_dtype(DType::F32)?;
     let rms = (x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + eps)?.sqrt()?;

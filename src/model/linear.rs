@@ -1,6 +1,7 @@
-//! The linear layer of the DiT and the image transformers (PyTorch `nn.Linear`): `x W^T + b` on the last dimension, with
-//! the product from [`crate::kernels`] (OpenBLAS on the CPU). Weights are built by candle-nn's
-//! `linear` so names (`weight [out, in]`, `bias [out]`) and initialisations stay candle's.
+//! The linear layer of the DiT and the image transformers (PyTorch `nn.Linear`): `x W^T + b`
+//! on the last dimension, with the product from [`crate::kernels`] (OpenBLAS on the CPU).
+//! Weights are built by candle-nn's `linear` so names (`weight [out, in]`, `bias [out]`) and
+//! initialisations stay candle's.
 
 use crate::kernels;
 use candle_core::{Module, Result, Tensor};
