@@ -3,7 +3,7 @@
 //! of the same name (`--seed`, `--model`).
 
 use crate::cli::Global;
-use crate::generate_common::{load_config, load_model};
+use crate::model_source::{load_config, load_model};
 use ace::analyze::Operation;
 use ace::sampler::Guidance;
 use ace::tasks::analysis::AceAnalysis;

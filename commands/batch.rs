@@ -23,7 +23,7 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
     let model = if c.dry_run {
         None
     } else {
-        Some(common::load_model(
+        Some(crate::model_source::load_model(
             &cfg,
             c.source.model_dir.as_deref(),
             &c.dtype,
@@ -116,7 +116,8 @@ fn run_job(
         bail!("a job that generates needs an output and a batch run without --dry-run");
     };
     let prepare = start.elapsed().as_secs_f64();
-    let ran = common::generate(model, jc, global, &request, seed, config_name, output)?;
+    let ran =
+        crate::generate_output::generate(model, jc, global, &request, seed, config_name, output)?;
     intent.finished(&job, output, seed)?;
     report.insert(
         "seconds".into(),

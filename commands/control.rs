@@ -1,7 +1,8 @@
 //! `ace control <kind>`: controllable generation from a condition computed from a photo (or
 //! given ready), globally or inside a mask (`ace::tasks::control`).
 
-use crate::generate_common::{need, read_mask, Common, Intent, Job};
+use crate::generate_common::{Common, Intent, Job};
+use crate::generate_inputs::{need, read_mask};
 use ace::config::AceConfig;
 use ace::tasks::control::{self, Condition, Control};
 use std::path::PathBuf;

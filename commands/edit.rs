@@ -2,7 +2,8 @@
 //! with the element edits (`--kind`), semantic presets (`--style`, `--face keep`) and
 //! multi-turn sessions (`--session`) of `ace::tasks`.
 
-use crate::generate_common::{read_input, read_inputs, Common, Intent, Job};
+use crate::generate_common::{Common, Intent, Job};
+use crate::generate_inputs::{read_input, read_inputs};
 use ace::config::AceConfig;
 use ace::pipeline::Turn;
 use ace::tasks::{element, session, style};

@@ -1,6 +1,7 @@
 //! `ace generate`: text-to-image.
 
-use crate::generate_common::{need, Common, Intent, Job};
+use crate::generate_common::{Common, Intent, Job};
+use crate::generate_inputs::need;
 use ace::config::AceConfig;
 
 /// Generate an image from an instruction.

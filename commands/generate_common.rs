@@ -1,40 +1,18 @@
 //! What every generation subcommand (`generate`, `edit`, `control`, `inpaint`, `outpaint`,
-//! `layer`, `reference`) shares: the model and sampling options, reading the inputs (images,
-//! masks, history), the [`Intent`] each subcommand implements (its flags turned into a
-//! [`Job`]), and running it: a dry run that prints the plan, one generation (progress bar, the
-//! PNG with the settings as tEXt chunks, the optional latent file and the summary), or a batch.
+//! `layer`, `reference`) shares: the model and sampling options ([`Common`]), the [`Intent`]
+//! each subcommand implements (its flags turned into a [`Job`]), and running it: a dry run that
+//! prints the plan, one generation, or a batch. Loading the model is in `model_source`, reading
+//! inputs in `generate_inputs`, writing the result in `generate_output`.
 
 use crate::cli::Global;
+use crate::generate_inputs::read_history;
+use crate::model_source::ModelSource;
 use crate::Outcome;
 use ace::config::AceConfig;
-use ace::pipeline::{luma_pil, Ace, Generated, InputImage, Noise, Request, Turn};
+use ace::pipeline::{InputImage, Noise, Request, Turn};
 use ace::sampler::Guidance;
-use anyhow::{bail, Context, Result};
-use candle_core::DType;
-use std::io::{IsTerminal, Write};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-
-/// Which model: a built-in preset or a config file, and where its weights are. Shared by every
-/// command that loads the model (and by `ace model`).
-#[derive(Debug, Clone, PartialEq, clap::Args)]
-pub struct ModelSource {
-    /// Built-in model config: ace_0.6b_512 (default) or ace_0.6b_1024.
-    #[arg(long, value_name = "NAME", conflicts_with = "config")]
-    pub preset: Option<String>,
-    /// Model config file in the official ACE inference YAML schema.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Folder holding a downloaded model snapshot (resolves hf:// and ms:// weight names).
-    #[arg(long, value_name = "DIR", env = "ACE_MODEL_DIR")]
-    pub model_dir: Option<PathBuf>,
-}
-
-impl ModelSource {
-    /// The config the flags name (the default preset without either), and its name.
-    pub fn load(&self) -> Result<(AceConfig, String)> {
-        load_config(self.config.as_deref(), self.preset.as_deref())
-    }
-}
 
 /// Options common to generation and editing.
 #[derive(Debug, Clone, clap::Args)]
@@ -95,137 +73,6 @@ pub struct Common {
     pub save_latent: Option<PathBuf>,
 }
 
-/// One earlier turn as the history file lists it.
-#[derive(Debug, serde::Deserialize)]
-struct HistoryEntry {
-    image: PathBuf,
-    #[serde(default)]
-    mask: Option<PathBuf>,
-    instruction: String,
-    #[serde(default)]
-    task: Option<String>,
-}
-
-fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => DType::F32,
-        "bf16" | "bfloat16" => DType::BF16,
-        "f16" | "float16" => DType::F16,
-        other => bail!("invalid --dtype '{other}' (expected f32, bf16 or f16)"),
-    })
-}
-
-/// `None` for the "no mask / no task" spellings.
-fn optional(v: Option<&String>) -> Option<&str> {
-    v.map(String::as_str)
-        .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("none"))
-}
-
-/// The value of a flag that is required except on a --batch command line (each job then
-/// needs it).
-pub fn need<'a, T>(value: &'a Option<T>, flag: &str) -> Result<&'a T> {
-    value.as_ref().with_context(|| format!("missing {flag}"))
-}
-
-/// Reads a mask as the reference does (PIL's `convert("L")`).
-pub fn read_mask(path: &Path) -> Result<image::GrayImage> {
-    Ok(luma_pil(&ace::imageio::load_rgb(path)?))
-}
-
-/// Reads an input image with its optional mask.
-pub fn read_input(image: &Path, mask: Option<&Path>, task: &str) -> Result<InputImage> {
-    let rgb = ace::imageio::load_rgb(image)?;
-    let mask = mask.map(read_mask).transpose()?;
-    Ok(InputImage {
-        name: image.display().to_string(),
-        image: rgb,
-        mask,
-        task: task.to_string(),
-    })
-}
-
-/// Reads the images given with their positional masks and tasks.
-pub fn read_inputs(
-    images: &[PathBuf],
-    masks: &[String],
-    tasks: &[String],
-) -> Result<Vec<InputImage>> {
-    if masks.len() > images.len() || tasks.len() > images.len() {
-        bail!(
-            "{} --mask and {} --task for {} --image (they pair by position)",
-            masks.len(),
-            tasks.len(),
-            images.len()
-        );
-    }
-    images
-        .iter()
-        .enumerate()
-        .map(|(i, img)| {
-            let mask = optional(masks.get(i)).map(Path::new);
-            read_input(img, mask, optional(tasks.get(i)).unwrap_or(""))
-        })
-        .collect()
-}
-
-fn read_history(path: &Path) -> Result<Vec<Turn>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let entries: Vec<HistoryEntry> = serde_yaml::from_str(&text).with_context(|| {
-        format!(
-            "{}: not a history list [{{image, mask?, instruction, task?}}]",
-            path.display()
-        )
-    })?;
-    let base = path.parent().unwrap_or(Path::new(""));
-    entries
-        .into_iter()
-        .map(|e| {
-            let mask = e.mask.as_ref().map(|m| base.join(m));
-            Ok(Turn {
-                input: read_input(
-                    &base.join(&e.image),
-                    mask.as_deref(),
-                    e.task.as_deref().unwrap_or(""),
-                )?,
-                instruction: e.instruction,
-            })
-        })
-        .collect()
-}
-
-/// PNG bytes of the image with the settings as tEXt chunks.
-fn encode_png(img: &image::RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut buf, img.width(), img.height());
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        for (k, v) in text {
-            enc.add_text_chunk(k.to_string(), v.clone())?;
-        }
-        enc.write_header()?.write_image_data(img.as_raw())?;
-    }
-    Ok(buf)
-}
-
-fn save_tensors(path: &Path, g: &Generated) -> Result<()> {
-    let tmp = tempfile::NamedTempFile::new_in(
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    )?;
-    candle_core::safetensors::save(
-        &[("latent", g.latent.clone()), ("image", g.image.clone())]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        tmp.path(),
-    )?;
-    tmp.persist(path)
-        .with_context(|| format!("{}", path.display()))?;
-    Ok(())
-}
-
 /// What a subcommand asks the model for: the instruction, the input images, and for text to
 /// image the output size.
 pub struct Job {
@@ -280,9 +127,11 @@ pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&plan(&request, &cfg)?)?);
         return Ok(Outcome::Success);
     }
-    let model = load_model(&cfg, c.source.model_dir.as_deref(), &c.dtype, global)?;
+    let model =
+        crate::model_source::load_model(&cfg, c.source.model_dir.as_deref(), &c.dtype, global)?;
     let output = c.output.as_deref().context("missing -o/--output")?;
-    let ran = generate(&model, c, global, &request, seed, &config_name, output)?;
+    let ran =
+        crate::generate_output::generate(&model, c, global, &request, seed, &config_name, output)?;
     intent.finished(&job, output, seed)?;
     if c.json && output.as_os_str() != "-" {
         println!("{}", ran.summary);
@@ -334,145 +183,4 @@ pub fn request(c: &Common, cfg: &AceConfig, job: &Job, noise: Noise) -> Result<R
 pub fn plan(request: &Request, cfg: &AceConfig) -> Result<serde_json::Value> {
     let plan = ace::pipeline::Plan::new(request, cfg, &candle_core::Device::Cpu)?;
     Ok(plan.describe(request, cfg)?)
-}
-
-/// Loads the model of `cfg` (weights under `model_dir` when given) in `dtype`.
-pub fn load_model(
-    cfg: &AceConfig,
-    model_dir: Option<&Path>,
-    dtype_name: &str,
-    global: &Global,
-) -> Result<Ace> {
-    let files = cfg.model_files(model_dir)?;
-    let dtype = parse_dtype(dtype_name)?;
-    let device = ace::device::open(global.device)?;
-    if device.is_cpu() && dtype != DType::F32 {
-        bail!(
-            "--dtype {} needs a GPU (the CPU backend has no half-precision matmul); use --dtype f32",
-            dtype_name
-        );
-    }
-    Ok(Ace::load(cfg, &files, &device, dtype)?)
-}
-
-/// The config a --config file or --preset names (the default preset without either), and its
-/// name for reports.
-pub fn load_config(config: Option<&Path>, preset: Option<&str>) -> Result<(AceConfig, String)> {
-    Ok(match (config, preset) {
-        (Some(path), _) => (AceConfig::load(path)?, path.display().to_string()),
-        (None, Some(name)) => (AceConfig::preset(name)?, name.to_string()),
-        (None, None) => (
-            AceConfig::preset(ace::config::DEFAULT_PRESET)?,
-            ace::config::DEFAULT_PRESET.to_string(),
-        ),
-    })
-}
-
-/// What one generation reports.
-pub struct Ran {
-    /// The JSON summary (output, seed, sizes, settings, prompts).
-    pub summary: serde_json::Value,
-    /// Seconds spent sampling and decoding.
-    pub generate_seconds: f64,
-    /// Seconds spent encoding and writing the output.
-    pub write_seconds: f64,
-}
-
-/// Runs one request on a loaded model and writes the output.
-pub fn generate(
-    model: &Ace,
-    c: &Common,
-    global: &Global,
-    request: &Request,
-    seed: Option<u64>,
-    config_name: &str,
-    output: &Path,
-) -> Result<Ran> {
-    let steps = request.steps;
-    let bar = if !global.quiet && std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps [{elapsed_precise}, {secs_per_step}]",
-            )?
-            .with_key(
-                "secs_per_step",
-                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let done = state.pos().max(1) as f64;
-                    let _ = write!(w, "{:.2}s/it", state.elapsed().as_secs_f64() / done);
-                },
-            )
-            .progress_chars("=> "),
-        );
-        Some(bar)
-    } else {
-        None
-    };
-    let start = std::time::Instant::now();
-    let generated = model.generate(request, &mut |_, _| {
-        if let Some(b) = &bar {
-            b.inc(1);
-        }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let generate_seconds = start.elapsed().as_secs_f64();
-    let start = std::time::Instant::now();
-
-    let rgb = generated.to_rgb8()?;
-    let seed_text = seed.map_or_else(
-        || format!("noise {}", c.noise.clone().unwrap_or_default()),
-        |s| s.to_string(),
-    );
-    let guidance = request.guidance;
-    let settings = [
-        ("Software", format!("ace {}", env!("CARGO_PKG_VERSION"))),
-        ("instruction", request.instruction.clone()),
-        ("seed", seed_text.clone()),
-        ("steps", steps.to_string()),
-        ("guide_scale", guidance.scale.to_string()),
-        ("guide_rescale", guidance.rescale.to_string()),
-        ("preset", config_name.to_string()),
-    ];
-    let png = encode_png(&rgb, &settings)?;
-    if let Some(path) = &c.save_latent {
-        save_tensors(path, &generated)?;
-    }
-    if output.as_os_str() == "-" {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&png)?;
-        out.flush()?;
-    } else {
-        if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("{}", parent.display()))?;
-        }
-        ace::imageio::write_atomic(output, &png)?;
-    }
-    if !global.quiet {
-        eprintln!(
-            "ace: seed {seed_text}, {}x{} -> {}",
-            rgb.width(),
-            rgb.height(),
-            output.display()
-        );
-    }
-    let summary = serde_json::json!({
-        "output": output,
-        "seed": seed,
-        "noise": c.noise,
-        "width": rgb.width(),
-        "height": rgb.height(),
-        "steps": steps,
-        "guide_scale": guidance.scale,
-        "guide_rescale": guidance.rescale,
-        "config": config_name,
-        "instruction": request.instruction,
-        "prompts": generated.prompts,
-    });
-    Ok(Ran {
-        summary,
-        generate_seconds,
-        write_seconds: start.elapsed().as_secs_f64(),
-    })
 }

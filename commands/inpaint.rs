@@ -1,6 +1,7 @@
 //! `ace inpaint`: repaint the masked region of an image (`ace::tasks::inpaint`).
 
-use crate::generate_common::{need, read_mask, Common, Intent, Job};
+use crate::generate_common::{Common, Intent, Job};
+use crate::generate_inputs::{need, read_mask};
 use ace::config::AceConfig;
 use std::path::PathBuf;
 

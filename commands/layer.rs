@@ -1,6 +1,7 @@
 //! `ace layer decouple | fuse`: layer editing (`ace::tasks::layer`).
 
-use crate::generate_common::{need, read_input, read_mask, Common, Intent, Job};
+use crate::generate_common::{Common, Intent, Job};
+use crate::generate_inputs::{need, read_input, read_mask};
 use ace::config::AceConfig;
 use ace::tasks::layer;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `ace model`: fetching the official model snapshots from the hub into the Hugging Face cache,
 //! and describing what a config loads from where.
 
-use crate::generate_common::ModelSource;
+use crate::model_source::ModelSource;
 use crate::Outcome;
 use ace::model::checkpoint;
 use std::io::{IsTerminal, Write};

@@ -1,6 +1,7 @@
 //! `ace outpaint`: extend an image beyond its borders (`ace::tasks::outpaint`).
 
-use crate::generate_common::{need, Common, Intent, Job};
+use crate::generate_common::{Common, Intent, Job};
+use crate::generate_inputs::need;
 use ace::config::AceConfig;
 use ace::tasks::outpaint::Extend;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! `ace reference`: reference generation and series (`ace::tasks::reference`).
 
-use crate::generate_common::{need, read_input, Common, Intent, Job};
+use crate::generate_common::{Common, Intent, Job};
+use crate::generate_inputs::{need, read_input};
 use ace::config::AceConfig;
 use std::path::PathBuf;
 
