@@ -3,7 +3,7 @@
 //! of the same name (`--seed`, `--model`).
 
 use crate::cli::Global;
-use crate::model_source::{load_config, load_model};
+use crate::model_source::{load_config, load_model, LoadOptions, Phases};
 use ace::analyze::Operation;
 use ace::sampler::Guidance;
 use ace::tasks::analysis::AceAnalysis;
@@ -47,14 +47,28 @@ impl EngineArgs {
         let defaults = &cfg.default_paras.input;
         let guidance = Guidance::new(defaults.guide_scale, defaults.guide_rescale)?;
         let steps = self.ace_steps.unwrap_or(defaults.sample_steps);
-        let model = load_model(&cfg, self.ace_model_dir.as_deref(), "f32", global)?;
+        let instruction =
+            AceAnalysis::instruction(name, self.ace_seed, self.ace_instruction.as_deref())?;
+        let load = LoadOptions {
+            dtype: "f32".into(),
+            text_dtype: None,
+            no_prompt_cache: false,
+        };
+        let model = load_model(
+            &cfg,
+            self.ace_model_dir.as_deref(),
+            &load,
+            global,
+            &AceAnalysis::prompts(&instruction, guidance, &cfg)?,
+            &mut Phases::default(),
+        )?;
         Ok(Box::new(AceAnalysis::new(
             name,
             model,
+            instruction,
             steps,
             guidance,
             self.ace_seed,
-            self.ace_instruction.as_deref(),
-        )?))
+        )))
     }
 }

@@ -5,8 +5,11 @@
 //! every N-th job and `--resume` skips jobs whose output is already written.
 
 use crate::cli::{self, Global};
-use crate::generate_common::{self as common, Common};
+use crate::generate_common::{self as common, Common, Intent};
+use crate::generate_output::Generator;
+use crate::model_source::Phases;
 use crate::Outcome;
+use ace::pipeline::Noise;
 use ace::tasks::batch::{self as jobs, BatchLine};
 use anyhow::{anyhow, bail, Result};
 use clap::CommandFactory;
@@ -20,27 +23,60 @@ const BATCH_FLAGS: [&str; 3] = ["batch", "shard", "resume"];
 pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
     let lines = jobs::read(path)?;
     let (cfg, config_name) = c.source.load()?;
+    let argv: Vec<String> = std::env::args().collect();
+    let selected: Vec<&BatchLine> = lines
+        .iter()
+        .filter(|l| c.shard.is_none_or(|s| s.keeps(l.index)))
+        .collect();
+    // Each job's seed is drawn once: its phrasing and noise are the same in both passes.
+    let noises: Vec<(Noise, Option<u64>)> = selected
+        .iter()
+        .map(|line| match parse(c, line, &argv) {
+            Ok(intent) => common::noise(intent.common()),
+            Err(_) => common::noise(c),
+        })
+        .collect();
+    let mut phases = Phases::default();
     let model = if c.dry_run {
         None
     } else {
+        // First pass: the prompts of every job that can be planned before any output exists
+        // (a session's later turns cannot), all encoded before the DiT is loaded.
+        let mut prompts = Vec::new();
+        for (line, noise) in selected.iter().zip(&noises) {
+            let planned = parse(c, line, &argv).and_then(|intent| {
+                let jc = intent.common();
+                if c.resume && jc.output.as_deref().is_some_and(jobs::finished) {
+                    return Ok(Vec::new());
+                }
+                let job = intent.job(noise.1.unwrap_or(0), &cfg)?;
+                let request = common::request(jc, &cfg, &job, noise.0.clone())?;
+                Ok(ace::pipeline::request_prompts(&request, &cfg)?)
+            });
+            prompts.extend(planned.unwrap_or_default());
+        }
         Some(crate::model_source::load_model(
             &cfg,
             c.source.model_dir.as_deref(),
-            &c.dtype,
+            &c.load,
             global,
+            &prompts,
+            &mut phases,
         )?)
     };
-    let argv: Vec<String> = std::env::args().collect();
+    let generator = model.as_ref().map(|model| Generator {
+        model,
+        common: c,
+        global,
+        config_name: &config_name,
+    });
     let mut failed = 0;
-    for line in &lines {
-        if c.shard.is_some_and(|s| !s.keeps(line.index)) {
-            continue;
-        }
+    for (line, noise) in selected.iter().zip(noises) {
         if ace::cancel::requested() {
             break;
         }
         let start = Instant::now();
-        let result = run_job(c, line, &argv, global, &cfg, &config_name, model.as_ref());
+        let result = run_job(c, line, &argv, &cfg, noise, generator.as_ref());
         let mut report = serde_json::json!({ "line": line.line, "index": line.index });
         match result {
             Ok(fields) => {
@@ -74,16 +110,8 @@ fn round(s: f64) -> f64 {
     (s * 1e3).round() / 1e3
 }
 
-/// One job: its fields as flags, then a dry run or a generation on the batch's model.
-fn run_job(
-    c: &Common,
-    line: &BatchLine,
-    argv: &[String],
-    global: &Global,
-    cfg: &ace::config::AceConfig,
-    config_name: &str,
-    model: Option<&ace::pipeline::Ace>,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
+/// A job's fields as flags of the batch's own command line, parsed.
+fn parse(c: &Common, line: &BatchLine, argv: &[String]) -> Result<Box<dyn Intent>> {
     let fields = line.fields.as_ref().map_err(|e| anyhow!("{e}"))?;
     let mut drop: Vec<String> = BATCH_FLAGS.iter().map(|s| s.to_string()).collect();
     drop.extend(fields.keys().map(|k| jobs::flag_name(k)));
@@ -91,9 +119,26 @@ fn run_job(
     args.extend(jobs::to_args(fields)?);
     let intent = cli::intent_from_args(args)?;
     let jc = intent.common();
-    if (&jc.source, &jc.dtype) != (&c.source, &c.dtype) {
-        bail!("config, preset, model-dir and dtype are set once for the whole batch, on the command line");
+    if (&jc.source, &jc.load) != (&c.source, &c.load) {
+        bail!(
+            "config, preset, model-dir, dtype, text-dtype and the prompt cache are set once for \
+             the whole batch, on the command line"
+        );
     }
+    Ok(intent)
+}
+
+/// One job: its fields as flags, then a dry run or a generation on the batch's model.
+fn run_job(
+    c: &Common,
+    line: &BatchLine,
+    argv: &[String],
+    cfg: &ace::config::AceConfig,
+    (noise, seed): (Noise, Option<u64>),
+    generator: Option<&Generator>,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let intent = parse(c, line, argv)?;
+    let jc = intent.common();
     let mut report = serde_json::Map::new();
     if let Some(out) = &jc.output {
         report.insert("output".into(), serde_json::json!(out));
@@ -103,7 +148,6 @@ fn run_job(
         }
     }
     let start = Instant::now();
-    let (noise, seed) = common::noise(jc);
     report.insert("seed".into(), serde_json::json!(seed));
     let job = intent.job(seed.unwrap_or(0), cfg)?;
     let request = common::request(jc, cfg, &job, noise)?;
@@ -112,12 +156,16 @@ fn run_job(
         report.insert("plan".into(), common::plan(&request, cfg)?);
         return Ok(report);
     }
-    let (Some(model), Some(output)) = (model, &jc.output) else {
+    let (Some(generator), Some(output)) = (generator, &jc.output) else {
         bail!("a job that generates needs an output and a batch run without --dry-run");
     };
     let prepare = start.elapsed().as_secs_f64();
-    let ran =
-        crate::generate_output::generate(model, jc, global, &request, seed, config_name, output)?;
+    let job_generator = Generator {
+        common: jc,
+        ..*generator
+    };
+    let mut phases = Phases::default();
+    let ran = job_generator.generate(&request, seed, output, &mut phases)?;
     intent.finished(&job, output, seed)?;
     report.insert(
         "seconds".into(),
@@ -127,6 +175,7 @@ fn run_job(
             "write": round(ran.write_seconds),
         }),
     );
+    report.insert("phases".into(), phases.to_json());
     Ok(report)
 }
 

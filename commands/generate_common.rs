@@ -6,7 +6,8 @@
 
 use crate::cli::Global;
 use crate::generate_inputs::read_history;
-use crate::model_source::ModelSource;
+use crate::generate_output::Generator;
+use crate::model_source::{LoadOptions, ModelSource, Phases};
 use crate::Outcome;
 use ace::config::AceConfig;
 use ace::pipeline::{InputImage, Noise, Request, Turn};
@@ -43,9 +44,8 @@ pub struct Common {
     /// Which input image (history first) sets the output size and mask.
     #[arg(long, value_name = "I", default_value_t = 0)]
     pub tar_index: usize,
-    /// Weight dtype: f32, bf16 or f16.
-    #[arg(long, value_name = "DTYPE", default_value = "f32")]
-    pub dtype: String,
+    #[command(flatten)]
+    pub load: LoadOptions,
     /// Output PNG ('-' writes it to stdout).
     #[arg(short, long, value_name = "FILE", required_unless_present_any = ["batch", "dry_run"])]
     pub output: Option<PathBuf>,
@@ -127,11 +127,23 @@ pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&plan(&request, &cfg)?)?);
         return Ok(Outcome::Success);
     }
-    let model =
-        crate::model_source::load_model(&cfg, c.source.model_dir.as_deref(), &c.dtype, global)?;
     let output = c.output.as_deref().context("missing -o/--output")?;
-    let ran =
-        crate::generate_output::generate(&model, c, global, &request, seed, &config_name, output)?;
+    let mut phases = Phases::default();
+    let model = crate::model_source::load_model(
+        &cfg,
+        c.source.model_dir.as_deref(),
+        &c.load,
+        global,
+        &ace::pipeline::request_prompts(&request, &cfg)?,
+        &mut phases,
+    )?;
+    let generator = Generator {
+        model: &model,
+        common: c,
+        global,
+        config_name: &config_name,
+    };
+    let ran = generator.generate(&request, seed, output, &mut phases)?;
     intent.finished(&job, output, seed)?;
     if c.json && output.as_os_str() != "-" {
         println!("{}", ran.summary);

@@ -3,6 +3,7 @@
 
 use crate::cli::Global;
 use crate::generate_common::Common;
+use crate::model_source::Phases;
 use ace::pipeline::{Ace, Generated, Request};
 use anyhow::{Context, Result};
 use std::io::{IsTerminal, Write};
@@ -51,16 +52,36 @@ pub struct Ran {
     pub write_seconds: f64,
 }
 
-/// Runs one request on a loaded model and writes the output.
-pub fn generate(
-    model: &Ace,
-    c: &Common,
-    global: &Global,
+/// A loaded model with the options every generation of a command shares.
+pub struct Generator<'a> {
+    pub model: &'a Ace,
+    pub common: &'a Common,
+    pub global: &'a Global,
+    /// The config's name for reports.
+    pub config_name: &'a str,
+}
+
+impl Generator<'_> {
+    /// Runs one request and writes the output; the generation's phases join `phases`.
+    pub fn generate(
+        &self,
+        request: &Request,
+        seed: Option<u64>,
+        output: &Path,
+        phases: &mut Phases,
+    ) -> Result<Ran> {
+        generate(self, request, seed, output, phases)
+    }
+}
+
+fn generate(
+    g: &Generator,
     request: &Request,
     seed: Option<u64>,
-    config_name: &str,
     output: &Path,
+    phases: &mut Phases,
 ) -> Result<Ran> {
+    let (model, c, global, config_name) = (g.model, g.common, g.global, g.config_name);
     let steps = request.steps;
     let bar = if !global.quiet && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(steps as u64);
@@ -91,6 +112,9 @@ pub fn generate(
         b.finish_and_clear();
     }
     let generate_seconds = start.elapsed().as_secs_f64();
+    for (name, used) in &generated.phases {
+        phases.push(name, *used);
+    }
     let start = std::time::Instant::now();
 
     let rgb = generated.to_rgb8()?;
@@ -142,6 +166,8 @@ pub fn generate(
         "config": config_name,
         "instruction": request.instruction,
         "prompts": generated.prompts,
+        "text_encoder": model.text().report(),
+        "phases": phases.to_json(),
     });
     Ok(Ran {
         summary,

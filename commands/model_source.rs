@@ -1,11 +1,15 @@
 //! Which model a command loads and how: `--preset`/`--config` and `--model-dir`
 //! ([`ModelSource`], shared by every command that loads the model and by `ace model`), and
-//! loading it on the chosen device in the chosen dtype.
+//! loading it on the chosen device in the chosen dtypes ([`LoadOptions`]): the prompts first,
+//! then the DiT and the VAE, each phase timed ([`Phases`]).
 
 use crate::cli::Global;
 use ace::config::AceConfig;
-use ace::pipeline::Ace;
-use anyhow::{bail, Result};
+use ace::device::parse_dtype;
+use ace::memory::PhaseUse;
+use ace::model::text::PromptCache;
+use ace::pipeline::{encode_prompts_first, text_embedder, Ace};
+use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use std::path::{Path, PathBuf};
 
@@ -31,32 +35,117 @@ impl ModelSource {
     }
 }
 
-fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => DType::F32,
-        "bf16" | "bfloat16" => DType::BF16,
-        "f16" | "float16" => DType::F16,
-        other => bail!("invalid --dtype '{other}' (expected f32, bf16 or f16)"),
-    })
+/// How the weights are used: the DiT's and VAE's dtype, the T5's, and the prompt cache.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct LoadOptions {
+    /// Weight dtype of the DiT and the VAE: f32, bf16 or f16 (half precision needs a GPU).
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: String,
+    /// Weight dtype of the T5 text encoder: f32, bf16 or f16 (default: the config's T5_DTYPE,
+    /// bf16 for the released models). On the CPU its products run in f32 from these weights.
+    #[arg(long, value_name = "DTYPE")]
+    pub text_dtype: Option<String>,
+    /// Encode every prompt with the T5 instead of looking it up in the prompt-embedding cache
+    /// (ACE_CACHE_DIR, default ~/.cache/ace).
+    #[arg(long)]
+    pub no_prompt_cache: bool,
 }
 
-/// Loads the model of `cfg` (weights under `model_dir` when given) in `dtype`.
+/// The time and peak memory of each phase of a run, in order, for `-v` and `--json`.
+#[derive(Debug, Default)]
+pub struct Phases(Vec<(String, PhaseUse)>);
+
+impl Phases {
+    /// Runs `f` as the phase `name`.
+    pub fn run<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let (out, used) = ace::memory::measure(f);
+        self.push(name, used);
+        out
+    }
+
+    /// Records a phase measured elsewhere; says it under -v.
+    pub fn push(&mut self, name: &str, used: PhaseUse) {
+        log::info!(
+            "{name}: {:.2} s, peak RSS {:.2} GiB",
+            used.seconds,
+            used.peak_rss_mib / 1024.0
+        );
+        self.0.push((name.to_string(), used));
+    }
+
+    /// `{"name": {"seconds", "peak_rss_mib"}, ...}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.0
+                .iter()
+                .map(|(n, u)| (n.clone(), serde_json::json!(u)))
+                .collect(),
+        )
+    }
+}
+
+/// The prompt-embedding cache, unless `disabled`; a cache folder that cannot be used is a
+/// warning, and the run goes on without it.
+pub fn prompt_cache(disabled: bool) -> Option<PromptCache> {
+    if disabled {
+        return None;
+    }
+    match PromptCache::default_location() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("prompt cache not used: {e}");
+            None
+        }
+    }
+}
+
+/// Loads the model of `cfg` (weights under `model_dir` when given) for a run that needs
+/// `prompts`: first the text phase, which encodes them and the image indicators (T5 weights
+/// opened only for prompts the cache lacks, and let go of afterwards), then the DiT and the
+/// VAE. Each is one of `phases`.
 pub fn load_model(
     cfg: &AceConfig,
     model_dir: Option<&Path>,
-    dtype_name: &str,
+    opts: &LoadOptions,
     global: &Global,
+    prompts: &[String],
+    phases: &mut Phases,
 ) -> Result<Ace> {
     let files = cfg.model_files(model_dir)?;
-    let dtype = parse_dtype(dtype_name)?;
+    let dtype = parse_dtype(&opts.dtype).context("--dtype")?;
+    let text_dtype = opts
+        .text_dtype
+        .as_deref()
+        .map(parse_dtype)
+        .transpose()
+        .context("--text-dtype")?;
     let device = ace::device::open(global.device)?;
     if device.is_cpu() && dtype != DType::F32 {
         bail!(
             "--dtype {} needs a GPU (the CPU backend has no half-precision matmul); use --dtype f32",
-            dtype_name
+            opts.dtype
         );
     }
-    Ok(Ace::load(cfg, &files, &device, dtype)?)
+    let text = phases.run("text", || -> Result<_> {
+        let text = text_embedder(
+            cfg,
+            &files,
+            &device,
+            text_dtype,
+            prompt_cache(opts.no_prompt_cache),
+        )?;
+        encode_prompts_first(cfg, &text, prompts)?;
+        Ok(text)
+    })?;
+    let r = text.report();
+    log::info!(
+        "text: {} prompts from the cache, {} encoded in {} pass(es) over the T5 ({:.2} s)",
+        r.cached,
+        r.encoded,
+        r.encoder_passes,
+        r.encoder_seconds
+    );
+    Ok(phases.run("load", || Ace::load(cfg, &files, &device, dtype, text))?)
 }
 
 /// The config a --config file or --preset names (the default preset without either), and its

@@ -22,6 +22,10 @@ pub struct Args {
     /// Stop after this many optimizer steps in all (a checkpoint is written; --resume goes on).
     #[arg(long, value_name = "N")]
     pub max_steps: Option<u64>,
+    /// Encode the training prompts with the T5 instead of looking them up in the
+    /// prompt-embedding cache (ACE_CACHE_DIR, default ~/.cache/ace).
+    #[arg(long)]
+    pub no_prompt_cache: bool,
     #[command(subcommand)]
     pub command: Option<TrainCommand>,
 }
@@ -87,6 +91,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
     let opts = Options {
         resume: args.resume,
         max_steps: args.max_steps,
+        prompt_cache: crate::model_source::prompt_cache(args.no_prompt_cache),
     };
     let summary = ace::train::run(&cfg, &opts, &device, &mut progress)?;
     if let Some(bar) = &bar {

@@ -15,6 +15,21 @@ pub fn widest_float(device: &Device) -> DType {
     }
 }
 
+/// A float dtype by its name: `f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`.
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "float" => DType::F32,
+        "bf16" | "bfloat16" => DType::BF16,
+        "f16" | "float16" | "half" => DType::F16,
+        other => {
+            return Err(Error::invalid(
+                "dtype",
+                format!("'{other}' (expected f32, bf16 or f16)"),
+            ))
+        }
+    })
+}
+
 /// The device a user asks for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {

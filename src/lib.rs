@@ -7,6 +7,7 @@
 
 pub mod analyze;
 pub mod batch;
+pub mod cache;
 pub mod cancel;
 pub mod config;
 pub mod data;

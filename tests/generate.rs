@@ -11,6 +11,11 @@ fn fixtures() -> PathBuf {
 
 fn ace() -> Command {
     let mut cmd = Command::cargo_bin("ace").unwrap();
+    // Prompt embeddings are cached under the test's own folder, not in the user's home.
+    cmd.env(
+        "ACE_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ace-cache"),
+    );
     cmd.args(["--device", "cpu", "-q"]);
     cmd
 }

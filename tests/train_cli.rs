@@ -14,6 +14,11 @@ fn fixtures() -> PathBuf {
 
 fn ace() -> Command {
     let mut cmd = Command::cargo_bin("ace").unwrap();
+    // Prompt embeddings are cached under the test's own folder, not in the user's home.
+    cmd.env(
+        "ACE_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ace-cache"),
+    );
     cmd.args(["--device", "cpu", "-q"]);
     cmd
 }
@@ -218,6 +223,10 @@ fn ctrl_c_saves_a_checkpoint_that_resumes_exactly() {
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ace"))
         .args(["--device", "cpu", "-q", "train", "--config"])
         .arg(&cfg)
+        .env(
+            "ACE_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("ace-cache"),
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -51,7 +51,7 @@ fn one_training_step_matches_the_reference() {
         candle_core::safetensors::load(fixture("expected/train_step.safetensors"), &dev).unwrap();
     let cfg = AceConfig::load(&fixture("model/ace_tiny.yaml")).unwrap();
     let files = cfg.model_files(None).unwrap();
-    let frozen = Frozen::load(&cfg, &files, cfg.max_seq_len().unwrap(), &dev).unwrap();
+    let frozen = Frozen::load(&cfg, &files, cfg.max_seq_len().unwrap(), &dev, &[], None).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let weights =
         DitWeights::load(&cfg.dit_config().unwrap(), &files.dit, None, &mut rng, &dev).unwrap();

@@ -122,6 +122,17 @@ impl AceConfig {
         Ok(())
     }
 
+    /// `T5_DTYPE` as a dtype (`float32`, `bfloat16` or `float16`; the short names too).
+    pub fn t5_dtype(&self) -> Result<candle_core::DType> {
+        let name = &self.model.cond_stage_model.t5_dtype;
+        crate::device::parse_dtype(name).map_err(|_| Error::Config {
+            path: PathBuf::from(&self.origin),
+            message: format!(
+                "MODEL.COND_STAGE_MODEL.T5_DTYPE '{name}' (expected float32, bfloat16 or float16)"
+            ),
+        })
+    }
+
     /// The DiT section (`MODEL.DIFFUSION_MODEL`) as the DiT's config.
     pub fn dit_config(&self) -> Result<crate::model::dit::Config> {
         self.section(&self.model.diffusion_model, "DIFFUSION_MODEL")
@@ -183,6 +194,7 @@ mod tests {
             assert_eq!(m.diffusion.noise_scheduler.beta_min, 0.0001);
             assert_eq!(m.diffusion.noise_scheduler.beta_max, 0.02);
             assert_eq!(m.cond_stage_model.length, 120);
+            assert_eq!(cfg.t5_dtype().unwrap(), candle_core::DType::BF16);
             assert!(m
                 .cond_stage_model
                 .pretrained_model

@@ -139,6 +139,13 @@ pub struct CondStageConfig {
     pub length: usize,
     #[serde(rename = "CLEAN", default = "default_clean")]
     pub clean: String,
+    /// The dtype the encoder's weights are used in (scepter's default: float32).
+    #[serde(rename = "T5_DTYPE", default = "default_t5_dtype")]
+    pub t5_dtype: String,
+}
+
+fn default_t5_dtype() -> String {
+    "float32".into()
 }
 
 fn default_length() -> usize {

@@ -335,7 +335,7 @@ mod tests {
             .collect();
         let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![2, 2], &vals)
             .unwrap();
-        safetensors::serialize_to_file([("embeddings", view)], &None, &p).unwrap();
+        safetensors::serialize_to_file([("embeddings", view)], None, &p).unwrap();
         let e = load(&p).unwrap();
         assert_eq!(
             (e.rows, e.dim, e.data.clone()),
@@ -344,7 +344,7 @@ mod tests {
 
         let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![2, 2], &vals)
             .unwrap();
-        safetensors::serialize_to_file([("other", view)], &None, &p).unwrap();
+        safetensors::serialize_to_file([("other", view)], None, &p).unwrap();
         assert!(load(&p)
             .unwrap_err()
             .to_string()

@@ -30,7 +30,9 @@ pub fn samples(generated: &Path, test: &Path) -> Result<Vec<Sample>> {
     let files = parquet_files(test)?;
     let mut out = Vec::new();
     for file in &files {
-        let images = cache_dir()?.join("emu-edit").join(cache_name(file)?);
+        let images = crate::cache::root()?
+            .join("emu-edit")
+            .join(cache_name(file)?);
         for row in read_rows(file)? {
             let bad = |message: String| Error::Config {
                 path: file.clone(),
@@ -148,24 +150,6 @@ fn find_image(dir: &Path, stem: &str) -> Option<PathBuf> {
         .iter()
         .map(|ext| dir.join(format!("{stem}.{ext}")))
         .find(|p| p.is_file())
-}
-
-/// The folder for extracted files: `ACE_CACHE_DIR`, `$XDG_CACHE_HOME/ace` or `~/.cache/ace`.
-fn cache_dir() -> Result<PathBuf> {
-    let env = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    env("ACE_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("ace")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache/ace")))
-        .ok_or_else(|| {
-            Error::invalid(
-                "cache",
-                "set ACE_CACHE_DIR: no HOME to put extracted images in",
-            )
-        })
 }
 
 /// A folder name for one parquet file's images: its stem and size, so a changed file does not

@@ -11,18 +11,18 @@ use std::path::{Path, PathBuf};
 /// Named tensors of one checkpoint, as stored (dtype unchanged).
 pub type Tensors = HashMap<String, Tensor>;
 
-/// Loads every tensor of a checkpoint file or Hugging Face folder onto `device`.
+/// Loads every tensor of a checkpoint file or Hugging Face folder onto `device`, as stored
+/// (dtype unchanged). Each tensor is read from the mapped file and its pages released at once,
+/// so the weights are in memory once, never twice.
 pub fn load(path: &Path, device: &Device) -> Result<Tensors> {
-    let mut out = Tensors::new();
-    for file in weight_files(path)? {
-        let part = if is_safetensors(&file) {
-            load_safetensors(&file, device)?
-        } else {
-            load_pickle(&file, device)?
-        };
-        out.extend(part);
-    }
-    Ok(out)
+    super::mapped::open(path)?
+        .into_iter()
+        .map(|m| {
+            let t = m.load(device, m.dtype())?;
+            m.release();
+            Ok((m.name().to_string(), t))
+        })
+        .collect()
 }
 
 /// The weight files a checkpoint path stands for: the file itself, or in a folder the shards an
@@ -95,47 +95,8 @@ fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn is_safetensors(path: &Path) -> bool {
+pub(super) fn is_safetensors(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "safetensors")
-}
-
-fn load_safetensors(path: &Path, device: &Device) -> Result<Tensors> {
-    // SAFETY: the file is mapped read-only; ace does not write checkpoints it is reading.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| {
-        Error::Model {
-            path: path.to_path_buf(),
-            message: format!("cannot read safetensors: {e}"),
-        }
-    })?;
-    st.tensors()
-        .into_iter()
-        .map(|(name, _)| {
-            let t = st.load(&name, device)?;
-            Ok((name, t))
-        })
-        .collect()
-}
-
-/// Reads a torch zip pickle, unwrapping a top-level `state_dict` when the tensors sit there.
-fn load_pickle(path: &Path, device: &Device) -> Result<Tensors> {
-    let bad = |e: candle_core::Error| Error::Model {
-        path: path.to_path_buf(),
-        message: format!("cannot read torch checkpoint: {e}"),
-    };
-    let mut tensors = candle_core::pickle::read_all_with_key(path, None).map_err(bad)?;
-    if tensors.is_empty() {
-        tensors = candle_core::pickle::read_all_with_key(path, Some("state_dict")).map_err(bad)?;
-    }
-    if tensors.is_empty() {
-        return Err(Error::Model {
-            path: path.to_path_buf(),
-            message: "torch checkpoint holds no tensors".into(),
-        });
-    }
-    tensors
-        .into_iter()
-        .map(|(name, t)| Ok((name, t.to_device(device)?)))
-        .collect()
 }
 
 /// One tensor of a checkpoint as its file describes it, without reading its data.

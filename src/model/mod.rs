@@ -3,7 +3,9 @@
 
 pub mod checkpoint;
 pub mod dit;
+pub mod identity;
 pub mod linear;
+pub mod mapped;
 pub mod recorder;
 pub mod text;
 pub mod vae;

@@ -5,7 +5,7 @@
 use super::{mask_to_latent, Noise, Plan, PreparedImage};
 use crate::config::{AceConfig, ModelFiles};
 use crate::model::dit::{DitAce, Sample};
-use crate::model::text::{Clean, TextEmbedder};
+use crate::model::text::{Clean, PromptCache, TextEmbedder};
 use crate::model::vae::AutoencoderKl;
 use crate::sampler::{Ddim, Guidance, LinearSchedule};
 use crate::{Error, Result};
@@ -60,6 +60,8 @@ pub struct Generated {
     pub latent: Tensor,
     /// The prompts of the frames as the model saw them (before cleaning).
     pub prompts: Vec<String>,
+    /// Time and peak memory of encoding the edit images, sampling and decoding.
+    pub phases: Vec<(&'static str, crate::memory::PhaseUse)>,
 }
 
 impl Generated {
@@ -78,7 +80,8 @@ impl Generated {
     }
 }
 
-/// The loaded ACE model.
+/// The loaded ACE model: the DiT and the VAE in memory, and the text embedder, which holds
+/// the tokenizer and opens the T5 only for prompts it has not encoded yet.
 pub struct Ace {
     cfg: AceConfig,
     dit: DitAce,
@@ -90,59 +93,81 @@ pub struct Ace {
     dtype: DType,
 }
 
-/// The parts of ACE that condition the DiT and are never trained: the T5 text embedder, the
-/// VAE, and the image indicator embeddings (T5 states of `{image}`, `{image1}`, ...).
-pub struct Conditioning {
-    pub text: TextEmbedder,
-    pub vae: AutoencoderKl,
-    pub text_position_embeddings: Tensor,
+/// The text embedder of a config: the T5 tokenizer, where the encoder is, its weight dtype
+/// (`text_dtype`, else the config's `T5_DTYPE`), and the prompt cache to go through.
+pub fn text_embedder(
+    cfg: &AceConfig,
+    files: &ModelFiles,
+    device: &Device,
+    text_dtype: Option<DType>,
+    cache: Option<PromptCache>,
+) -> Result<TextEmbedder> {
+    let cond = &cfg.model.cond_stage_model;
+    let clean: Clean = cond.clean.parse()?;
+    let dtype = match text_dtype {
+        Some(d) => d,
+        None => cfg.t5_dtype()?,
+    };
+    TextEmbedder::new(
+        &files.text_encoder,
+        &files.tokenizer,
+        cond.length,
+        clean,
+        device,
+        dtype,
+        cache,
+    )
 }
 
-impl Conditioning {
-    /// Loads T5 and the VAE from `files` in `dtype` and computes the indicator embeddings once.
-    pub fn load(
-        cfg: &AceConfig,
-        files: &ModelFiles,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
-        let cond = &cfg.model.cond_stage_model;
-        let clean: Clean = cond.clean.parse()?;
-        let text = TextEmbedder::load(
-            &files.text_encoder,
-            &files.tokenizer,
-            cond.length,
-            clean,
-            device,
-            dtype,
-        )?;
-        let vae = AutoencoderKl::load(&cfg.vae_config()?, &files.vae, device, dtype)?;
-        let text_position_embeddings = if cfg.model.use_text_pos_embeddings {
-            text.text_position_embeddings(&cfg.model.text_identifier)?
-        } else {
-            Tensor::zeros((10, text.hidden_size()), dtype, device)?
-        };
-        Ok(Self {
-            text,
-            vae,
-            text_position_embeddings,
-        })
+/// The image indicator embeddings of a config (T5 states of `{image}`, `{image1}`, ..., or
+/// zeros when `USE_TEXT_POS_EMBEDDINGS` is off), f32 on the CPU.
+pub fn text_position_embeddings(cfg: &AceConfig, text: &TextEmbedder) -> Result<Tensor> {
+    if cfg.model.use_text_pos_embeddings {
+        Ok(text
+            .text_position_embeddings(&cfg.model.text_identifier)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?)
+    } else {
+        Ok(Tensor::zeros(
+            (10, text.hidden_size()?),
+            DType::F32,
+            &Device::Cpu,
+        )?)
     }
 }
 
+/// Encodes `prompts` (the requests' [`super::request_prompts`]) and the image indicators, in
+/// one pass over the T5 for those the cache lacks, so that generating later opens no text
+/// encoder. Runs before the DiT is loaded: the two never take memory at the same time.
+pub fn encode_prompts_first(
+    cfg: &AceConfig,
+    text: &TextEmbedder,
+    prompts: &[String],
+) -> Result<()> {
+    let mut prompts: Vec<String> = prompts.to_vec();
+    if cfg.model.use_text_pos_embeddings {
+        prompts.extend(cfg.model.text_identifier.iter().cloned());
+    }
+    prompts.sort();
+    prompts.dedup();
+    text.encode(&prompts)?;
+    Ok(())
+}
+
 impl Ace {
-    /// Loads the three models from `files` and computes the image indicator embeddings.
+    /// Loads the DiT and the VAE from `files` in `dtype`; `text` is the run's text embedder
+    /// (what it has encoded already is not encoded again).
     pub fn load(
         cfg: &AceConfig,
         files: &ModelFiles,
         device: &Device,
         dtype: DType,
+        text: TextEmbedder,
     ) -> Result<Self> {
-        let Conditioning {
-            text,
-            vae,
-            text_position_embeddings,
-        } = Conditioning::load(cfg, files, device, dtype)?;
+        let text_position_embeddings = text_position_embeddings(cfg, &text)?
+            .to_device(device)?
+            .to_dtype(dtype)?;
+        let vae = AutoencoderKl::load(&cfg.vae_config()?, &files.vae, device, dtype)?;
         let dit = DitAce::load(&cfg.dit_config()?, &files.dit, device, dtype)?;
         let ns = &cfg.model.diffusion.noise_scheduler;
         Ok(Self {
@@ -155,6 +180,11 @@ impl Ace {
             device: device.clone(),
             dtype,
         })
+    }
+
+    /// The text embedder (its report says what the T5 did).
+    pub fn text(&self) -> &TextEmbedder {
+        &self.text
     }
 
     /// The config the model was loaded from.
@@ -175,6 +205,10 @@ impl Ace {
         distinct.sort();
         distinct.dedup();
         let states = self.text.encode(&distinct)?;
+        let states = states
+            .into_iter()
+            .map(|t| t.to_device(&self.device)?.to_dtype(self.dtype))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(distinct.into_iter().zip(states).collect())
     }
 
@@ -182,32 +216,61 @@ impl Ace {
     /// between steps when cancellation is requested.
     pub fn generate(&self, req: &Request, progress: Progress) -> Result<Generated> {
         let plan = Plan::new(req, &self.cfg, &self.device)?;
+        let (frames, encode) = crate::memory::measure(|| self.edit_frames(&plan));
+        let (edit_frames, edit_masks) = frames?;
+        let (x, sampling) =
+            crate::memory::measure(|| self.sample(req, &plan, &edit_frames, &edit_masks, progress));
+        let x = x?;
+        let (image, decode) = crate::memory::measure(|| self.decode(&x));
+        Ok(Generated {
+            image: image?,
+            latent: x,
+            prompts: plan.prompts,
+            phases: vec![
+                ("vae_encode", encode),
+                ("sampling", sampling),
+                ("decode", decode),
+            ],
+        })
+    }
+
+    /// The edit images' latents and their masks at latent size.
+    fn edit_frames(&self, plan: &Plan) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let factor = self.cfg.model.size_factor;
+        let mut frames = Vec::with_capacity(plan.frames.len());
+        let mut masks = Vec::with_capacity(plan.frames.len());
+        for f in &plan.frames {
+            frames.push(self.encode_image(&f.prepared)?);
+            masks.push(mask_to_latent(&f.prepared.mask, factor)?);
+        }
+        Ok((frames, masks))
+    }
+
+    /// The target latent sampled with guided DDIM from the request's noise.
+    fn sample(
+        &self,
+        req: &Request,
+        plan: &Plan,
+        edit_frames: &[Tensor],
+        edit_masks: &[Tensor],
+        progress: Progress,
+    ) -> Result<Tensor> {
         let factor = self.cfg.model.size_factor;
         let target_hw = plan.target_size;
-        let contexts = &plan.contexts;
-        let null_contexts = &plan.negative_contexts;
-        let prepared: Vec<&PreparedImage> = plan.frames.iter().map(|f| &f.prepared).collect();
-
-        let mut edit_frames = Vec::with_capacity(prepared.len());
-        let mut edit_masks = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            edit_frames.push(self.encode_image(p)?);
-            edit_masks.push(mask_to_latent(&p.mask, factor)?);
-        }
         let target_mask = mask_to_latent(&plan.target_mask, factor)?;
         let channels = self.dit.config().in_channels;
         let latent_shape = [channels, target_hw.0 / factor, target_hw.1 / factor];
 
-        let mut all_prompts = contexts.clone();
+        let mut all_prompts = plan.contexts.clone();
         if req.guidance.needs_unconditional() {
-            all_prompts.extend(null_contexts.iter().cloned());
+            all_prompts.extend(plan.negative_contexts.iter().cloned());
         }
         let states = self.encode_prompts(&all_prompts)?;
         let lookup = |list: &[String]| -> Vec<Tensor> {
             list.iter().filter_map(|p| states.get(p).cloned()).collect()
         };
-        let cond_contexts = lookup(contexts);
-        let uncond_contexts = lookup(null_contexts);
+        let cond_contexts = lookup(&plan.contexts);
+        let uncond_contexts = lookup(&plan.negative_contexts);
 
         let ddim = Ddim::new(&self.schedule, req.steps)?;
         let mut x = req.noise.sample(&latent_shape, &self.device)?;
@@ -244,15 +307,13 @@ impl Ace {
             x = ddim.step(i, &x, &eps)?;
             progress(i, ddim.steps());
         }
+        Ok(x)
+    }
 
+    /// The image `[3, H, W]` in [0, 1] of a final latent, as the reference decodes it.
+    fn decode(&self, x: &Tensor) -> Result<Tensor> {
         let z = (x.unsqueeze(0)? / self.cfg.model.scale_factor)?.to_dtype(self.dtype)?;
         let decoded = self.vae.decode(&z)?.to_dtype(DType::F32)?.squeeze(0)?;
-        let image =
-            (((decoded + 1.0)? / 2.0)? + self.cfg.model.decoder_bias / 255.0)?.clamp(0f32, 1f32)?;
-        Ok(Generated {
-            image,
-            latent: x,
-            prompts: plan.prompts,
-        })
+        Ok((((decoded + 1.0)? / 2.0)? + self.cfg.model.decoder_bias / 255.0)?.clamp(0f32, 1f32)?)
     }
 }

@@ -8,9 +8,12 @@ mod prepare;
 mod prompts;
 mod resize;
 
-pub use ace::{Ace, Conditioning, Generated, InputImage, Progress, Request, Turn};
+pub use ace::{
+    encode_prompts_first, text_embedder, text_position_embeddings, Ace, Generated, InputImage,
+    Progress, Request, Turn,
+};
 pub use noise::Noise;
-pub use plan::{Plan, PlannedFrame};
+pub use plan::{request_prompts, Plan, PlannedFrame};
 pub use prepare::{budget_size, luma_pil, mask_to_latent, prepare_image, PreparedImage};
 pub use prompts::{
     check_references, frame_contexts, frame_prompts, negative_contexts, MAX_INPUT_IMAGES,

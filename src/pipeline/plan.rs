@@ -41,21 +41,53 @@ pub struct Plan {
     pub target_from: Option<usize>,
 }
 
+/// The prompts a request needs encoded: its frames' contexts, and the negative contexts when
+/// guidance runs the unconditional pass. The same as [`Plan::new`] computes, without preparing
+/// any image.
+pub fn request_prompts(req: &Request, cfg: &AceConfig) -> Result<Vec<String>> {
+    let (contexts, negative) = contexts(req, cfg)?;
+    let mut out = contexts;
+    if req.guidance.needs_unconditional() {
+        out.extend(negative);
+    }
+    Ok(out)
+}
+
+/// The per-frame prompts, contexts and negative contexts of a request.
+fn contexts(req: &Request, cfg: &AceConfig) -> Result<(Vec<String>, Vec<String>)> {
+    let (prompts, has_images) = prompts(req)?;
+    let negative = req
+        .negative
+        .clone()
+        .unwrap_or_else(|| cfg.model.default_n_prompt.clone());
+    Ok((
+        frame_contexts(&prompts, has_images),
+        negative_contexts(&prompts, &negative, has_images),
+    ))
+}
+
+/// One prompt per input image (history first), checked against the images they refer to, and
+/// whether there are input images.
+fn prompts(req: &Request) -> Result<(Vec<String>, bool)> {
+    let history: Vec<String> = req.history.iter().map(|t| t.instruction.clone()).collect();
+    let n_inputs = req.history.len() + req.images.len();
+    let prompts = frame_prompts(&history, &req.instruction, req.images.len());
+    check_references(&prompts, n_inputs)?;
+    Ok((prompts, n_inputs > 0))
+}
+
 impl Plan {
     /// Plans `req` under `cfg` (token budget, default size and negative prompt); tensors are
     /// made on `device`.
     pub fn new(req: &Request, cfg: &AceConfig, device: &Device) -> Result<Self> {
-        let history_prompts: Vec<String> =
-            req.history.iter().map(|t| t.instruction.clone()).collect();
         let inputs: Vec<_> = req
             .history
             .iter()
             .map(|t| &t.input)
             .chain(req.images.iter())
             .collect();
-        let has_images = !inputs.is_empty();
-        let prompts = frame_prompts(&history_prompts, &req.instruction, req.images.len());
-        check_references(&prompts, inputs.len())?;
+        let (prompts, has_images) = prompts(req)?;
+        let (contexts, negative_contexts) = contexts(req, cfg)?;
         if has_images && req.tar_index >= inputs.len() {
             return Err(Error::invalid(
                 "target index",
@@ -66,10 +98,6 @@ impl Plan {
                 ),
             ));
         }
-        let negative = req
-            .negative
-            .clone()
-            .unwrap_or_else(|| cfg.model.default_n_prompt.clone());
         let max_seq_len = cfg.max_seq_len()?;
         let frames = inputs
             .iter()
@@ -106,8 +134,8 @@ impl Plan {
             ((h, w), Tensor::ones((1, h, w), DType::F32, device)?, None)
         };
         Ok(Plan {
-            contexts: frame_contexts(&prompts, has_images),
-            negative_contexts: negative_contexts(&prompts, &negative, has_images),
+            contexts,
+            negative_contexts,
             prompts,
             frames,
             target_size,

@@ -5,7 +5,8 @@
 
 use super::instruction;
 use crate::analyze::Operation;
-use crate::pipeline::{resize_bicubic, Ace, Noise, Request};
+use crate::config::AceConfig;
+use crate::pipeline::{request_prompts, resize_bicubic, Ace, Noise, Request};
 use crate::sampler::Guidance;
 use crate::Result;
 use image::RgbImage;
@@ -21,25 +22,59 @@ pub struct AceAnalysis {
 }
 
 impl AceAnalysis {
-    /// The analysis `name` (`canny`, `depth`, ...) by `model`; the instruction is a phrasing
-    /// of `analysis.<name>` drawn with `seed` unless `explicit`.
+    /// The instruction of analysis `name` (`canny`, `depth`, ...): a phrasing of
+    /// `analysis.<name>` drawn with `seed`, unless `explicit`.
+    pub fn instruction(name: &str, seed: u64, explicit: Option<&str>) -> Result<String> {
+        instruction(&format!("analysis.{name}"), &[], seed, explicit)
+    }
+
+    /// The prompts the model is asked with for `instruction`, whatever the image: what to
+    /// encode before the model is loaded.
+    pub fn prompts(instruction: &str, guidance: Guidance, cfg: &AceConfig) -> Result<Vec<String>> {
+        let placeholder = RgbImage::new(16, 16);
+        let request = request(instruction, &placeholder, "", 1, guidance, 0);
+        request_prompts(&request, cfg)
+    }
+
+    /// The analysis `name` by `model`, asked with `instruction`.
     pub fn new(
         name: &'static str,
         model: Ace,
+        instruction: String,
         steps: usize,
         guidance: Guidance,
         seed: u64,
-        explicit: Option<&str>,
-    ) -> Result<Self> {
-        let instruction = instruction(&format!("analysis.{name}"), &[], seed, explicit)?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             name,
             model,
             instruction,
             steps,
             guidance,
             seed,
-        })
+        }
+    }
+}
+
+/// The request of one analysis: the image as `{image}`, the output of its size.
+fn request(
+    instruction: &str,
+    image: &RgbImage,
+    name: &str,
+    steps: usize,
+    guidance: Guidance,
+    seed: u64,
+) -> Request {
+    Request {
+        instruction: instruction.to_string(),
+        images: vec![super::input(name, image.clone(), None, "")],
+        history: Vec::new(),
+        negative: None,
+        size: None,
+        steps,
+        guidance,
+        noise: Noise::Seed(seed),
+        tar_index: 0,
     }
 }
 
@@ -61,17 +96,14 @@ impl Operation for AceAnalysis {
     }
 
     fn apply(&self, image: &RgbImage) -> Result<RgbImage> {
-        let request = Request {
-            instruction: self.instruction.clone(),
-            images: vec![super::input(self.name, image.clone(), None, "")],
-            history: Vec::new(),
-            negative: None,
-            size: None,
-            steps: self.steps,
-            guidance: self.guidance,
-            noise: Noise::Seed(self.seed),
-            tar_index: 0,
-        };
+        let request = request(
+            &self.instruction,
+            image,
+            self.name,
+            self.steps,
+            self.guidance,
+            self.seed,
+        );
         let out = self.model.generate(&request, &mut |_, _| {})?.to_rgb8()?;
         Ok(if out.dimensions() == image.dimensions() {
             out

@@ -41,6 +41,8 @@ pub struct Options {
     pub resume: Option<PathBuf>,
     /// Stop after this many optimizer steps in all (a checkpoint is written).
     pub max_steps: Option<u64>,
+    /// Where prompt embeddings are looked up and kept (none: encoded afresh, kept in memory).
+    pub prompt_cache: Option<crate::model::text::PromptCache>,
 }
 
 /// One line of `train_log.jsonl`.
@@ -399,7 +401,14 @@ pub fn run(
         let examples = dataset::read_list(&stage.data.list)?;
         dataset::check_files(&examples, &stage.data.list)?;
         let files = stage.model.model_files(None)?;
-        let frozen = Frozen::load(&stage.model, &files, stage.data.max_seq_len, device)?;
+        let frozen = Frozen::load(
+            &stage.model,
+            &files,
+            stage.data.max_seq_len,
+            device,
+            &examples,
+            opts.prompt_cache.clone(),
+        )?;
         let encoder = Encoder::new(&frozen, stage.data.cache_dir.clone(), salt(stage)?, device);
         let (train, val) = dataset::split(examples, stage.data.val_fraction, cfg.seed)?;
         let val: Vec<Encoded> = val

@@ -8,10 +8,12 @@ use super::dataset::Example;
 use crate::config::{AceConfig, ModelFiles};
 use crate::imageio;
 use crate::model::dit::{DitAce, Sample};
+use crate::model::text::PromptCache;
 use crate::model::text::TextEmbedder;
 use crate::model::vae::AutoencoderKl;
 use crate::pipeline::{
-    check_references, frame_contexts, frame_prompts, mask_to_latent, prepare_image, Conditioning,
+    check_references, frame_contexts, frame_prompts, mask_to_latent, prepare_image, text_embedder,
+    text_position_embeddings,
 };
 use crate::sampler::LinearSchedule;
 use crate::{Error, Result};
@@ -94,19 +96,27 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// Loads the T5 embedder and the VAE (float32) and computes the image indicator embeddings;
-    /// images are prepared under a budget of `max_seq_len` tokens per frame.
+    /// Encodes the prompts of `examples` and the image indicators (through `cache`, in one
+    /// pass over the T5 for those it lacks), then loads the VAE (float32); images are prepared
+    /// under a budget of `max_seq_len` tokens per frame.
     pub fn load(
         cfg: &AceConfig,
         files: &ModelFiles,
         max_seq_len: usize,
         device: &Device,
+        examples: &[Example],
+        cache: Option<PromptCache>,
     ) -> Result<Self> {
-        let Conditioning {
-            text,
-            vae,
-            text_position_embeddings,
-        } = Conditioning::load(cfg, files, device, DType::F32)?;
+        let text = text_embedder(cfg, files, device, None, cache)?;
+        let mut prompts = Vec::new();
+        for ex in examples {
+            prompts.extend(example_contexts(ex)?);
+        }
+        prompts.sort();
+        prompts.dedup();
+        text.encode(&prompts)?;
+        let text_position_embeddings = text_position_embeddings(cfg, &text)?.to_device(device)?;
+        let vae = AutoencoderKl::load(&cfg.vae_config()?, &files.vae, device, DType::F32)?;
         let ns = &cfg.model.diffusion.noise_scheduler;
         Ok(Self {
             schedule: LinearSchedule::new(ns.num_timesteps, ns.beta_min, ns.beta_max)?,
@@ -130,9 +140,7 @@ impl Frozen {
     /// Prepares and encodes one example as inference would prepare the same request with the
     /// target in place of the output.
     pub fn encode(&self, ex: &Example) -> Result<Encoded> {
-        let prompts = frame_prompts(&[], &ex.instruction, ex.inputs.len());
-        check_references(&prompts, ex.inputs.len())?;
-        let contexts = frame_contexts(&prompts, !ex.inputs.is_empty());
+        let contexts = example_contexts(ex)?;
         let factor = self.cfg.model.size_factor;
         let mut edits = Vec::new();
         let mut edit_masks = Vec::new();
@@ -169,7 +177,12 @@ impl Frozen {
             Some(m) if m.dims() == [1, x0.dim(1)?, x0.dim(2)?] => m.clone(),
             _ => Tensor::ones((1, x0.dim(1)?, x0.dim(2)?), DType::F32, &self.device)?,
         };
-        let contexts = self.text.encode(&contexts)?;
+        let contexts = self
+            .text
+            .encode(&contexts)?
+            .into_iter()
+            .map(|c| c.to_device(&self.device)?.to_dtype(DType::F32))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Encoded {
             target: x0,
             target_mask,
@@ -184,6 +197,13 @@ impl Frozen {
         let z = self.vae.encode(&pixels.unsqueeze(0)?)?.squeeze(0)?;
         Ok((z * self.cfg.model.scale_factor)?)
     }
+}
+
+/// The per-frame contexts of an example, as inference makes them for the same request.
+fn example_contexts(ex: &Example) -> Result<Vec<String>> {
+    let prompts = frame_prompts(&[], &ex.instruction, ex.inputs.len());
+    check_references(&prompts, ex.inputs.len())?;
+    Ok(frame_contexts(&prompts, !ex.inputs.is_empty()))
 }
 
 /// The diffusion loss of a batch at integer timesteps `ts` with the given noise (one

@@ -2,14 +2,16 @@
 //! `spiece.model`), the T5-v1.1 encoder, and the text embedder that turns prompts into per-frame
 //! context rows and identifiers into image indicator embeddings.
 
+pub mod cache;
 pub mod clean;
 mod embedder;
 pub mod spiece;
 pub mod t5;
 pub mod tokenizer;
 
+pub use cache::{PromptCache, PromptKey};
 pub use clean::Clean;
-pub use embedder::{TextEmbedder, TokenizedPrompt};
+pub use embedder::{TextEmbedder, TextReport, TokenizedPrompt};
 pub use t5::T5Encoder;
 pub use tokenizer::{T5Tokenizer, Tokens};
 

@@ -1,62 +1,231 @@
-//! The T5-v1.1 encoder that turns ACE prompts into context rows: candle-transformers'
-//! `T5EncoderModel` (Hugging Face names and `config.json`), loaded from safetensors (one file or
-//! shards, memory-mapped) or a torch `pytorch_model.bin`.
+//! The T5-v1.1 encoder that turns ACE prompts into context rows (Hugging Face's
+//! `T5EncoderModel`: `config.json`, weights in safetensors, one file or shards, or a torch
+//! `pytorch_model.bin`), streamed through its weights.
 //!
-//! The reference runs Hugging Face's encoder on the padded sequence with the attention mask.
-//! Masked keys get a bias of the most negative float, so their softmax weight is exactly zero
-//! and the rows of the real tokens do not depend on the pads; relative position biases depend
-//! only on distances. Encoding the real tokens alone therefore gives the same rows, which is
-//! what [`T5Encoder::forward`] is given (candle's encoder takes no mask).
+//! T5-XXL is 4.7 billion parameters, 9 GB in the bf16 the release stores and its config asks
+//! for (`T5_DTYPE`), and ACE runs it only to encode a handful of prompts per image. So the
+//! weights stay where the file holds them ([`MappedTensor`]): all prompts of a run go through
+//! the layers together, one layer at a time; a layer's weights become compute tensors only
+//! while it runs (f32 on the CPU, widened from the stored bf16; the weight dtype itself on a
+//! GPU) and are handed back to the page cache afterwards, while the next layer is read ahead.
+//! The process never holds more than about one layer of the encoder.
+//!
+//! The reference runs the encoder on the padded sequence with the attention mask. Masked keys
+//! get a bias of the most negative float, so their softmax weight is exactly zero and the rows
+//! of the real tokens do not depend on the pads; relative position biases depend only on
+//! distances. Encoding the real tokens alone therefore gives the same rows, which is what
+//! [`T5Encoder::encode`] is given.
 
-use crate::model::checkpoint;
+use crate::kernels::{self, Activation};
+use crate::model::mapped::{self, MappedTensor};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::t5::T5EncoderModel;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 pub use candle_transformers::models::t5::Config;
 
-/// A T5 encoder with its configuration.
-#[derive(Clone)]
+/// The feed-forward half of a block: gated (`wi_0`, `wi_1`, `wo`; T5 v1.1) or not (`wi`, `wo`).
+#[derive(Debug)]
+enum FeedForward {
+    Gated {
+        wi_0: MappedTensor,
+        wi_1: MappedTensor,
+        wo: MappedTensor,
+    },
+    Plain {
+        wi: MappedTensor,
+        wo: MappedTensor,
+    },
+}
+
+/// One encoder block: self-attention, then the feed-forward layer, each after its RMSNorm.
+#[derive(Debug)]
+struct Block {
+    attention_norm: MappedTensor,
+    q: MappedTensor,
+    k: MappedTensor,
+    v: MappedTensor,
+    o: MappedTensor,
+    ff_norm: MappedTensor,
+    ff: FeedForward,
+}
+
+impl Block {
+    fn tensors(&self) -> Vec<&MappedTensor> {
+        let mut v = vec![
+            &self.attention_norm,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.o,
+            &self.ff_norm,
+        ];
+        match &self.ff {
+            FeedForward::Gated { wi_0, wi_1, wo } => v.extend([wi_0, wi_1, wo]),
+            FeedForward::Plain { wi, wo } => v.extend([wi, wo]),
+        }
+        v
+    }
+}
+
+/// A T5 encoder over its mapped weights.
+#[derive(Debug)]
 pub struct T5Encoder {
-    model: T5EncoderModel,
     config: Config,
+    embedding: MappedTensor,
+    relative_attention_bias: MappedTensor,
+    blocks: Vec<Block>,
+    final_layer_norm: MappedTensor,
+    /// The dtype the weights are used in (`T5_DTYPE`): weights stored wider are rounded to it.
+    dtype: DType,
+    device: Device,
+}
+
+/// The tensor names of block `i` under `encoder.block.{i}.`.
+fn block_names(config: &Config, i: usize) -> Vec<(String, Vec<usize>)> {
+    let (d, inner, ff) = (config.d_model, config.num_heads * config.d_kv, config.d_ff);
+    let p = format!("encoder.block.{i}.layer");
+    let mut names = vec![
+        (format!("{p}.0.layer_norm.weight"), vec![d]),
+        (format!("{p}.0.SelfAttention.q.weight"), vec![inner, d]),
+        (format!("{p}.0.SelfAttention.k.weight"), vec![inner, d]),
+        (format!("{p}.0.SelfAttention.v.weight"), vec![inner, d]),
+        (format!("{p}.0.SelfAttention.o.weight"), vec![d, inner]),
+        (format!("{p}.1.layer_norm.weight"), vec![d]),
+    ];
+    if config.feed_forward_proj.gated {
+        names.push((format!("{p}.1.DenseReluDense.wi_0.weight"), vec![ff, d]));
+        names.push((format!("{p}.1.DenseReluDense.wi_1.weight"), vec![ff, d]));
+    } else {
+        names.push((format!("{p}.1.DenseReluDense.wi.weight"), vec![ff, d]));
+    }
+    names.push((format!("{p}.1.DenseReluDense.wo.weight"), vec![d, ff]));
+    if i == 0 {
+        names.push((
+            format!("{p}.0.SelfAttention.relative_attention_bias.weight"),
+            vec![config.relative_attention_num_buckets, config.num_heads],
+        ));
+    }
+    names
+}
+
+/// Every tensor the encoder reads, with its shape, in the Hugging Face names (the token
+/// embedding as `shared.weight`; `encoder.embed_tokens.weight`, its tied copy, is read when
+/// `shared.weight` is absent).
+pub fn tensor_specs(config: &Config) -> Vec<(String, Vec<usize>)> {
+    let mut specs = vec![(
+        "shared.weight".to_string(),
+        vec![config.vocab_size, config.d_model],
+    )];
+    for i in 0..config.num_layers {
+        specs.extend(block_names(config, i));
+    }
+    specs.push((
+        "encoder.final_layer_norm.weight".to_string(),
+        vec![config.d_model],
+    ));
+    specs
 }
 
 impl T5Encoder {
-    /// Builds the encoder from weights named as in Hugging Face's `T5EncoderModel`
-    /// (`shared.weight` or `encoder.embed_tokens.weight`, `encoder.block.N...`,
-    /// `encoder.final_layer_norm.weight`).
-    pub fn new(config: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(T5Encoder {
-            model: T5EncoderModel::load(vb, config)?,
-            config: config.clone(),
-        })
-    }
-
-    /// Loads a Hugging Face T5 encoder folder: `config.json` plus safetensors (maybe sharded
-    /// with an index) or torch weights.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+    /// Opens a Hugging Face T5 encoder folder (`config.json` plus weights) without reading the
+    /// weights; they are used in `dtype` on `device`.
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let config = read_config(&dir.join("config.json"))?;
-        let files = checkpoint::weight_files(dir)?;
-        let vb = if files
-            .iter()
-            .all(|f| f.extension().is_some_and(|e| e == "safetensors"))
-        {
-            // SAFETY: the weight files are mapped read-only and not written while ace runs.
-            unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| {
-                Error::Model {
-                    path: dir.to_path_buf(),
-                    message: format!("cannot map the T5 weights: {e}"),
-                }
-            })?
-        } else {
-            VarBuilder::from_tensors(checkpoint::load(dir, device)?, dtype, device)
+        let mut tensors: HashMap<String, MappedTensor> = mapped::open(dir)?
+            .into_iter()
+            .map(|t| (t.name().to_string(), t))
+            .collect();
+        if !tensors.contains_key("shared.weight") {
+            if let Some(t) = tensors.remove("encoder.embed_tokens.weight") {
+                tensors.insert("shared.weight".to_string(), t);
+            }
+        }
+        let mut take = |name: &str, shape: &[usize]| -> Result<MappedTensor> {
+            let bad = |message: String| Error::Model {
+                path: dir.to_path_buf(),
+                message: format!("cannot build the T5 encoder: tensor {name}: {message}"),
+            };
+            let t = tensors.remove(name).ok_or_else(|| bad("missing".into()))?;
+            if t.shape() != shape {
+                return Err(bad(format!(
+                    "expected shape {shape:?}, found {:?}",
+                    t.shape()
+                )));
+            }
+            Ok(t)
         };
-        Self::new(&config, vb).map_err(|e| Error::Model {
+        let specs = tensor_specs(&config);
+        let shape_of = |name: &str| -> Vec<usize> {
+            specs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default()
+        };
+        let embedding = take("shared.weight", &shape_of("shared.weight"))?;
+        let mut relative_attention_bias = None;
+        let mut blocks = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let names = block_names(&config, i);
+            let mut get = |suffix: &str| -> Result<MappedTensor> {
+                let (name, shape) = names
+                    .iter()
+                    .find(|(n, _)| n.ends_with(suffix))
+                    .expect("block_names lists every suffix asked for");
+                take(name, shape)
+            };
+            if i == 0 {
+                relative_attention_bias =
+                    Some(get(".0.SelfAttention.relative_attention_bias.weight")?);
+            }
+            let attention_norm = get(".0.layer_norm.weight")?;
+            let (q, k, v, o) = (
+                get(".SelfAttention.q.weight")?,
+                get(".SelfAttention.k.weight")?,
+                get(".SelfAttention.v.weight")?,
+                get(".SelfAttention.o.weight")?,
+            );
+            let ff_norm = get(".1.layer_norm.weight")?;
+            let ff = if config.feed_forward_proj.gated {
+                FeedForward::Gated {
+                    wi_0: get(".wi_0.weight")?,
+                    wi_1: get(".wi_1.weight")?,
+                    wo: get(".wo.weight")?,
+                }
+            } else {
+                FeedForward::Plain {
+                    wi: get(".wi.weight")?,
+                    wo: get(".wo.weight")?,
+                }
+            };
+            blocks.push(Block {
+                attention_norm,
+                q,
+                k,
+                v,
+                o,
+                ff_norm,
+                ff,
+            });
+        }
+        let final_layer_norm = take(
+            "encoder.final_layer_norm.weight",
+            &shape_of("encoder.final_layer_norm.weight"),
+        )?;
+        let relative_attention_bias = relative_attention_bias.ok_or_else(|| Error::Model {
             path: dir.to_path_buf(),
-            message: format!("cannot build the T5 encoder: {e}"),
+            message: "cannot build the T5 encoder: it has no layers".into(),
+        })?;
+        Ok(T5Encoder {
+            config,
+            embedding,
+            relative_attention_bias,
+            blocks,
+            final_layer_norm,
+            dtype,
+            device: device.clone(),
         })
     }
 
@@ -65,12 +234,165 @@ impl T5Encoder {
         &self.config
     }
 
-    /// Last hidden states `[batch, tokens, d_model]` of token ids `[batch, tokens]` (u32),
-    /// every token attending to every other.
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        // The encoder keeps no state between calls (its cache is decoder-only); cloning shares
-        // the weights and lets `forward` take `&self`.
-        Ok(self.model.clone().forward(ids)?)
+    /// The dtype products and activations run in: f32 on the CPU (from weights in their own
+    /// dtype), the weight dtype elsewhere.
+    fn compute_dtype(&self) -> DType {
+        if self.device.is_cpu() {
+            DType::F32
+        } else {
+            self.dtype
+        }
+    }
+
+    /// A weight as a compute tensor, rounded to the weight dtype first when it is stored wider.
+    fn weight(&self, m: &MappedTensor) -> Result<Tensor> {
+        let compute = self.compute_dtype();
+        let t = m.load(&self.device, compute)?;
+        Ok(if m.dtype() != self.dtype && self.dtype != compute {
+            t.to_dtype(self.dtype)?.to_dtype(compute)?
+        } else {
+            t
+        })
+    }
+
+    /// `x @ W^T` with the weight read for this product only.
+    fn project(&self, x: &Tensor, w: &MappedTensor) -> Result<Tensor> {
+        Ok(kernels::matmul(x, &self.weight(w)?.t()?)?)
+    }
+
+    fn norm(&self, x: &Tensor, w: &MappedTensor) -> Result<Tensor> {
+        Ok(kernels::rms_norm(
+            x,
+            &self.weight(w)?,
+            self.config.layer_norm_epsilon,
+        )?)
+    }
+
+    /// Last hidden states `[t_len, d_model]` of each token id sequence, every token attending
+    /// to every other of its own sequence. All sequences go through each layer together, so
+    /// the weights are read once per call however many prompts there are.
+    pub fn encode(&self, sequences: &[&[u32]]) -> Result<Vec<Tensor>> {
+        if sequences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lens: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
+        if let Some(i) = lens.iter().position(|&n| n == 0) {
+            return Err(Error::invalid("T5 input", format!("sequence {i} is empty")));
+        }
+        let ids: Vec<u32> = sequences.concat();
+        let compute = self.compute_dtype();
+        let mut rounded_rows = self.embedding.rows(&ids, &self.device)?;
+        if self.embedding.dtype() != self.dtype {
+            rounded_rows = rounded_rows.to_dtype(self.dtype)?;
+        }
+        let mut x = rounded_rows.to_dtype(compute)?;
+        let biases = self.position_biases(&lens)?;
+        self.blocks[0].tensors().iter().for_each(|t| t.prefetch());
+        for (i, block) in self.blocks.iter().enumerate() {
+            if crate::cancel::requested() {
+                return Err(Error::invalid("run", "interrupted"));
+            }
+            if let Some(next) = self.blocks.get(i + 1) {
+                next.tensors().iter().for_each(|t| t.prefetch());
+            }
+            x = self.block(block, &x, &lens, &biases)?;
+            block.tensors().iter().for_each(|t| t.release());
+        }
+        let x = self.norm(&x, &self.final_layer_norm)?;
+        let mut out = Vec::with_capacity(lens.len());
+        let mut start = 0;
+        for n in lens {
+            out.push(x.narrow(0, start, n)?);
+            start += n;
+        }
+        Ok(out)
+    }
+
+    /// One block on the rows of all sequences (`lens` long, one after the other).
+    fn block(&self, b: &Block, x: &Tensor, lens: &[usize], biases: &[Tensor]) -> Result<Tensor> {
+        let (heads, d_kv) = (self.config.num_heads, self.config.d_kv);
+        let normed = self.norm(x, &b.attention_norm)?;
+        let [q, k, v] = [&b.q, &b.k, &b.v].map(|w| self.project(&normed, w));
+        let (q, k, v) = (q?, k?, v?);
+        let mut attended = Vec::with_capacity(lens.len());
+        let mut start = 0;
+        for (&n, bias) in lens.iter().zip(biases) {
+            let split = |t: &Tensor| -> candle_core::Result<Tensor> {
+                t.narrow(0, start, n)?
+                    .reshape((n, heads, d_kv))?
+                    .transpose(0, 1)
+            };
+            let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
+            // T5 does not scale the scores.
+            let scores = kernels::matmul(&q, &k.t()?)?.broadcast_add(bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+                .to_dtype(v.dtype())?;
+            let out = kernels::matmul(&probs, &v)?;
+            attended.push(out.transpose(0, 1)?.reshape((n, heads * d_kv))?);
+            start += n;
+        }
+        let attended = Tensor::cat(&attended, 0)?;
+        let x = (x + self.project(&attended, &b.o)?)?;
+
+        let normed = self.norm(&x, &b.ff_norm)?;
+        let hidden = match &b.ff {
+            FeedForward::Gated { wi_0, wi_1, .. } => {
+                let gate = self.activate(&self.project(&normed, wi_0)?)?;
+                (gate * self.project(&normed, wi_1)?)?
+            }
+            FeedForward::Plain { wi, .. } => self.activate(&self.project(&normed, wi)?)?,
+        };
+        let wo = match &b.ff {
+            FeedForward::Gated { wo, .. } | FeedForward::Plain { wo, .. } => wo,
+        };
+        Ok((x + self.project(&hidden, wo)?)?)
+    }
+
+    /// The feed-forward activation of the config (`gated-gelu` is the tanh GELU).
+    fn activate(&self, x: &Tensor) -> Result<Tensor> {
+        use candle_nn::Activation as A;
+        Ok(match self.config.feed_forward_proj.activation {
+            A::NewGelu | A::GeluPytorchTanh => kernels::activate(x, Activation::GeluTanh)?,
+            other => candle_core::Module::forward(&other, x)?,
+        })
+    }
+
+    /// Per sequence, the relative position bias `[heads, n, n]` of its tokens.
+    fn position_biases(&self, lens: &[usize]) -> Result<Vec<Tensor>> {
+        let table = self.weight(&self.relative_attention_bias)?;
+        lens.iter()
+            .map(|&n| {
+                let buckets: Vec<u32> = (0..n)
+                    .flat_map(|i| (0..n).map(move |j| (i, j)))
+                    .map(|(i, j)| self.bucket(i as i64, j as i64))
+                    .collect();
+                let buckets = Tensor::from_vec(buckets, n * n, &self.device)?;
+                let bias = table
+                    .index_select(&buckets, 0)?
+                    .reshape((n, n, self.config.num_heads))?
+                    .permute((2, 0, 1))?
+                    .contiguous()?;
+                Ok(bias)
+            })
+            .collect()
+    }
+
+    /// Hugging Face's bidirectional `_relative_position_bucket` for query `i` and key `j`, in
+    /// f32 as PyTorch computes the logarithmic buckets.
+    fn bucket(&self, i: i64, j: i64) -> u32 {
+        let total = self.config.relative_attention_num_buckets as u32;
+        let half = total / 2;
+        let exact = half / 2;
+        let distance = j - i;
+        let offset = if distance > 0 { half } else { 0 };
+        let d = distance.unsigned_abs() as u32;
+        if d < exact {
+            return offset + d;
+        }
+        let max_distance = self.config.relative_attention_max_distance as f32;
+        let log =
+            f32::log(d as f32 / exact as f32, max_distance / exact as f32) * (half - exact) as f32;
+        offset + u32::min(exact + log as u32, half - 1)
     }
 }
 
@@ -83,10 +405,15 @@ pub fn read_config(path: &Path) -> Result<Config> {
     })
 }
 
+/// The weight files of a T5 folder (for identifying them).
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    crate::model::checkpoint::weight_files(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::recorder::requested_tensors;
+    use std::collections::BTreeMap;
 
     const XXL_CONFIG: &str = r#"{
         "d_ff": 10240, "d_kv": 64, "d_model": 4096, "decoder_start_token_id": 0,
@@ -96,68 +423,124 @@ mod tests {
         "output_past": true, "pad_token_id": 0, "relative_attention_num_buckets": 32,
         "tie_word_embeddings": false, "vocab_size": 32128
     }"#;
-    use std::collections::BTreeMap;
 
-    #[test]
-    fn torch_bin_loads_like_safetensors() {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let st = fixtures.join("ace-tiny/model/models/text_encoder/t5-tiny");
-        let st = T5Encoder::load(&st, &Device::Cpu, DType::F32).unwrap();
-        let bin = T5Encoder::load(&fixtures.join("t5-tiny-bin"), &Device::Cpu, DType::F32).unwrap();
-        let ids = Tensor::new(&[[33u32, 25, 3, 7, 81, 1]], &Device::Cpu).unwrap();
-        let a = st.forward(&ids).unwrap();
-        let b = bin.forward(&ids).unwrap();
-        assert_eq!(a.dims(), &[1, 6, 32]);
-        let diff: f32 = (a - b)
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar()
-            .unwrap();
-        assert_eq!(diff, 0.0);
+            .unwrap()
     }
 
     #[test]
-    fn bad_config_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.json"), "{\"d_model\": 4}").unwrap();
-        let err = T5Encoder::load(dir.path(), &Device::Cpu, DType::F32)
-            .err()
-            .unwrap()
-            .to_string();
+    fn torch_bin_encodes_like_safetensors() {
+        let st = fixtures().join("ace-tiny/model/models/text_encoder/t5-tiny");
+        let st = T5Encoder::open(&st, &Device::Cpu, DType::F32).unwrap();
+        let bin =
+            T5Encoder::open(&fixtures().join("t5-tiny-bin"), &Device::Cpu, DType::F32).unwrap();
+        let ids = [33u32, 25, 3, 7, 81, 1];
+        let a = st.encode(&[&ids]).unwrap();
+        let b = bin.encode(&[&ids]).unwrap();
+        assert_eq!(a[0].dims(), &[6, 32]);
+        assert_eq!(max_diff(&a[0], &b[0]), 0.0);
+    }
+
+    #[test]
+    fn sequences_encoded_together_equal_each_alone() {
+        let dir = fixtures().join("ace-tiny/model/models/text_encoder/t5-tiny");
+        let t5 = T5Encoder::open(&dir, &Device::Cpu, DType::F32).unwrap();
+        let (a, b) = ([33u32, 25, 3, 7, 81, 1], [5u32, 1]);
+        let together = t5.encode(&[&a, &b]).unwrap();
+        let alone = [t5.encode(&[&a]).unwrap(), t5.encode(&[&b]).unwrap()];
+        // Products over more rows may sum in another order: equal to rounding.
+        for (t, one) in together.iter().zip(&alone) {
+            assert!(max_diff(t, &one[0]) < 2e-5, "{}", max_diff(t, &one[0]));
+        }
+        assert!(t5.encode(&[&[]]).is_err());
+        let err = t5.encode(&[&[999_999u32, 1]]).unwrap_err().to_string();
         assert!(
-            err.contains("config.json") && err.contains("not a T5 config"),
+            err.contains("row 999999") && err.contains("shared.weight"),
             "{err}"
         );
     }
 
     #[test]
-    fn xxl_encoder_asks_for_the_release_tensors() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/full-size-keys.json");
+    fn buckets_follow_hugging_face() {
+        let config: Config = serde_json::from_str(XXL_CONFIG).unwrap();
+        let dir = fixtures().join("ace-tiny/model/models/text_encoder/t5-tiny");
+        let mut t5 = T5Encoder::open(&dir, &Device::Cpu, DType::F32).unwrap();
+        t5.config = config;
+        // torch: _relative_position_bucket(relative_position=j-i, bidirectional=True,
+        // num_buckets=32, max_distance=128) for these distances.
+        for (distance, bucket) in [
+            (0i64, 0u32),
+            (3, 19),
+            (-3, 3),
+            (7, 23),
+            (8, 24),
+            (-8, 8),
+            (12, 25),
+            (16, 26),
+            (-31, 11),
+            (32, 28),
+            (-64, 14),
+            (100, 31),
+            (-500, 15),
+        ] {
+            assert_eq!(t5.bucket(0, distance), bucket, "distance {distance}");
+        }
+    }
+
+    #[test]
+    fn bad_config_and_missing_tensors_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{\"d_model\": 4}").unwrap();
+        let err = T5Encoder::open(dir.path(), &Device::Cpu, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.json") && err.contains("not a T5 config"),
+            "{err}"
+        );
+        let src = fixtures().join("ace-tiny/model/models/text_encoder/t5-tiny");
+        std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+        let mut tensors =
+            candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+        tensors.retain(|k, _| !k.contains("block.1.layer.1"));
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        let err = T5Encoder::open(dir.path(), &Device::Cpu, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("T5 encoder")
+                && err.contains("block.1.layer.1")
+                && err.contains("missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn xxl_encoder_reads_the_release_tensors() {
+        let path = fixtures().join("full-size-keys.json");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let release: BTreeMap<String, Vec<usize>> =
             serde_json::from_value(json["tensors"]["text_encoder/t5-v1_1-xxl"].clone()).unwrap();
         let config: Config = serde_json::from_str(XXL_CONFIG).unwrap();
-        let known = release.keys().cloned().collect();
-        let asked: BTreeMap<String, Vec<usize>> = requested_tensors(Some(known), |vb| {
-            let encoder = T5Encoder::new(&config, vb)?;
-            assert_eq!(encoder.config().d_model, 4096);
-            Ok::<_, candle_core::Error>(())
-        })
-        .unwrap()
-        .into_iter()
-        .collect();
-
+        let asked: BTreeMap<String, Vec<usize>> = tensor_specs(&config).into_iter().collect();
         // `encoder.embed_tokens.weight` is the tied copy of `shared.weight` that Hugging Face
         // writes; the encoder reads the shared one.
         let mut expected = release.clone();
         let alias = expected.remove("encoder.embed_tokens.weight").unwrap();
         assert_eq!(Some(&alias), release.get("shared.weight"));
         assert_eq!(asked, expected);
-        // The release count includes the tied copy.
         let params: usize = asked
             .values()
             .map(|s| s.iter().product::<usize>())
