@@ -3,8 +3,8 @@
 
 use crate::generate_common::{self, Intent};
 use crate::{
-    analyze, completions, control, data, edit, eval, generate, inpaint, layer, model, outpaint,
-    reference, train, Outcome,
+    analyze, cache, completions, control, data, edit, eval, generate, inpaint, layer, model,
+    outpaint, reference, train, Outcome,
 };
 use clap::{Parser, Subcommand};
 
@@ -61,6 +61,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Fetch the official model snapshots.
     Model(model::Args),
+    /// Show or empty ace's cache (prompt embeddings, weight identities, extracted inputs).
+    Cache(cache::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -93,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Train(args) => train::run(args, &cli.global),
         Command::Eval(args) => eval::run(args, &cli.global),
         Command::Model(args) => model::run(args, &cli.global),
+        Command::Cache(args) => cache::run(args, cli.global.quiet),
         Command::Completions(args) => completions::run(args),
     }
 }

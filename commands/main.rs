@@ -7,6 +7,7 @@ mod analyze;
 mod analyze_ace;
 mod analyze_ops;
 mod batch;
+mod cache;
 mod cli;
 mod completions;
 mod control;

@@ -1,7 +1,8 @@
 //! ace's own cache folder: `ACE_CACHE_DIR`, else `$XDG_CACHE_HOME/ace`, else `~/.cache/ace`.
 //! What is kept there can always be made again: prompt embeddings (`prompts/`), the
 //! identities of weight files (`identity/`), the Emu Edit test set's extracted inputs
-//! (`emu-edit/`). `ace cache info` and `ace cache clear` show and empty it.
+//! (`emu-edit/`), the full-size benches' random snapshot (`bench/`). `ace cache info` and
+//! `ace cache clear` show and empty it.
 
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("prompts", "T5 prompt embeddings"),
     ("identity", "identities of weight files"),
     ("emu-edit", "Emu Edit inputs extracted from parquet"),
+    ("bench", "the full-size benches' random model snapshot"),
 ];
 
 /// The cache folder (not created).

@@ -19,6 +19,22 @@ pub fn keep_freed_blocks() {
     }
 }
 
+/// Runs `f` with large blocks mapped for each allocation and unmapped when freed (glibc's
+/// threshold of 32 MiB), then goes back to [`keep_freed_blocks`]: for a phase whose buffers
+/// grow level by level and do not repeat (the VAE decoder going up to full resolution), where
+/// keeping freed blocks only piles up ones too small for the next level.
+pub fn returning_freed<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: as in `keep_freed_blocks`.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+    let out = f();
+    keep_freed_blocks();
+    out
+}
+
 /// Hands the free memory inside the heap back to the kernel (glibc's `malloc_trim`): after a
 /// phase whose large buffers will not come back, such as encoding the prompts before the DiT
 /// loads. A no-op outside glibc.

@@ -162,6 +162,42 @@ fn whole_runs_match_the_reference() {
     eprintln!("{}", report.join("\n"));
 }
 
+#[test]
+fn bf16_text_encoder_stays_within_two_levels_of_the_f32_images() {
+    // T5_DTYPE bfloat16 (the released models' setting) against the reference's f32 images.
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = Vec::new();
+    for case in cases["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let tensors = dir.path().join(format!("{name}.safetensors"));
+        let mut args = case_args(case, dir.path());
+        args.extend(["--text-dtype".into(), "bf16".into(), "--save-latent".into()]);
+        args.push(tensors.display().to_string());
+        args.extend(["-o".into(), dir.path().join("x.png").display().to_string()]);
+        ace().args(&args).assert().success();
+        let img = load(&tensors, "image");
+        let img_ref = load(
+            &fixtures().join(format!("expected/run_{name}.safetensors")),
+            "image",
+        );
+        let mean = img
+            .iter()
+            .zip(&img_ref)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / img.len() as f32;
+        report.push(format!(
+            "{name}: bf16 T5, image mean {:.3}/255",
+            mean * 255.0
+        ));
+        assert!(mean <= 2.0 / 255.0, "{}", report.join("\n"));
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
 fn tiny_edit(out: &Path, instruction: &str, image: &Path) -> Command {
     let mut cmd = ace();
     cmd.args([

@@ -1,7 +1,11 @@
-//! What the benches share: reading this process's peak memory, and running a Python reference
-//! script that prints one JSON line of numbers.
+//! What the benches share: reading this process's peak memory, running a Python reference
+//! script that prints one JSON line of numbers, naming the CPU, and a random full-size model
+//! snapshot in the official layout.
 
 #![allow(dead_code)] // each bench uses its part
+
+pub mod snapshot;
+pub mod torch_zip;
 
 use ace::model::dit::{Config, DitAce};
 use candle_core::{DType, Device, Tensor};
@@ -26,14 +30,31 @@ pub fn random_dit_weights(cfg: &Config, dev: &Device) -> anyhow::Result<BTreeMap
 
 /// Peak resident set size of this process in KiB (Linux; 0 elsewhere).
 pub fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    ace::memory::peak_rss() / 1024
+}
+
+/// The CPU's model name and the vector extensions that matter to the kernels, from
+/// `/proc/cpuinfo`, for the first line of every bench.
+pub fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let has: Vec<&str> = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    format!(
+        "{} ({} cores; {})",
+        field("model name"),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        has.join(", ")
+    )
 }
 
 /// Runs `scripts/SCRIPT ARGS` with python3 and parses the JSON line it prints last; `None`

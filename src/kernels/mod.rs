@@ -17,6 +17,10 @@ pub use activation::Activation;
 mod activation;
 #[cfg(feature = "openblas")]
 mod attention;
+#[cfg(feature = "openblas")]
+pub mod blocks;
+#[cfg(feature = "openblas")]
+mod conv;
 mod exp;
 mod norm;
 mod rope;
@@ -158,6 +162,81 @@ pub fn modulated_layer_norm(
 }
 
 /// RMSNorm over the last dimension, `x / sqrt(mean(x^2) + eps) * weight`, computed in f32.
+/// How a square 2D convolution reads its input `[B, C_in, H, W]`: nearest 2x upsampled first
+/// when `upsample`, at `y * stride - padding + ky`; it outputs `out_h x out_w`, reads outside
+/// the input being zeros (so the output may reach past the padded input, as the VAE's
+/// bottom/right zero pad before its stride-2 convolution does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvParams {
+    pub stride: usize,
+    pub padding: usize,
+    pub upsample: bool,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+/// GroupNorm (with its affine map) and swish applied to a convolution's input on the fly.
+#[derive(Debug, Clone, Copy)]
+pub struct PreNorm<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub groups: usize,
+    pub eps: f32,
+    pub swish: bool,
+}
+
+/// The convolution of `xs` by `weight` (`[C_out, C_in, k, k]`) plus `bias` as `params` say,
+/// of `pre(xs)` (GroupNorm and swish on the fly) when given, plus `residual` when given;
+/// `None` where the fused kernel does not apply (not f32 on the CPU, gradients, a build
+/// without OpenBLAS) and the caller composes it from candle ops.
+pub fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    params: ConvParams,
+    pre: Option<PreNorm>,
+    residual: Option<&Tensor>,
+) -> Option<Result<Tensor>> {
+    let mut all = vec![xs, weight, bias];
+    all.extend(residual);
+    if let Some(p) = &pre {
+        all.extend([p.weight, p.bias]);
+    }
+    if !cfg!(feature = "openblas") || !all.iter().all(|t| on_cpu_f32(t) && !t.track_op()) {
+        return None;
+    }
+    #[cfg(feature = "openblas")]
+    return Some(conv::conv2d(xs, weight, bias, params, pre, residual));
+    #[cfg(not(feature = "openblas"))]
+    None
+}
+
+/// GroupNorm of `[B, C, ...]` into `groups` groups with per-channel `weight` and `bias`;
+/// `None` where the fused op does not apply (not f32 on the CPU, or gradients flow) and the
+/// caller composes it.
+pub fn group_norm(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+) -> Option<Result<Tensor>> {
+    if ![xs, weight, bias]
+        .iter()
+        .all(|t| on_cpu_f32(t) && !t.track_op())
+    {
+        return None;
+    }
+    let op = norm::GroupNorm {
+        groups,
+        eps: eps as f32,
+    };
+    Some((|| {
+        xs.contiguous()?
+            .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
+    })())
+}
+
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if [xs, weight].iter().all(|t| on_cpu_f32(t)) {
         let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);

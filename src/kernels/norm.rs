@@ -1,8 +1,10 @@
-//! The DiT's norms in one parallel pass per token: the modulated LayerNorm
+//! The models' norms in one parallel pass: the DiT's modulated LayerNorm
 //! `LN(x) * (1 + scale) + shift` (affine-free, two-pass mean and variance as PyTorch) and
 //! RMSNorm, where the composed candle ops take five to ten single-threaded passes over the
-//! tokens and, in training, keep every intermediate for the backward pass. Their backward
-//! passes recompute the normalised values from the input.
+//! tokens and, in training, keep every intermediate for the backward pass (their backward
+//! passes recompute the normalised values from the input); and the VAE's GroupNorm, whose
+//! composed form held four full-resolution temporaries at once besides being slow (the
+//! GroupNorm and swish before a convolution are fused into the convolution, `conv.rs`).
 
 use super::contiguous;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
@@ -144,4 +146,86 @@ impl CustomOp2 for RmsNorm {
             Some(sum_rows(&(grad * y)?)?.reshape(weight.shape())?),
         ))
     }
+}
+
+/// GroupNorm over `[B, C, ...]` with an affine map (one weight and bias per channel). The group
+/// statistics are summed by rows of the last
+/// dimension (f32 within a row, f64 across rows), two-pass: one long f32 run over a
+/// full-resolution group loses about ten times PyTorch's accuracy. Forward only.
+pub struct GroupNorm {
+    pub groups: usize,
+    pub eps: f32,
+}
+
+impl CustomOp3 for GroupNorm {
+    fn name(&self) -> &'static str {
+        "group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous::<f32>(self.name(), s1, l1)?;
+        let weight = contiguous::<f32>(self.name(), s2, l2)?;
+        let bias = contiguous::<f32>(self.name(), s3, l3)?;
+        let dims = l1.dims();
+        let channels = dims.get(1).copied().unwrap_or(0);
+        let row = dims.last().copied().unwrap_or(1).max(1);
+        if dims.len() < 3
+            || self.groups == 0
+            || !channels.is_multiple_of(self.groups)
+            || weight.len() != channels
+            || bias.len() != channels
+        {
+            candle_core::bail!(
+                "group-norm: x {dims:?}, weight {:?}, bias {:?} do not fit {} groups",
+                l2.dims(),
+                l3.dims(),
+                self.groups
+            )
+        }
+        let spatial: usize = dims[2..].iter().product();
+        let per_group = channels / self.groups;
+        let group_len = per_group * spatial;
+        let mut out = vec![0f32; x.len()];
+        if group_len == 0 {
+            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+        }
+        out.par_chunks_mut(group_len)
+            .zip(x.par_chunks(group_len))
+            .enumerate()
+            .for_each(|(i, (y, x))| {
+                let (mean, std) = group_stats(x, row, self.eps);
+                let first = (i % self.groups) * per_group;
+                for (c, (y, x)) in y.chunks_mut(spatial).zip(x.chunks(spatial)).enumerate() {
+                    let (w, b) = (weight[first + c], bias[first + c]);
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = (x - mean) / std * w + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Mean and standard deviation (`sqrt(var + eps)`, biased variance, two passes) of one group's
+/// values, summed by rows of `row` values: f32 within a row, f64 across rows.
+pub fn group_stats(values: &[f32], row: usize, eps: f32) -> (f32, f32) {
+    let count = values.len().max(1) as f64;
+    let rows = || values.chunks(row.max(1));
+    let mean = (rows()
+        .map(|r| f64::from(r.iter().sum::<f32>()))
+        .sum::<f64>()
+        / count) as f32;
+    let var = rows()
+        .map(|r| f64::from(r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()))
+        .sum::<f64>()
+        / count;
+    (mean, (var as f32 + eps).sqrt())
 }

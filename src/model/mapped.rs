@@ -120,6 +120,51 @@ impl MappedTensor {
         Ok(rows.to_dtype(DType::F32)?.to_device(device)?)
     }
 
+    /// Rows `start..end` of a matrix widened to f32 into `out` (`(end - start) * columns`
+    /// values), for products that read a large weight a block at a time.
+    pub fn rows_into(&self, start: usize, end: usize, out: &mut [f32]) -> Result<()> {
+        let &[n_rows, columns] = self.shape.as_slice() else {
+            return Err(self.error(format!("expected a matrix, found shape {:?}", self.shape)));
+        };
+        if start > end || end > n_rows || out.len() != (end - start) * columns {
+            return Err(self.error(format!(
+                "rows {start}..{end} into {} values of a {n_rows}x{columns} matrix",
+                out.len()
+            )));
+        }
+        match &self.storage {
+            Storage::Loaded(t) => {
+                let rows = t.narrow(0, start, end - start)?.to_dtype(DType::F32)?;
+                out.copy_from_slice(&rows.flatten_all()?.to_vec1::<f32>()?);
+            }
+            Storage::Mapped { file, offset, .. } => {
+                let size = self.dtype.size_in_bytes();
+                let at = offset + start * columns * size;
+                let bytes = &file.map[at..at + out.len() * size];
+                match self.dtype {
+                    DType::F32 => {
+                        for (d, s) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                            *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                        }
+                    }
+                    DType::BF16 | DType::F16 => {
+                        let bf16 = self.dtype == DType::BF16;
+                        for (d, s) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                            let bits = u16::from_le_bytes([s[0], s[1]]);
+                            *d = if bf16 {
+                                half::bf16::from_bits(bits).to_f32()
+                            } else {
+                                half::f16::from_bits(bits).to_f32()
+                            };
+                        }
+                    }
+                    other => return Err(self.error(format!("cannot widen {other:?} rows to f32"))),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Drops this tensor's pages from the process's memory (the kernel's page cache keeps
     /// them, and the next access reads them again), for weights that are done with.
     pub fn release(&self) {
@@ -275,7 +320,8 @@ fn open_torch(path: &Path) -> Result<Vec<MappedTensor>> {
             entry.compression() == zip::CompressionMethod::Stored && info.layout.is_contiguous();
         let dims = info.layout.dims().to_vec();
         let len = dims.iter().product::<usize>() * info.dtype.size_in_bytes();
-        let skip = info.layout.start_offset() * info.dtype.size_in_bytes();
+        // candle records the start of a view inside its storage in bytes.
+        let skip = info.layout.start_offset();
         let storage = match entry.data_start() {
             Some(start) if in_place && skip + len <= entry.size() as usize => Storage::Mapped {
                 file: file.clone(),
@@ -384,6 +430,10 @@ mod tests {
             assert_eq!(got, want, "{name}");
             let row = m.rows(&[1, 0, 1], &dev).unwrap().to_vec2::<f32>().unwrap();
             assert_eq!(row, vec![want[1].clone(), want[0].clone(), want[1].clone()]);
+            let mut second = vec![0f32; 3];
+            m.rows_into(1, 2, &mut second).unwrap();
+            assert_eq!(second, want[1]);
+            assert!(m.rows_into(1, 3, &mut second).is_err());
             let err = m.rows(&[2], &dev).unwrap_err().to_string();
             assert!(
                 err.contains("row 2") && err.contains("w.safetensors"),

@@ -221,7 +221,11 @@ impl Ace {
         let (x, sampling) =
             crate::memory::measure(|| self.sample(req, &plan, &edit_frames, &edit_masks, progress));
         let x = x?;
-        let (image, decode) = crate::memory::measure(|| self.decode(&x));
+        // The sampling's activations will not come back: hand their pages to the kernel
+        // before the decoder's full-resolution ones are made.
+        crate::memory::release_freed();
+        let (image, decode) =
+            crate::memory::measure(|| crate::memory::returning_freed(|| self.decode(&x)));
         Ok(Generated {
             image: image?,
             latent: x,

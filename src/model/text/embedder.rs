@@ -28,9 +28,9 @@ pub struct TokenizedPrompt {
     pub tokens: Tokens,
 }
 
-/// What the embedder did so far: how many distinct prompts it was asked for, how many came from
-/// the cache, how many the encoder computed, in how many passes over its weights, and the
-/// seconds those passes took.
+/// What the embedder did so far: of the distinct prompts (token sequences) it was asked for,
+/// how many came from the cache and how many the encoder computed, in how many passes over
+/// its weights, and the seconds those passes took.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct TextReport {
     pub cached: usize,
@@ -51,6 +51,8 @@ pub struct TextEmbedder {
     /// States the disk cache does not hold (no cache, or a write that failed).
     memory: Mutex<HashMap<Vec<u32>, Tensor>>,
     report: Mutex<TextReport>,
+    /// The token sequences counted in the report already.
+    counted: Mutex<std::collections::HashSet<Vec<u32>>>,
 }
 
 impl TextEmbedder {
@@ -77,6 +79,7 @@ impl TextEmbedder {
             identity: OnceLock::new(),
             memory: Mutex::default(),
             report: Mutex::default(),
+            counted: Mutex::default(),
         })
     }
 
@@ -181,6 +184,7 @@ impl TextEmbedder {
         let mut found: HashMap<Vec<u32>, Tensor> = HashMap::new();
         let mut missing: Vec<Vec<u32>> = Vec::new();
         let mut cached = 0;
+        let mut counted = self.counted.lock().ok();
         for p in &tokenized {
             let ids = p.tokens.real_ids();
             if found.contains_key(ids) || missing.iter().any(|m| m == ids) {
@@ -188,12 +192,18 @@ impl TextEmbedder {
             }
             match self.known(ids) {
                 Some(t) => {
-                    cached += 1;
+                    if counted.as_mut().is_some_and(|c| c.insert(ids.to_vec())) {
+                        cached += 1;
+                    }
                     found.insert(ids.to_vec(), t);
                 }
                 None => missing.push(ids.to_vec()),
             }
         }
+        if let Some(c) = counted.as_mut() {
+            c.extend(missing.iter().cloned());
+        }
+        drop(counted);
         let start = Instant::now();
         if !missing.is_empty() {
             let encoder = T5Encoder::open(&self.encoder_dir, &self.device, self.dtype)?;
@@ -427,11 +437,17 @@ mod tests {
         assert_eq!(first.report().encoded, texts.len());
         assert_eq!(first.report().encoder_passes, 1);
         let again = first.encode(&texts).unwrap();
-        assert_eq!(first.report().cached, texts.len());
+        assert_eq!(first.report().cached, 0, "counted once, as encoded");
         assert_eq!(
             first.report().encoder_passes,
             1,
             "all cached: no second pass"
+        );
+        let warm = embedder(&tiny_encoder(), DType::F32, Some(cache.clone()));
+        warm.encode(&texts).unwrap();
+        assert_eq!(
+            (warm.report().cached, warm.report().encoded),
+            (texts.len(), 0)
         );
         for ((a, b), c) in got.iter().zip(&again).zip(&uncached) {
             assert_eq!(relative_error(a, c), 0.0);
@@ -477,5 +493,26 @@ mod tests {
         let bf16 = embedder(&tiny_encoder(), DType::BF16, Some(cache));
         bf16.encode(&texts).unwrap();
         assert_eq!(bf16.report().cached, 0);
+    }
+
+    #[test]
+    fn an_entry_that_cannot_be_written_is_kept_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PromptCache::open(dir.path()).unwrap();
+        // The entries' folder turns into a file: every write fails, as on a full disk.
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+        std::fs::write(cache.dir(), b"").unwrap();
+        let (texts, _) = golden_texts();
+        let e = embedder(&tiny_encoder(), DType::F32, Some(cache));
+        let first = e.encode(&texts).unwrap();
+        let again = e.encode(&texts).unwrap();
+        assert_eq!(
+            e.report().encoder_passes,
+            1,
+            "the second call is served from memory"
+        );
+        for (a, b) in first.iter().zip(&again) {
+            assert_eq!(relative_error(a, b), 0.0);
+        }
     }
 }

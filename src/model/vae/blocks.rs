@@ -3,9 +3,11 @@
 //! single-head spatial self-attention with 1x1-convolution projections, and the 2x resamplers
 //! (stride-2 convolution after an asymmetric zero pad, nearest upsampling then a convolution).
 
+use super::conv::Conv;
 use crate::kernels;
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use crate::kernels::{ConvParams, PreNorm};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
 /// `Normalize`: GroupNorm with 32 groups, eps 1e-6 and an affine map.
 pub(crate) fn normalize(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
@@ -19,6 +21,7 @@ pub(crate) fn normalize(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
 }
 
 const GROUPS: usize = 32;
+const EPS: f64 = 1e-6;
 
 /// GroupNorm over [B, C, H, W]. The group statistics are summed by rows (over the width, then
 /// over the rows and the group's channels) rather than in one long run: one f32 run over a
@@ -30,8 +33,30 @@ pub struct GroupNorm {
     bias: Tensor,
 }
 
-impl Module for GroupNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl GroupNorm {
+    /// The norm, then swish when `swish`, as a convolution's input to apply on the fly.
+    pub fn pre(&self, swish: bool) -> PreNorm<'_> {
+        PreNorm {
+            weight: &self.weight,
+            bias: &self.bias,
+            groups: GROUPS,
+            eps: EPS as f32,
+            swish,
+        }
+    }
+
+    /// The norm, then swish (`x * sigmoid(x)`) when `swish`.
+    pub fn forward_pre(&self, x: &Tensor, swish: bool) -> Result<Tensor> {
+        let normed = self.forward(x)?;
+        if swish {
+            candle_nn::ops::silu(&normed)
+        } else {
+            Ok(normed)
+        }
+    }
+
+    /// The norm from candle ops, for other devices and dtypes.
+    fn composed(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let internal = match x.dtype() {
             DType::F16 | DType::BF16 => DType::F32,
@@ -47,7 +72,7 @@ impl Module for GroupNorm {
         let centred = grouped.broadcast_sub(&group_mean(&grouped)?)?;
         let var = group_mean(&centred.sqr()?)?;
         let normed = centred
-            .broadcast_div(&(var + 1e-6)?.sqrt()?)?
+            .broadcast_div(&(var + EPS)?.sqrt()?)?
             .reshape((b, c, h, w))?
             .to_dtype(x.dtype())?;
         normed
@@ -56,17 +81,18 @@ impl Module for GroupNorm {
     }
 }
 
-pub(crate) fn swish(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::silu(x)
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match kernels::group_norm(x, &self.weight, &self.bias, GROUPS, EPS) {
+            Some(fused) => fused,
+            None => self.composed(x),
+        }
+    }
 }
 
 /// A square convolution with stride 1 that keeps the spatial size (padding k/2).
-pub(crate) fn conv(in_ch: usize, out_ch: usize, kernel: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: kernel / 2,
-        ..Default::default()
-    };
-    candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)
+pub(crate) fn conv(in_ch: usize, out_ch: usize, kernel: usize, vb: VarBuilder) -> Result<Conv> {
+    Conv::new(in_ch, out_ch, kernel, vb)
 }
 
 /// `ResnetBlock`: norm1-swish-conv1-norm2-swish-conv2 plus the input, through a 1x1
@@ -74,10 +100,10 @@ pub(crate) fn conv(in_ch: usize, out_ch: usize, kernel: usize, vb: VarBuilder) -
 #[derive(Debug, Clone)]
 pub struct ResnetBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: Conv,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    nin_shortcut: Option<Conv2d>,
+    conv2: Conv,
+    nin_shortcut: Option<Conv>,
 }
 
 impl ResnetBlock {
@@ -99,11 +125,16 @@ impl ResnetBlock {
 
 impl Module for ResnetBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&swish(&self.norm1.forward(x)?)?)?;
-        let h = self.conv2.forward(&swish(&self.norm2.forward(&h)?)?)?;
+        // Each convolution normalises its input on the fly and the residual is added as the
+        // output is written: the block holds x, one intermediate and its output.
+        let h = self.conv1.fused(x, Some((&self.norm1, true)), None)?;
         match &self.nin_shortcut {
-            Some(shortcut) => shortcut.forward(x)? + h,
-            None => x + h,
+            Some(shortcut) => {
+                let h2 = self.conv2.fused(&h, Some((&self.norm2, true)), None)?;
+                drop(h);
+                shortcut.fused(x, None, Some(&h2))
+            }
+            None => self.conv2.fused(&h, Some((&self.norm2, true)), Some(x)),
         }
     }
 }
@@ -113,10 +144,10 @@ impl Module for ResnetBlock {
 #[derive(Debug, Clone)]
 pub struct AttnBlock {
     norm: GroupNorm,
-    q: Conv2d,
-    k: Conv2d,
-    v: Conv2d,
-    proj_out: Conv2d,
+    q: Conv,
+    k: Conv,
+    v: Conv,
+    proj_out: Conv,
 }
 
 impl AttnBlock {
@@ -137,7 +168,7 @@ impl Module for AttnBlock {
         let n = h * w;
         let normed = self.norm.forward(x)?;
         // [B, C, H, W] -> [B, HW, C] in f32
-        let tokens = |conv: &Conv2d| -> Result<Tensor> {
+        let tokens = |conv: &Conv| -> Result<Tensor> {
             conv.forward(&normed)?
                 .to_dtype(DType::F32)?
                 .reshape((b, c, n))?
@@ -158,23 +189,13 @@ impl Module for AttnBlock {
 /// row at the bottom and one zero column at the right, or by 2x2 average pooling.
 #[derive(Debug, Clone)]
 pub struct Downsample {
-    conv: Option<Conv2d>,
+    conv: Option<Conv>,
 }
 
 impl Downsample {
     pub fn new(channels: usize, with_conv: bool, vb: VarBuilder) -> Result<Self> {
         let conv = if with_conv {
-            let cfg = Conv2dConfig {
-                stride: 2,
-                ..Default::default()
-            };
-            Some(candle_nn::conv2d(
-                channels,
-                channels,
-                3,
-                cfg,
-                vb.pp("conv"),
-            )?)
+            Some(Conv::new(channels, channels, 3, vb.pp("conv"))?)
         } else {
             None
         };
@@ -186,10 +207,19 @@ impl Module for Downsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.conv {
             Some(conv) => {
-                let padded = x
-                    .pad_with_zeros(D::Minus1, 0, 1)?
-                    .pad_with_zeros(D::Minus2, 0, 1)?;
-                conv.forward(&padded)
+                // A 3x3 stride-2 convolution of the input padded by one zero row and column.
+                let (_, _, h, w) = x.dims4()?;
+                let out = |n: usize| (n + 1).saturating_sub(3) / 2 + 1;
+                conv.apply(
+                    x,
+                    ConvParams {
+                        stride: 2,
+                        padding: 0,
+                        upsample: false,
+                        out_h: out(h),
+                        out_w: out(w),
+                    },
+                )
             }
             None => x.avg_pool2d(2),
         }
@@ -199,7 +229,7 @@ impl Module for Downsample {
 /// `Upsample`: doubles the spatial size by nearest-neighbour repetition, then a 3x3 convolution.
 #[derive(Debug, Clone)]
 pub struct Upsample {
-    conv: Option<Conv2d>,
+    conv: Option<Conv>,
 }
 
 impl Upsample {
@@ -215,11 +245,12 @@ impl Upsample {
 
 impl Module for Upsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let up = x.upsample_nearest2d(2 * h, 2 * w)?;
         match &self.conv {
-            Some(conv) => conv.forward(&up),
-            None => Ok(up),
+            Some(conv) => conv.same_size(x, true),
+            None => {
+                let (_, _, h, w) = x.dims4()?;
+                x.upsample_nearest2d(2 * h, 2 * w)
+            }
         }
     }
 }
@@ -285,6 +316,31 @@ mod tests {
             y.to_vec2::<f32>().unwrap(),
             expected.map(|r| r.to_vec()).to_vec()
         );
+    }
+
+    #[test]
+    fn fused_group_norm_matches_the_composed_one() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 2.0, (2, 64, 9, 7), &dev).unwrap() + 3.0).unwrap();
+        let norm = normalize(
+            64,
+            vb(vec![
+                ("weight", Tensor::randn(0f32, 1.0, 64, &dev).unwrap()),
+                ("bias", Tensor::randn(0f32, 1.0, 64, &dev).unwrap()),
+            ]),
+        )
+        .unwrap();
+        let composed = norm.composed(&x).unwrap();
+        let fused = norm.forward(&x).unwrap();
+        let diff: f32 = (fused - composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The VAE decoder (ldm `Decoder`): latent to image. The input convolution, the middle block
 //! (resnet, attention, resnet), then the levels from the lowest resolution up, each with
 //! NUM_RES_BLOCKS + 1 resnet blocks (followed by attention at the configured resolutions) and,
-//! except level 0, a 2x upsample; then GroupNorm, swish, the output convolution and optional tanh.
+//! except level 0, a 2x upsample; then GroupNorm, the output convolution and optional tanh.
 //! Checkpoints store the levels as `up.0` (full resolution) to `up.{n-1}` (lowest).
 
 use super::blocks::GroupNorm;
-use super::blocks::{conv, normalize, swish, AttnBlock, ResnetBlock, Upsample};
+use super::blocks::{conv, normalize, AttnBlock, ResnetBlock, Upsample};
 use super::config::{level_has_attention, DecoderConfig};
+use super::conv::Conv;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 struct UpLevel {
@@ -19,14 +20,14 @@ struct UpLevel {
 
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    conv_in: Conv2d,
+    conv_in: Conv,
     mid_block_1: ResnetBlock,
     mid_attn_1: AttnBlock,
     mid_block_2: ResnetBlock,
     /// Levels in execution order: lowest resolution first.
     up: Vec<UpLevel>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
     give_pre_end: bool,
     tanh_out: bool,
 }
@@ -112,7 +113,7 @@ impl Module for Decoder {
         }
         let h = self
             .conv_out
-            .forward(&swish(&self.norm_out.forward(&h)?)?)?;
+            .fused(&h, Some((&self.norm_out, true)), None)?;
         if self.tanh_out {
             h.tanh()
         } else {

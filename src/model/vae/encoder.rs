@@ -4,10 +4,11 @@
 //! GroupNorm, swish and the output convolution to 2 x Z_CHANNELS (mean and log-variance).
 
 use super::blocks::GroupNorm;
-use super::blocks::{conv, normalize, swish, AttnBlock, Downsample, ResnetBlock};
+use super::blocks::{conv, normalize, AttnBlock, Downsample, ResnetBlock};
 use super::config::{level_has_attention, EncoderConfig};
+use super::conv::Conv;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 struct DownLevel {
@@ -18,13 +19,13 @@ struct DownLevel {
 
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    conv_in: Conv2d,
+    conv_in: Conv,
     down: Vec<DownLevel>,
     mid_block_1: ResnetBlock,
     mid_attn_1: AttnBlock,
     mid_block_2: ResnetBlock,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 impl Encoder {
@@ -100,6 +101,6 @@ impl Module for Encoder {
         let h = self.mid_block_1.forward(&h)?;
         let h = self.mid_attn_1.forward(&h)?;
         let h = self.mid_block_2.forward(&h)?;
-        self.conv_out.forward(&swish(&self.norm_out.forward(&h)?)?)
+        self.conv_out.fused(&h, Some((&self.norm_out, true)), None)
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod blocks;
 pub mod config;
+mod conv;
 pub mod decoder;
 pub mod encoder;
 pub mod layout;
@@ -15,7 +16,8 @@ use crate::model::checkpoint;
 use crate::model::recorder::{requested_tensors, TensorSpec};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
+use conv::Conv;
 use decoder::Decoder;
 use encoder::Encoder;
 use std::path::Path;
@@ -25,8 +27,8 @@ use std::path::Path;
 pub struct AutoencoderKl {
     encoder: Encoder,
     decoder: Decoder,
-    quant_conv: Conv2d,
-    post_quant_conv: Conv2d,
+    quant_conv: Conv,
+    post_quant_conv: Conv,
     in_channels: usize,
     embed_dim: usize,
 }

@@ -1,0 +1,95 @@
+//! `ace cache info|clear`: what ace keeps in its cache folder (`ACE_CACHE_DIR`, default
+//! `~/.cache/ace`), and emptying it.
+
+use crate::Outcome;
+use ace::cache::{root, usage, SECTIONS};
+use anyhow::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheCommand {
+    /// Show the cache folder and what each part of it holds (files, bytes).
+    Info {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Empty the prompt embeddings and the remembered weight identities (--all: every part
+    /// of the cache ace made, the full-size bench snapshot included).
+    Clear {
+        /// Every part of the cache, not only the prompt embeddings.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub fn run(args: Args, quiet: bool) -> anyhow::Result<Outcome> {
+    let dir = root()?;
+    match args.command {
+        CacheCommand::Info { json } => {
+            let parts: Vec<serde_json::Value> = SECTIONS
+                .iter()
+                .map(|(name, what)| {
+                    let (files, bytes) = usage(&dir.join(name));
+                    serde_json::json!({ "name": name, "holds": what, "files": files, "bytes": bytes })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::json!({ "folder": dir, "parts": parts }));
+            } else {
+                println!("{}", dir.display());
+                for p in &parts {
+                    println!(
+                        "  {:<10} {:>8} files {:>12}  {}",
+                        p["name"].as_str().unwrap_or_default(),
+                        p["files"],
+                        human(p["bytes"].as_u64().unwrap_or(0)),
+                        p["holds"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        CacheCommand::Clear { all } => {
+            for (name, _) in SECTIONS {
+                if !all && !["prompts", "identity"].contains(name) {
+                    continue;
+                }
+                let part = dir.join(name);
+                let (files, bytes) = usage(&part);
+                match std::fs::remove_dir_all(&part) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e).with_context(|| format!("{}", part.display())),
+                }
+                if !quiet {
+                    eprintln!(
+                        "ace: removed {} ({files} files, {})",
+                        part.display(),
+                        human(bytes)
+                    );
+                }
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
