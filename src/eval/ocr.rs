@@ -24,7 +24,7 @@ impl TextRecognizer {
     /// Loads the network (on this thread, so a bad file fails early) and the charset (one
     /// symbol a line).
     pub fn new(model: &Path, charset: &Path) -> Result<Self> {
-        let model = ModelFiles::from_paths(&[model.to_path_buf()])?;
+        let model = ModelFiles::from_paths(&[model.to_path_buf()], "--ocr-model")?;
         dnn::preload(&model)?;
         let text = std::fs::read_to_string(charset).map_err(|e| Error::io(charset, e))?;
         let symbols: Vec<String> = text
