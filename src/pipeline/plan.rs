@@ -103,6 +103,17 @@ impl Plan {
                     format!("{w}x{h} (width and height must be positive multiples of 16)"),
                 ));
             }
+            let tokens = (h as u64 / 16) * (w as u64 / 16);
+            if tokens > max_seq_len as u64 {
+                let side = ((max_seq_len as f64).sqrt() as usize) * 16;
+                return Err(Error::invalid(
+                    "output size",
+                    format!(
+                        "{w}x{h} is {tokens} patches of 16x16 pixels; the model takes at most \
+                         {max_seq_len} (MAX_SEQ_LEN), e.g. {side}x{side}"
+                    ),
+                ));
+            }
             ((h, w), Tensor::ones((1, h, w), DType::F32, device)?, None)
         };
         Ok(Plan {
