@@ -47,7 +47,13 @@ impl EngineArgs {
         let defaults = &cfg.default_paras.input;
         let guidance = Guidance::new(defaults.guide_scale, defaults.guide_rescale)?;
         let steps = self.ace_steps.unwrap_or(defaults.sample_steps);
-        let model = load_model(&cfg, self.ace_model_dir.as_deref(), "f32", global)?;
+        let model = load_model(
+            &cfg,
+            self.ace_model_dir.as_deref(),
+            "--ace-model-dir",
+            "f32",
+            global,
+        )?;
         Ok(Box::new(AceAnalysis::new(
             name,
             model,

@@ -2,16 +2,19 @@
 //! same subcommand (they replace the command line's flags of the same name), the model is
 //! loaded once, every job writes its output and one JSON result line (seed, timings, or the
 //! error) on stdout, failed jobs do not stop the batch (exit 1 at the end), `--shard I/N` takes
-//! every N-th job and `--resume` skips jobs whose output is already written.
+//! every N-th job and `--resume` skips jobs whose output is already written. Every line is read
+//! before the model loads: two jobs that would write the same file stop the batch there, and a
+//! job whose output is one of its inputs fails without running.
 
 use crate::cli::{self, Global};
-use crate::generate_common::{self as common, Common};
+use crate::generate_common::{self as common, Common, Intent};
 use crate::Outcome;
 use ace::tasks::batch::{self as jobs, BatchLine};
 use anyhow::{anyhow, bail, Result};
 use clap::CommandFactory;
+use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Flags of the batch itself, dropped from every job's command line.
@@ -19,6 +22,11 @@ const BATCH_FLAGS: [&str; 3] = ["batch", "shard", "resume"];
 
 pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
     let lines = jobs::read(path)?;
+    let argv: Vec<String> = std::env::args().collect();
+    // Every job's flags are read before any work: two jobs writing one file stop the batch.
+    let intents: Vec<Result<Box<dyn Intent>>> =
+        lines.iter().map(|line| parse_job(c, line, &argv)).collect();
+    refuse_shared_outputs(path, &lines, &intents)?;
     let (cfg, config_name) = c.source.load()?;
     let model = if c.dry_run {
         None
@@ -26,22 +34,37 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
         Some(crate::model_source::load_model(
             &cfg,
             c.source.model_dir.as_deref(),
+            "--model-dir",
             &c.dtype,
             global,
         )?)
     };
-    let argv: Vec<String> = std::env::args().collect();
     let mut failed = 0;
-    for line in &lines {
+    let mut stopped = false;
+    for (line, intent) in lines.iter().zip(&intents) {
         if c.shard.is_some_and(|s| !s.keeps(line.index)) {
             continue;
         }
         if ace::cancel::requested() {
+            stopped = true;
             break;
         }
         let start = Instant::now();
-        let result = run_job(c, line, &argv, global, &cfg, &config_name, model.as_ref());
         let mut report = serde_json::json!({ "line": line.line, "index": line.index });
+        if let Some(output) = line.output() {
+            report["output"] = serde_json::json!(output);
+        }
+        let result = match intent {
+            Ok(intent) => run_job(
+                c,
+                intent.as_ref(),
+                global,
+                &cfg,
+                &config_name,
+                model.as_ref(),
+            ),
+            Err(e) => Err(anyhow!("{}", crate::ui::one_line(e))),
+        };
         match result {
             Ok(fields) => {
                 report["ok"] = true.into();
@@ -51,10 +74,11 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
             }
             Err(e) => {
                 failed += 1;
+                let message = crate::ui::one_line(&e);
                 report["ok"] = false.into();
-                report["error"] = format!("{e:#}").into();
+                report["error"] = message.clone().into();
                 if !global.quiet {
-                    eprintln!("ace: {}:{}: {e:#}", path.display(), line.line);
+                    eprintln!("ace: {}:{}: {message}", path.display(), line.line);
                 }
             }
         }
@@ -63,7 +87,9 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
         writeln!(out, "{report}")?;
         out.flush()?;
     }
-    Ok(if failed > 0 {
+    Ok(if stopped {
+        Outcome::Interrupted
+    } else if failed > 0 {
         Outcome::SomeFailed
     } else {
         Outcome::Success
@@ -74,16 +100,8 @@ fn round(s: f64) -> f64 {
     (s * 1e3).round() / 1e3
 }
 
-/// One job: its fields as flags, then a dry run or a generation on the batch's model.
-fn run_job(
-    c: &Common,
-    line: &BatchLine,
-    argv: &[String],
-    global: &Global,
-    cfg: &ace::config::AceConfig,
-    config_name: &str,
-    model: Option<&ace::pipeline::Ace>,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
+/// A job's command line: the batch's own, its fields replacing the flags of the same name.
+fn parse_job(c: &Common, line: &BatchLine, argv: &[String]) -> Result<Box<dyn Intent>> {
     let fields = line.fields.as_ref().map_err(|e| anyhow!("{e}"))?;
     let mut drop: Vec<String> = BATCH_FLAGS.iter().map(|s| s.to_string()).collect();
     drop.extend(fields.keys().map(|k| jobs::flag_name(k)));
@@ -94,9 +112,52 @@ fn run_job(
     if (&jc.source, &jc.dtype) != (&c.source, &c.dtype) {
         bail!("config, preset, model-dir and dtype are set once for the whole batch, on the command line");
     }
+    Ok(intent)
+}
+
+/// Refuses the batch when two jobs write the same file (their output or `--save-latent`).
+fn refuse_shared_outputs(
+    path: &Path,
+    lines: &[BatchLine],
+    intents: &[Result<Box<dyn Intent>>],
+) -> Result<()> {
+    let mut seen: HashMap<ace::output::FileKey, (usize, PathBuf)> = HashMap::new();
+    for (line, intent) in lines.iter().zip(intents) {
+        let Ok(intent) = intent else { continue };
+        let jc = intent.common();
+        for out in jc.output.iter().chain(&jc.save_latent) {
+            if !ace::output::Target::of(out).is_file() {
+                continue;
+            }
+            let Some(key) = ace::output::FileKey::of(out) else {
+                continue;
+            };
+            if let Some((first, _)) = seen.get(&key) {
+                bail!(
+                    "{}: lines {first} and {} both write {}; no job was run",
+                    path.display(),
+                    line.line,
+                    out.display()
+                );
+            }
+            seen.insert(key, (line.line, out.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// One job: a dry run or a generation on the batch's model.
+fn run_job(
+    c: &Common,
+    intent: &dyn Intent,
+    global: &Global,
+    cfg: &ace::config::AceConfig,
+    config_name: &str,
+    model: Option<&ace::pipeline::Ace>,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let jc = intent.common();
     let mut report = serde_json::Map::new();
     if let Some(out) = &jc.output {
-        report.insert("output".into(), serde_json::json!(out));
         if c.resume && jobs::finished(out) {
             report.insert("skipped".into(), "output already written".into());
             return Ok(report);
@@ -105,8 +166,8 @@ fn run_job(
     let start = Instant::now();
     let (noise, seed) = common::noise(jc);
     report.insert("seed".into(), serde_json::json!(seed));
-    let job = intent.job(seed.unwrap_or(0), cfg)?;
-    let request = common::request(jc, cfg, &job, noise)?;
+    let job = intent.job(seed.unwrap_or(jc.seed), cfg)?;
+    let request = common::request(intent, cfg, &job, noise)?;
     report.insert("instruction".into(), job.instruction.clone().into());
     if jc.dry_run {
         report.insert("plan".into(), common::plan(&request, cfg)?);
@@ -115,6 +176,7 @@ fn run_job(
     let (Some(model), Some(output)) = (model, &jc.output) else {
         bail!("a job that generates needs an output and a batch run without --dry-run");
     };
+    common::check_outputs(intent, output)?;
     let prepare = start.elapsed().as_secs_f64();
     let ran =
         crate::generate_output::generate(model, jc, global, &request, seed, config_name, output)?;

@@ -75,9 +75,12 @@ fn download(args: DownloadArgs, global: &crate::cli::Global) -> anyhow::Result<O
                 "repo": f.repo, "file": f.file, "local": f.local, "cached": f.cached,
             });
             writeln!(out, "{line}")?;
-        } else if !global.quiet {
+        } else {
             let how = if f.cached { "cached" } else { "downloaded" };
-            eprintln!("{how}: {}/{} -> {}", f.repo, f.file, f.local.display());
+            crate::ui::info(
+                global,
+                format_args!("{how}: {}/{} -> {}", f.repo, f.file, f.local.display()),
+            );
         }
     }
     Ok(Outcome::Success)
@@ -97,7 +100,8 @@ struct Component {
 
 fn info(args: InfoArgs) -> anyhow::Result<Outcome> {
     let (cfg, _) = args.source.load()?;
-    let files = cfg.model_files(args.source.model_dir.as_deref())?;
+    let files =
+        crate::model_source::model_files(&cfg, args.source.model_dir.as_deref(), "--model-dir")?;
     let dtype: candle_core::DType = args.dtype.parse().map_err(|_| {
         anyhow::anyhow!("invalid dtype '{}' (expected f32, bf16 or f16)", args.dtype)
     })?;
@@ -158,6 +162,12 @@ fn describe(
     dtype: candle_core::DType,
 ) -> anyhow::Result<Component> {
     let entries = checkpoint::inventory(path)?;
+    if entries.is_empty() {
+        anyhow::bail!(
+            "{}: holds no tensors (expected the {component} weights)",
+            path.display()
+        );
+    }
     let parameters: u64 = entries
         .iter()
         .map(|e| e.shape.iter().product::<usize>() as u64)

@@ -40,14 +40,38 @@ fn parse_dtype(s: &str) -> Result<DType> {
     })
 }
 
-/// Loads the model of `cfg` (weights under `model_dir` when given) in `dtype`.
+/// The weight files of `cfg` (under `model_dir` when given). When they are missing and no
+/// folder was given, the error says how to get them, naming the command's flag for the folder
+/// (`dir_flag`).
+pub fn model_files(
+    cfg: &AceConfig,
+    model_dir: Option<&Path>,
+    dir_flag: &str,
+) -> Result<ace::config::ModelFiles> {
+    cfg.model_files(model_dir).map_err(|e| {
+        let remote = cfg
+            .weight_specs()
+            .is_ok_and(|specs| specs.iter().any(|(_, s)| s.contains("://")));
+        if model_dir.is_none() && remote {
+            anyhow::anyhow!(
+                "{e}\npass {dir_flag} DIR (a downloaded snapshot of the model repository) or \
+                 fetch it into the Hugging Face cache with `ace model download`"
+            )
+        } else {
+            anyhow::Error::new(e)
+        }
+    })
+}
+
+/// Loads the model of `cfg` (weights under `model_dir`, given with `dir_flag`) in `dtype`.
 pub fn load_model(
     cfg: &AceConfig,
     model_dir: Option<&Path>,
+    dir_flag: &str,
     dtype_name: &str,
     global: &Global,
 ) -> Result<Ace> {
-    let files = cfg.model_files(model_dir)?;
+    let files = model_files(cfg, model_dir, dir_flag)?;
     let dtype = parse_dtype(dtype_name)?;
     let device = ace::device::open(global.device)?;
     if device.is_cpu() && dtype != DType::F32 {
