@@ -21,8 +21,7 @@ pub fn samples(generated: &Path, test_dir: &Path) -> Result<Vec<Sample>> {
     let images = test_dir.join("images");
     let captions_file = test_dir.join("global_descriptions.json");
     let captions: Captions = if captions_file.is_file() {
-        let text =
-            std::fs::read_to_string(&captions_file).map_err(|e| Error::io(&captions_file, e))?;
+        let text = crate::textfile::read(&captions_file, crate::textfile::MAX_DOCUMENT_BYTES)?;
         serde_json::from_str(&text).map_err(|e| Error::Config {
             path: captions_file.clone(),
             message: e.to_string(),

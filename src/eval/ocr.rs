@@ -26,7 +26,7 @@ impl TextRecognizer {
     pub fn new(model: &Path, charset: &Path) -> Result<Self> {
         let model = ModelFiles::from_paths(&[model.to_path_buf()], "--ocr-model")?;
         dnn::preload(&model)?;
-        let text = std::fs::read_to_string(charset).map_err(|e| Error::io(charset, e))?;
+        let text = crate::textfile::read_list(charset)?;
         let symbols: Vec<String> = text
             .lines()
             .map(|l| l.trim_end_matches('\r').to_string())

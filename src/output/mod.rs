@@ -1,7 +1,8 @@
 //! Where an output goes and how it is written: the one policy every subcommand follows.
 //!
-//! - `-` is standard output; a path that names a device, FIFO or socket (`/dev/null`,
-//!   `/dev/stdout`) is written directly; anything else is a regular file, written to a
+//! - `-` is standard output; a path that names a device, FIFO or socket, or lies under
+//!   `/dev` or `/proc` (`/dev/null`, `/dev/stdout` even when it leads to a regular file), is
+//!   written directly; anything else is a regular file, written to a
 //!   temporary file beside it and renamed into place ([`atomic`]), so that a failure or a
 //!   signal never leaves a partial file. A new file gets the mode `cp` gives it (0666 less the
 //!   umask); a replaced file keeps its mode.
@@ -24,7 +25,8 @@ pub use identity::{refuse_inputs, FileKey, InputSet};
 pub enum Target {
     /// `-`: standard output.
     Stdout,
-    /// An existing device, FIFO or socket, opened and written as it is.
+    /// An existing device, FIFO or socket, or a path under `/dev` or `/proc`, opened and
+    /// written as it is.
     Special(PathBuf),
     /// A regular file (existing or not), written atomically.
     File(PathBuf),
@@ -36,8 +38,9 @@ impl Target {
         if path.as_os_str() == "-" {
             return Target::Stdout;
         }
+        let system = path.starts_with("/dev") || path.starts_with("/proc");
         match std::fs::metadata(path) {
-            Ok(m) if !m.is_file() && !m.is_dir() => Target::Special(path.to_path_buf()),
+            Ok(m) if system || (!m.is_file() && !m.is_dir()) => Target::Special(path.to_path_buf()),
             _ => Target::File(path.to_path_buf()),
         }
     }
@@ -81,11 +84,16 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
                 .and_then(|_| out.flush())
                 .map_err(|e| Error::io("-", e))
         }
-        Target::Special(p) => std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .and_then(|mut f| f.write_all(bytes).and_then(|_| f.flush()))
-            .map_err(|e| Error::io(&p, e)),
+        Target::Special(p) => {
+            // `/dev/stdout` redirected to a file is truncated, as `cp` does.
+            let regular = std::fs::metadata(&p).is_ok_and(|m| m.is_file());
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(regular)
+                .open(&p)
+                .and_then(|mut f| f.write_all(bytes).and_then(|_| f.flush()))
+                .map_err(|e| Error::io(&p, e))
+        }
         Target::File(p) => {
             create_parent(&p)?;
             atomic::write(&p, bytes)
@@ -148,6 +156,18 @@ mod tests {
     #[test]
     fn special_files_are_written_directly() {
         write(Path::new("/dev/null"), b"nothing").unwrap();
+        // A /proc/self/fd link to a regular file is written through, never replaced.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.bin");
+        std::fs::write(&file, b"old contents").unwrap();
+        let f = std::fs::OpenOptions::new().read(true).open(&file).unwrap();
+        let link = std::path::PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::unix::io::AsRawFd::as_raw_fd(&f)
+        ));
+        assert!(matches!(Target::of(&link), Target::Special(_)));
+        write(&link, b"new").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
     }
 
     #[test]

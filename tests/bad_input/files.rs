@@ -249,7 +249,24 @@ fn special_files_are_written_directly_and_blocked_paths_are_named() {
     let img = image::load_from_memory(&run.stdout).unwrap();
     assert_eq!((img.width(), img.height()), (80, 64));
 
+    // /dev/stdout leading to a regular file is written through, not replaced by a rename.
     let dir = tempfile::tempdir().unwrap();
+    let redirected = dir.path().join("redirected.png");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" analyze gray \"$1\" -o /dev/stdout > \"$2\"")
+        .arg(assert_cmd::cargo::cargo_bin("ace"))
+        .arg(input("coffee"))
+        .arg(&redirected)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(image::image_dimensions(&redirected).unwrap(), (80, 64));
+    assert!(std::fs::symlink_metadata("/dev/stdout")
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
     let file = dir.path().join("f");
     std::fs::write(&file, b"x").unwrap();
     let run = code(
