@@ -17,7 +17,6 @@ use ace::imageio::OutputFormat;
 use ace::Error;
 use anyhow::{bail, Context};
 use image::DynamicImage;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -110,18 +109,20 @@ pub struct Common {
     /// Images: files, folders, glob patterns (quoted), or - for standard input.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<String>,
-    /// A file (one input), a folder (several; outputs keep the input names), or - for standard
-    /// output. Optional when the only input is standard input.
+    /// A file or device for one input (its extension picks the format), a folder (an existing
+    /// one, a path ending in /, or whenever there are several inputs; outputs keep the input
+    /// names), or - for standard output. Optional when the only input is standard input.
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
     /// Apply only inside this mask (pixels above 128, resized nearest-neighbour to each
-    /// image); outside it the output equals the input.
+    /// image); outside it the output equals the input. A mask that selects nothing is an error.
     #[arg(long, value_name = "MASK")]
     mask: Option<PathBuf>,
     /// Look for images in subfolders of folder inputs too.
     #[arg(short, long)]
     recursive: bool,
-    /// Output format: png, jpg or webp (default: the output file's extension, else png).
+    /// Output format: png, jpg, webp, bmp, tif or gif (default: the output file's extension,
+    /// else png); it must agree with the output file's extension.
     #[arg(long, value_name = "FORMAT")]
     format: Option<OutputFormat>,
     /// Print one JSON line per input on standard output (input, output, op, parameters,
@@ -196,6 +197,7 @@ impl Build for DepthArgs {
         let params = depth::DepthParams {
             size: self.size,
             normalize: !self.no_normalize,
+            flags: depth::FLAGS,
         };
         Ok(Box::new(Depth::new(&self.model, params)?))
     }
@@ -220,6 +222,7 @@ impl Build for PoseArgs {
         let params = pose::PoseParams {
             height: self.height,
             threshold: self.threshold,
+            flags: pose::FLAGS,
         };
         Ok(Box::new(Pose::new(&self.model, params)?))
     }
@@ -234,10 +237,17 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
     };
     let mask = match &common.mask {
         None => None,
-        Some(path) => match ace::imageio::load(path) {
-            Ok(m) => Some(m.to_luma8()),
+        Some(path) => match ace::imageio::load(path).map(|m| m.to_luma8()) {
+            Ok(m) if m.pixels().any(|p| p[0] > 128) => Some(m),
+            Ok(_) => {
+                eprintln!(
+                    "ace: {}: the mask selects no pixel (white, above 128, marks the region)",
+                    path.display()
+                );
+                return Ok(Outcome::SomeFailed);
+            }
             Err(e) => {
-                eprintln!("ace: mask {e}");
+                eprintln!("ace: {e}");
                 return Ok(Outcome::SomeFailed);
             }
         },
@@ -251,7 +261,12 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
     if expansion.inputs.is_empty() {
         return Ok(Outcome::SomeFailed);
     }
-    let jobs = batch::plan(expansion.inputs, common.output.as_deref(), common.format)?;
+    let jobs = batch::plan(
+        expansion.inputs,
+        expansion.plural,
+        common.output.as_deref(),
+        common.format,
+    )?;
     if jobs
         .iter()
         .any(|j| matches!(j.output, Ok((Destination::Stdout, _))))
@@ -268,17 +283,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
         opencv::core::set_num_threads(1).context("setting OpenCV's thread count")?;
     }
 
-    let progress = (!global.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar =
-            ProgressBar::with_draw_target(Some(jobs.len() as u64), ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} eta {eta} {msg}")
-        {
-            bar.set_style(style);
-        }
-        bar.set_message(op.name());
-        bar
-    });
+    let progress = crate::ui::progress_bar(global, jobs.len() as u64, op.name(), "images");
     let stdout_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
     let work = |img: DynamicImage| {
         ace::analyze::apply(op.as_ref(), &img.to_rgb8(), mask.as_ref()).map(DynamicImage::ImageRgb8)
@@ -325,14 +330,19 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
     if let Some(e) = stdout_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(anyhow::Error::new(e).context("writing to standard output"));
     }
-    log::info!(
-        "{}: {} written, {} failed, {} skipped",
-        op.name(),
-        summary.done,
-        summary.failed,
-        summary.skipped
+    crate::ui::info(
+        global,
+        format_args!(
+            "{}: {} written, {} failed, {} skipped",
+            op.name(),
+            summary.done,
+            summary.failed,
+            summary.skipped
+        ),
     );
-    Ok(if summary.failed > 0 || expansion_failed {
+    Ok(if summary.skipped > 0 {
+        Outcome::Interrupted
+    } else if summary.failed > 0 || expansion_failed {
         Outcome::SomeFailed
     } else {
         Outcome::Success
@@ -342,7 +352,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
 /// The error as one line naming the input (file errors name their file already).
 fn describe(input: &std::path::Path, e: &Error) -> String {
     match e {
-        Error::Image { .. } | Error::Io { .. } => e.to_string(),
+        Error::Image { .. } | Error::Io { .. } | Error::Output { .. } => e.to_string(),
         _ => format!("{}: {e}", input.display()),
     }
 }

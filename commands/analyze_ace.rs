@@ -56,7 +56,7 @@ impl EngineArgs {
         };
         let model = load_model(
             &cfg,
-            self.ace_model_dir.as_deref(),
+            (self.ace_model_dir.as_deref(), "--ace-model-dir"),
             &load,
             global,
             &AceAnalysis::prompts(&instruction, guidance, &cfg)?,

@@ -2,19 +2,21 @@
 //! same subcommand (they replace the command line's flags of the same name), the model is
 //! loaded once, every job writes its output and one JSON result line (seed, timings, or the
 //! error) on stdout, failed jobs do not stop the batch (exit 1 at the end), `--shard I/N` takes
-//! every N-th job and `--resume` skips jobs whose output is already written.
+//! every N-th job and `--resume` skips jobs whose output is already written. Every line is read
+//! before the model loads: two jobs that would write the same file stop the batch there, and a
+//! job whose output is one of its inputs fails without running.
 
 use crate::cli::{self, Global};
 use crate::generate_common::{self as common, Common, Intent};
 use crate::generate_output::Generator;
 use crate::model_source::Phases;
 use crate::Outcome;
-use ace::pipeline::Noise;
 use ace::tasks::batch::{self as jobs, BatchLine};
 use anyhow::{anyhow, bail, Result};
 use clap::CommandFactory;
+use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Flags of the batch itself, dropped from every job's command line.
@@ -22,46 +24,23 @@ const BATCH_FLAGS: [&str; 3] = ["batch", "shard", "resume"];
 
 pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
     let lines = jobs::read(path)?;
-    let (cfg, config_name) = c.source.load()?;
     let argv: Vec<String> = std::env::args().collect();
-    let selected: Vec<&BatchLine> = lines
-        .iter()
-        .filter(|l| c.shard.is_none_or(|s| s.keeps(l.index)))
-        .collect();
-    // Each job's seed is drawn once: its phrasing and noise are the same in both passes.
-    let noises: Vec<(Noise, Option<u64>)> = selected
-        .iter()
-        .map(|line| match parse(c, line, &argv) {
-            Ok(intent) => common::noise(intent.common()),
-            Err(_) => common::noise(c),
-        })
-        .collect();
-    let mut phases = Phases::default();
+    // Every job's flags are read before any work: two jobs writing one file stop the batch.
+    let intents: Vec<Result<Box<dyn Intent>>> =
+        lines.iter().map(|line| parse_job(c, line, &argv)).collect();
+    refuse_shared_outputs(path, &lines, &intents)?;
+    let (cfg, config_name) = c.source.load()?;
     let model = if c.dry_run {
         None
     } else {
-        // First pass: the prompts of every job that can be planned before any output exists
-        // (a session's later turns cannot), all encoded before the DiT is loaded.
-        let mut prompts = Vec::new();
-        for (line, noise) in selected.iter().zip(&noises) {
-            let planned = parse(c, line, &argv).and_then(|intent| {
-                let jc = intent.common();
-                if c.resume && jc.output.as_deref().is_some_and(jobs::finished) {
-                    return Ok(Vec::new());
-                }
-                let job = intent.job(noise.1.unwrap_or(0), &cfg)?;
-                let request = common::request(jc, &cfg, &job, noise.0.clone())?;
-                Ok(ace::pipeline::request_prompts(&request, &cfg)?)
-            });
-            prompts.extend(planned.unwrap_or_default());
-        }
+        let prompts = batch_prompts(c, &lines, &intents, &cfg);
         Some(crate::model_source::load_model(
             &cfg,
-            c.source.model_dir.as_deref(),
+            (c.source.model_dir.as_deref(), "--model-dir"),
             &c.load,
             global,
             &prompts,
-            &mut phases,
+            &mut Phases::default(),
         )?)
     };
     let generator = model.as_ref().map(|model| Generator {
@@ -71,13 +50,24 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
         config_name: &config_name,
     });
     let mut failed = 0;
-    for (line, noise) in selected.iter().zip(noises) {
+    let mut stopped = false;
+    for (line, intent) in lines.iter().zip(&intents) {
+        if c.shard.is_some_and(|s| !s.keeps(line.index)) {
+            continue;
+        }
         if ace::cancel::requested() {
+            stopped = true;
             break;
         }
         let start = Instant::now();
-        let result = run_job(c, line, &argv, &cfg, noise, generator.as_ref());
         let mut report = serde_json::json!({ "line": line.line, "index": line.index });
+        if let Some(output) = line.output() {
+            report["output"] = serde_json::json!(output);
+        }
+        let result = match intent {
+            Ok(intent) => run_job(c, intent.as_ref(), &cfg, generator.as_ref()),
+            Err(e) => Err(anyhow!("{}", crate::ui::one_line(e))),
+        };
         match result {
             Ok(fields) => {
                 report["ok"] = true.into();
@@ -87,10 +77,11 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
             }
             Err(e) => {
                 failed += 1;
+                let message = crate::ui::one_line(&e);
                 report["ok"] = false.into();
-                report["error"] = format!("{e:#}").into();
+                report["error"] = message.clone().into();
                 if !global.quiet {
-                    eprintln!("ace: {}:{}: {e:#}", path.display(), line.line);
+                    eprintln!("ace: {}:{}: {message}", path.display(), line.line);
                 }
             }
         }
@@ -99,7 +90,9 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
         writeln!(out, "{report}")?;
         out.flush()?;
     }
-    Ok(if failed > 0 {
+    Ok(if stopped {
+        Outcome::Interrupted
+    } else if failed > 0 {
         Outcome::SomeFailed
     } else {
         Outcome::Success
@@ -110,8 +103,8 @@ fn round(s: f64) -> f64 {
     (s * 1e3).round() / 1e3
 }
 
-/// A job's fields as flags of the batch's own command line, parsed.
-fn parse(c: &Common, line: &BatchLine, argv: &[String]) -> Result<Box<dyn Intent>> {
+/// A job's command line: the batch's own, its fields replacing the flags of the same name.
+fn parse_job(c: &Common, line: &BatchLine, argv: &[String]) -> Result<Box<dyn Intent>> {
     let fields = line.fields.as_ref().map_err(|e| anyhow!("{e}"))?;
     let mut drop: Vec<String> = BATCH_FLAGS.iter().map(|s| s.to_string()).collect();
     drop.extend(fields.keys().map(|k| jobs::flag_name(k)));
@@ -128,29 +121,85 @@ fn parse(c: &Common, line: &BatchLine, argv: &[String]) -> Result<Box<dyn Intent
     Ok(intent)
 }
 
-/// One job: its fields as flags, then a dry run or a generation on the batch's model.
+/// Refuses the batch when two jobs write the same file (their output or `--save-latent`).
+fn refuse_shared_outputs(
+    path: &Path,
+    lines: &[BatchLine],
+    intents: &[Result<Box<dyn Intent>>],
+) -> Result<()> {
+    let mut seen: HashMap<ace::output::FileKey, (usize, PathBuf)> = HashMap::new();
+    for (line, intent) in lines.iter().zip(intents) {
+        let Ok(intent) = intent else { continue };
+        let jc = intent.common();
+        for out in jc.output.iter().chain(&jc.save_latent) {
+            if !ace::output::Target::of(out).is_file() {
+                continue;
+            }
+            let Some(key) = ace::output::FileKey::of(out) else {
+                continue;
+            };
+            if let Some((first, _)) = seen.get(&key) {
+                bail!(
+                    "{}: lines {first} and {} both write {}; no job was run",
+                    path.display(),
+                    line.line,
+                    out.display()
+                );
+            }
+            seen.insert(key, (line.line, out.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The prompts of every job the batch will run that can be planned before any output exists
+/// (a session's later turns cannot: they are encoded when they run), to encode before the
+/// DiT is loaded.
+fn batch_prompts(
+    c: &Common,
+    lines: &[BatchLine],
+    intents: &[Result<Box<dyn Intent>>],
+    cfg: &ace::config::AceConfig,
+) -> Vec<String> {
+    let mut prompts = Vec::new();
+    for (line, intent) in lines.iter().zip(intents) {
+        let Ok(intent) = intent else { continue };
+        let jc = intent.common();
+        let skipped = c.shard.is_some_and(|s| !s.keeps(line.index))
+            || (c.resume && jc.output.as_deref().is_some_and(jobs::finished));
+        if skipped {
+            continue;
+        }
+        let (noise, seed) = common::noise(jc);
+        let planned = intent
+            .job(seed.unwrap_or(jc.seed), cfg)
+            .and_then(|job| common::request(intent.as_ref(), cfg, &job, noise))
+            .and_then(|request| Ok(ace::pipeline::request_prompts(&request, cfg)?));
+        prompts.extend(planned.unwrap_or_default());
+    }
+    prompts
+}
+
+/// One job: a dry run or a generation on the batch's model.
 fn run_job(
     c: &Common,
-    line: &BatchLine,
-    argv: &[String],
+    intent: &dyn Intent,
     cfg: &ace::config::AceConfig,
-    (noise, seed): (Noise, Option<u64>),
     generator: Option<&Generator>,
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let intent = parse(c, line, argv)?;
     let jc = intent.common();
     let mut report = serde_json::Map::new();
     if let Some(out) = &jc.output {
-        report.insert("output".into(), serde_json::json!(out));
         if c.resume && jobs::finished(out) {
             report.insert("skipped".into(), "output already written".into());
             return Ok(report);
         }
     }
     let start = Instant::now();
+    let (noise, seed) = common::noise(jc);
     report.insert("seed".into(), serde_json::json!(seed));
-    let job = intent.job(seed.unwrap_or(0), cfg)?;
-    let request = common::request(jc, cfg, &job, noise)?;
+    let job = intent.job(seed.unwrap_or(jc.seed), cfg)?;
+    let request = common::request(intent, cfg, &job, noise)?;
     report.insert("instruction".into(), job.instruction.clone().into());
     if jc.dry_run {
         report.insert("plan".into(), common::plan(&request, cfg)?);
@@ -159,6 +208,7 @@ fn run_job(
     let (Some(generator), Some(output)) = (generator, &jc.output) else {
         bail!("a job that generates needs an output and a batch run without --dry-run");
     };
+    common::check_outputs(intent, output)?;
     let prepare = start.elapsed().as_secs_f64();
     let job_generator = Generator {
         common: jc,

@@ -28,7 +28,7 @@ pub enum CacheCommand {
     },
 }
 
-pub fn run(args: Args, quiet: bool) -> anyhow::Result<Outcome> {
+pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
     let dir = root()?;
     match args.command {
         CacheCommand::Info { json } => {
@@ -48,7 +48,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<Outcome> {
                         "  {:<10} {:>8} files {:>12}  {}",
                         p["name"].as_str().unwrap_or_default(),
                         p["files"],
-                        human(p["bytes"].as_u64().unwrap_or(0)),
+                        crate::ui::human_bytes(p["bytes"].as_u64().unwrap_or(0)),
                         p["holds"].as_str().unwrap_or_default()
                     );
                 }
@@ -66,30 +66,16 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<Outcome> {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e).with_context(|| format!("{}", part.display())),
                 }
-                if !quiet {
-                    eprintln!(
-                        "ace: removed {} ({files} files, {})",
+                crate::ui::info(
+                    global,
+                    format_args!(
+                        "removed {} ({files} files, {})",
                         part.display(),
-                        human(bytes)
-                    );
-                }
+                        crate::ui::human_bytes(bytes)
+                    ),
+                );
             }
         }
     }
     Ok(Outcome::Success)
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }

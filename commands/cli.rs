@@ -18,13 +18,15 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every subcommand takes.
+/// Options every subcommand takes, shown under their own heading after the subcommand's.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// Print only errors (no progress bar, no summary).
+    /// Print only errors (no progress bar, no informational lines, no warnings).
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Print more about what is done (repeat for more detail).
+    /// Print informational lines even when standard error is not a terminal; repeat for
+    /// debugging detail.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Number of parallel jobs (default: all cores).
@@ -33,6 +35,9 @@ pub struct Global {
     /// Compute device: cpu, cuda, metal or auto (cuda and metal need a build with that feature).
     #[arg(long, global = true, default_value = "auto", value_name = "DEVICE")]
     pub device: ace::device::DeviceChoice,
+    /// Read photos as stored, without turning them upright as their EXIF orientation says.
+    #[arg(long, global = true)]
+    pub ignore_orientation: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +82,7 @@ impl Cli {
 
 /// Runs the subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    ace::imageio::set_apply_orientation(!cli.global.ignore_orientation);
     if let Some(jobs) = cli.global.jobs {
         rayon::ThreadPoolBuilder::new()
             .num_threads(jobs.max(1))
@@ -91,11 +97,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Outpaint(a) => generate_common::execute(&a, &cli.global),
         Command::Layer(a) => generate_common::execute(&a, &cli.global),
         Command::Reference(a) => generate_common::execute(&a, &cli.global),
-        Command::Data(args) => data::run(args, cli.global.quiet),
+        Command::Data(args) => data::run(args, &cli.global),
         Command::Train(args) => train::run(args, &cli.global),
         Command::Eval(args) => eval::run(args, &cli.global),
         Command::Model(args) => model::run(args, &cli.global),
-        Command::Cache(args) => cache::run(args, cli.global.quiet),
+        Command::Cache(args) => cache::run(args, &cli.global),
         Command::Completions(args) => completions::run(args),
     }
 }
@@ -114,9 +120,10 @@ fn into_intent(command: Command) -> Option<Box<dyn Intent>> {
     })
 }
 
-/// Parses a whole command line of a generation subcommand (a batch job).
+/// Parses a whole command line of a generation subcommand (a batch job); a usage error is its
+/// first line (what is wrong), without clap's usage text.
 pub fn intent_from_args(args: Vec<String>) -> anyhow::Result<Box<dyn Intent>> {
-    let cli = Cli::try_parse_from(args)
-        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?;
+    let cli =
+        Cli::try_parse_from(args).map_err(|e| anyhow::anyhow!("{}", crate::ui::clap_line(&e)))?;
     into_intent(cli.command).ok_or_else(|| anyhow::anyhow!("--batch is for generation subcommands"))
 }

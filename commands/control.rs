@@ -1,7 +1,7 @@
 //! `ace control <kind>`: controllable generation from a condition computed from a photo (or
 //! given ready), globally or inside a mask (`ace::tasks::control`).
 
-use crate::generate_common::{Common, Intent, Job};
+use crate::generate_common::{Common, HistoryArg, Intent, Job};
 use crate::generate_inputs::{need, read_mask};
 use ace::config::AceConfig;
 use ace::tasks::control::{self, Condition, Control};
@@ -26,6 +26,14 @@ pub struct Args {
     /// The network files of depth and pose (as `ace analyze depth|pose --model`).
     #[arg(long, value_name = "FILE")]
     pub analyzer_model: Vec<PathBuf>,
+    /// The network's input size for depth and pose (as `ace analyze depth --size`, `ace
+    /// analyze pose --height`; default 256 and 368).
+    #[arg(long, value_name = "PIXELS")]
+    pub analyzer_size: Option<u32>,
+    /// Depth: skip the ImageNet mean/std normalisation (as `ace analyze depth
+    /// --no-normalize`).
+    #[arg(long)]
+    pub analyzer_no_normalize: bool,
     /// What the result shows.
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,
@@ -33,12 +41,29 @@ pub struct Args {
     #[arg(long, value_name = "TEXT")]
     pub instruction: Option<String>,
     #[command(flatten)]
+    pub history: HistoryArg,
+    #[command(flatten)]
     pub common: Common,
 }
 
 impl Intent for Args {
+    fn history(&self) -> Option<&std::path::Path> {
+        self.history.history.as_deref()
+    }
+
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn inputs(&self) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(self
+            .image
+            .iter()
+            .chain(&self.condition)
+            .chain(&self.mask)
+            .chain(&self.analyzer_model)
+            .cloned()
+            .collect())
     }
 
     fn job(&self, seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {
@@ -48,7 +73,12 @@ impl Intent for Args {
         let condition = match &self.condition {
             Some(path) => Condition::Ready(ace::imageio::load_rgb(path)?),
             None => {
-                op = control::operation(&self.kind, &self.analyzer_model)?;
+                let analyzer = control::Analyzer {
+                    model: self.analyzer_model.clone(),
+                    size: self.analyzer_size,
+                    no_normalize: self.analyzer_no_normalize,
+                };
+                op = control::operation(&self.kind, &analyzer)?;
                 Condition::Compute(op.as_ref())
             }
         };

@@ -2,8 +2,8 @@
 //! with the element edits (`--kind`), semantic presets (`--style`, `--face keep`) and
 //! multi-turn sessions (`--session`) of `ace::tasks`.
 
-use crate::generate_common::{Common, Intent, Job};
-use crate::generate_inputs::{read_input, read_inputs};
+use crate::generate_common::{Common, HistoryArg, Intent, Job};
+use crate::generate_inputs::{mask_paths, read_input, read_inputs};
 use ace::config::AceConfig;
 use ace::pipeline::Turn;
 use ace::tasks::{element, session, style};
@@ -63,6 +63,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE.jsonl")]
     pub session: Option<PathBuf>,
     #[command(flatten)]
+    pub history: HistoryArg,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -91,8 +93,23 @@ impl Args {
 }
 
 impl Intent for Args {
+    fn history(&self) -> Option<&std::path::Path> {
+        self.history.history.as_deref()
+    }
+
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn inputs(&self) -> Result<Vec<PathBuf>> {
+        let turns = self.turns()?;
+        let mut paths = self.image_paths(&turns).unwrap_or_default();
+        paths.extend(mask_paths(&self.masks));
+        for h in session::history(&turns) {
+            paths.push(h.image);
+            paths.extend(h.mask);
+        }
+        Ok(paths)
     }
 
     fn job(&self, seed: u64, _cfg: &AceConfig) -> Result<Job> {

@@ -3,9 +3,7 @@
 
 use crate::Outcome;
 use ace::eval::{self, Models, Options};
-use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -13,7 +11,9 @@ use std::path::PathBuf;
 pub struct Args {
     /// Manifest of samples: JSON lines or CSV (.csv) with the fields input, generated,
     /// ground_truth, input_caption, output_caption, instruction, task, turn, final_turn, text,
-    /// recognized_text (any may be absent); paths are relative to the manifest's folder.
+    /// recognized_text (any may be absent); paths are relative to the manifest's folder. -
+    /// reads it from standard input (CSV unless it starts with '{'; paths relative to the
+    /// current folder). Rows that cannot be read are reported and the others scored (exit 1).
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
     /// Folder of generated images: paired with --reference by file stem, with --magicbrush in
@@ -79,6 +79,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
+    let mut bad_rows = Vec::new();
     let samples = match (
         &args.manifest,
         &args.generated,
@@ -86,7 +87,11 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
         &args.magicbrush,
         &args.emu_edit,
     ) {
-        (Some(m), ..) => eval::manifest::read_manifest(m)?,
+        (Some(m), ..) => {
+            let manifest = eval::manifest::read_manifest(m)?;
+            bad_rows = manifest.problems;
+            manifest.samples
+        }
         (None, Some(g), Some(r), None, None) => eval::manifest::pair_folders(g, r)?,
         (None, Some(g), None, Some(test), None) => eval::magicbrush::samples(g, test)?,
         (None, Some(g), None, None, Some(test)) => eval::emu_edit::samples(g, test)?,
@@ -115,27 +120,25 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
         batch_size: args.batch_size.max(1),
         thumbnail: args.report.as_ref().map(|_| 128),
     };
-    let bar = if global.quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let bar =
-            ProgressBar::with_draw_target(Some(samples.len() as u64), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} eta {eta}")
-        {
-            bar.set_style(style);
+    for e in &bad_rows {
+        eprintln!("ace: {e}");
+    }
+    let bar = crate::ui::progress_bar(global, samples.len() as u64, "eval", "samples");
+    let evaluation = eval::evaluate(&samples, &models, &options, &|n| {
+        if let Some(b) = &bar {
+            b.inc(n as u64)
         }
-        bar
-    };
-    let evaluation = eval::evaluate(&samples, &models, &options, &|n| bar.inc(n as u64))?;
-    bar.finish_and_clear();
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     for s in &evaluation.samples {
         for e in &s.errors {
             eprintln!("ace: sample {}: {e}", s.sample.index);
         }
     }
     if let Some(dir) = &args.report {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create the report folder", dir.display()))?;
+        ace::output::create_dir(dir)?;
         let title = args
             .manifest
             .as_ref()
@@ -143,7 +146,7 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
             .map(|p| format!("ace eval: {}", p.display()))
             .unwrap_or_else(|| "ace eval".into());
         let page = eval::report::html(&evaluation, &title);
-        ace::imageio::write_atomic(&dir.join("report.html"), page.as_bytes())?;
+        ace::output::write(&dir.join("report.html"), page.as_bytes())?;
     }
     let text = if args.json {
         format!("{}\n", serde_json::to_string_pretty(&evaluation.to_json())?)
@@ -153,7 +156,9 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
         evaluation.to_table()
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(if evaluation.failed() > 0 {
+    Ok(if evaluation.samples.len() < samples.len() {
+        Outcome::Interrupted
+    } else if evaluation.failed() > 0 || !bad_rows.is_empty() {
         Outcome::SomeFailed
     } else {
         Outcome::Success

@@ -3,6 +3,7 @@
 use crate::generate_common::{Common, Intent, Job};
 use crate::generate_inputs::need;
 use ace::config::AceConfig;
+use std::path::PathBuf;
 
 /// Generate an image from an instruction.
 #[derive(Debug, clap::Args)]
@@ -23,6 +24,10 @@ pub struct Args {
 impl Intent for Args {
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn inputs(&self) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(Vec::new())
     }
 
     fn job(&self, _seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {

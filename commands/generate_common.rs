@@ -32,21 +32,20 @@ pub struct Common {
     /// Guidance rescale in [0, 1].
     #[arg(long, value_name = "R")]
     pub guide_rescale: Option<f64>,
-    /// Seed of the starting noise (random and reported when absent).
-    #[arg(long, value_name = "N", conflicts_with = "noise")]
-    pub seed: Option<u64>,
+    /// Seed of the starting noise and of the instruction's phrasing (0 by default, as for every
+    /// random choice of ace; reported with the result).
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "noise")]
+    pub seed: u64,
     /// Starting noise from a safetensors file, FILE.safetensors[:TENSOR].
     #[arg(long, value_name = "FILE[:TENSOR]")]
     pub noise: Option<String>,
-    /// Earlier turns, YAML or JSON: [{image, mask?, instruction, task?}, ...].
-    #[arg(long, value_name = "FILE")]
-    pub history: Option<PathBuf>,
     /// Which input image (history first) sets the output size and mask.
     #[arg(long, value_name = "I", default_value_t = 0)]
     pub tar_index: usize,
     #[command(flatten)]
     pub load: LoadOptions,
-    /// Output PNG ('-' writes it to stdout).
+    /// Output image: its extension picks the format (png, jpg, webp, bmp, tif, gif; PNG without
+    /// one, and PNG carries the settings as text); '-' writes a PNG to standard output.
     #[arg(short, long, value_name = "FILE", required_unless_present_any = ["batch", "dry_run"])]
     pub output: Option<PathBuf>,
     /// Print the frames, masks, tasks and instructions the model would see as one JSON
@@ -71,6 +70,16 @@ pub struct Common {
     /// Also write the final latent and the float image to a safetensors file.
     #[arg(long, value_name = "FILE", hide = true)]
     pub save_latent: Option<PathBuf>,
+}
+
+/// Earlier turns of a multi-turn edit, for every subcommand that edits images (not
+/// `generate`, which has none).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HistoryArg {
+    /// Earlier turns, YAML or JSON: [{image, mask?, instruction, task?}, ...], paths relative
+    /// to the file ('-' reads standard input, paths relative to the current folder).
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
 }
 
 /// What a subcommand asks the model for: the instruction, the input images, and for text to
@@ -107,6 +116,13 @@ pub trait Intent {
     /// The job; `seed` draws the instruction's phrasing; `cfg` is the model config (its token
     /// budget shapes outpainting canvases).
     fn job(&self, seed: u64, cfg: &AceConfig) -> Result<Job>;
+    /// The files the job reads (images, masks, a session's previous output), which its output
+    /// must not be.
+    fn inputs(&self) -> Result<Vec<PathBuf>>;
+    /// The `--history` file, for the subcommands that take one.
+    fn history(&self) -> Option<&Path> {
+        None
+    }
     /// Called after the output of `job` was written (sessions record the turn).
     fn finished(&self, _job: &Job, _output: &Path, _seed: Option<u64>) -> Result<()> {
         Ok(())
@@ -121,17 +137,18 @@ pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
     }
     let (cfg, config_name) = c.source.load()?;
     let (noise, seed) = noise(c);
-    let job = intent.job(seed.unwrap_or(0), &cfg)?;
-    let request = request(c, &cfg, &job, noise)?;
+    let job = intent.job(seed.unwrap_or(c.seed), &cfg)?;
+    let request = request(intent, &cfg, &job, noise)?;
     if c.dry_run {
         println!("{}", serde_json::to_string_pretty(&plan(&request, &cfg)?)?);
         return Ok(Outcome::Success);
     }
     let output = c.output.as_deref().context("missing -o/--output")?;
+    check_outputs(intent, output)?;
     let mut phases = Phases::default();
     let model = crate::model_source::load_model(
         &cfg,
-        c.source.model_dir.as_deref(),
+        (c.source.model_dir.as_deref(), "--model-dir"),
         &c.load,
         global,
         &ace::pipeline::request_prompts(&request, &cfg)?,
@@ -151,22 +168,53 @@ pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// The starting noise and, when it comes from a seed, the seed (drawn when not given).
-pub fn noise(c: &Common) -> (Noise, Option<u64>) {
-    match (&c.noise, c.seed) {
-        (Some(spec), _) => (Noise::parse_file_spec(spec), None),
-        (None, Some(s)) => (Noise::Seed(s), Some(s)),
-        (None, None) => {
-            let s = rand::random::<u32>() as u64;
-            (Noise::Seed(s), Some(s))
+/// Checks, before any work, that a job's outputs (`output` and `--save-latent`) can be
+/// written and are none of its inputs nor each other, and that the output's name gives a
+/// format.
+pub fn check_outputs(intent: &dyn Intent, output: &Path) -> Result<()> {
+    let c = intent.common();
+    let mut inputs = intent.inputs()?;
+    inputs.extend(common_inputs(intent)?);
+    let inputs = ace::output::InputSet::new(inputs.iter().map(PathBuf::as_path));
+    ace::output::check(output, true)?;
+    ace::imageio::OutputFormat::for_output(output, None)?;
+    inputs.refuse(output)?;
+    if let Some(latent) = &c.save_latent {
+        ace::output::check(latent, true)?;
+        inputs.refuse(latent)?;
+        ace::output::refuse_inputs(latent, [output])?;
+    }
+    Ok(())
+}
+
+/// The files the shared options read: the history file and its images and masks, the noise
+/// file.
+fn common_inputs(intent: &dyn Intent) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    if let Some(h) = intent.history() {
+        paths.extend(crate::generate_inputs::history_paths(h)?);
+    }
+    if let Some(spec) = &intent.common().noise {
+        if let Noise::File { path, .. } = Noise::parse_file_spec(spec) {
+            paths.push(path);
         }
+    }
+    Ok(paths)
+}
+
+/// The starting noise and, when it comes from a seed, the seed.
+pub fn noise(c: &Common) -> (Noise, Option<u64>) {
+    match &c.noise {
+        Some(spec) => (Noise::parse_file_spec(spec), None),
+        None => (Noise::Seed(c.seed), Some(c.seed)),
     }
 }
 
-/// The model's request for `job` under the common options.
-pub fn request(c: &Common, cfg: &AceConfig, job: &Job, noise: Noise) -> Result<Request> {
+/// The model's request for `job` under the common options and history.
+pub fn request(intent: &dyn Intent, cfg: &AceConfig, job: &Job, noise: Noise) -> Result<Request> {
+    let c = intent.common();
     let mut history = job.history.clone();
-    if let Some(p) = &c.history {
+    if let Some(p) = intent.history() {
         history.extend(read_history(p)?);
     }
     let defaults = &cfg.default_paras.input;

@@ -1,5 +1,7 @@
 //! Reading what a generation subcommand is given: input images with their masks and tasks,
-//! masks as the reference reads them, and the earlier turns of a `--history` file.
+//! masks as the reference reads them, and the earlier turns of a `--history` file. `-` reads
+//! standard input (once per run). A mask must have its image's size and select something
+//! (pixels above 128), in every subcommand.
 
 use ace::pipeline::{luma_pil, InputImage, Turn};
 use anyhow::{bail, Context, Result};
@@ -33,10 +35,17 @@ pub fn read_mask(path: &Path) -> Result<image::GrayImage> {
     Ok(luma_pil(&ace::imageio::load_rgb(path)?))
 }
 
-/// Reads an input image with its optional mask.
+/// Reads an input image with its optional mask (checked against the image).
 pub fn read_input(image: &Path, mask: Option<&Path>, task: &str) -> Result<InputImage> {
     let rgb = ace::imageio::load_rgb(image)?;
-    let mask = mask.map(read_mask).transpose()?;
+    let mask = match mask {
+        Some(path) => {
+            let m = read_mask(path)?;
+            ace::tasks::check_mask(&m, &rgb, &path.display().to_string())?;
+            Some(m)
+        }
+        None => None,
+    };
     Ok(InputImage {
         name: image.display().to_string(),
         image: rgb,
@@ -69,27 +78,53 @@ pub fn read_inputs(
         .collect()
 }
 
+/// The entries of a history file, their paths resolved against its folder (the current
+/// folder for standard input).
+fn history_entries(path: &Path) -> Result<Vec<HistoryEntry>> {
+    let mut entries: Vec<HistoryEntry> =
+        ace::textfile::yaml(path, "a history list [{image, mask?, instruction, task?}]")?;
+    let base = match path.parent() {
+        Some(p) if path.as_os_str() != "-" => p.to_path_buf(),
+        _ => PathBuf::new(),
+    };
+    for e in &mut entries {
+        e.image = base.join(&e.image);
+        e.mask = e.mask.as_ref().map(|m| base.join(m));
+    }
+    Ok(entries)
+}
+
+/// The earlier turns of a history file, their images read.
 pub fn read_history(path: &Path) -> Result<Vec<Turn>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let entries: Vec<HistoryEntry> = serde_yaml::from_str(&text).with_context(|| {
-        format!(
-            "{}: not a history list [{{image, mask?, instruction, task?}}]",
-            path.display()
-        )
-    })?;
-    let base = path.parent().unwrap_or(Path::new(""));
-    entries
+    history_entries(path)?
         .into_iter()
         .map(|e| {
-            let mask = e.mask.as_ref().map(|m| base.join(m));
             Ok(Turn {
-                input: read_input(
-                    &base.join(&e.image),
-                    mask.as_deref(),
-                    e.task.as_deref().unwrap_or(""),
-                )?,
+                input: read_input(&e.image, e.mask.as_deref(), e.task.as_deref().unwrap_or(""))?,
                 instruction: e.instruction,
             })
         })
+        .collect()
+}
+
+/// The history file and the images and masks it names.
+pub fn history_paths(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.as_os_str() == "-" {
+        // Standard input is read once, by the run itself.
+        return Ok(Vec::new());
+    }
+    let mut paths = vec![path.to_path_buf()];
+    for e in history_entries(path)? {
+        paths.push(e.image);
+        paths.extend(e.mask);
+    }
+    Ok(paths)
+}
+
+/// The paths of the masks given with `--mask` (the "no mask" spellings left out).
+pub fn mask_paths(masks: &[String]) -> Vec<PathBuf> {
+    masks
+        .iter()
+        .filter_map(|m| optional(Some(m)).map(PathBuf::from))
         .collect()
 }

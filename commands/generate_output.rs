@@ -1,12 +1,14 @@
-//! Running one request on a loaded model and writing its result: the progress bar, the PNG
-//! with the settings as tEXt chunks, the optional latent file, and the JSON summary.
+//! Running one request on a loaded model and writing its result: the progress bar, the image
+//! in the format its name says (a PNG carries the settings as tEXt chunks), the optional latent
+//! file, and the JSON summary. A run stopped by a signal before its output is written writes
+//! nothing; once writing has begun it finishes.
 
 use crate::cli::Global;
 use crate::generate_common::Common;
 use crate::model_source::Phases;
+use ace::imageio::OutputFormat;
 use ace::pipeline::{Ace, Generated, Request};
-use anyhow::{Context, Result};
-use std::io::{IsTerminal, Write};
+use anyhow::{bail, Result};
 use std::path::Path;
 
 /// PNG bytes of the image with the settings as tEXt chunks.
@@ -24,22 +26,42 @@ fn encode_png(img: &image::RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>>
     Ok(buf)
 }
 
+/// The image file: PNG with the settings as text chunks, or the format the name says.
+fn encode(rgb: image::RgbImage, text: &[(&str, String)], output: &Path) -> Result<Vec<u8>> {
+    Ok(match OutputFormat::for_output(output, None)? {
+        OutputFormat::Png => encode_png(&rgb, text)?,
+        format => ace::imageio::encode(&image::DynamicImage::ImageRgb8(rgb), format)?,
+    })
+}
+
 fn save_tensors(path: &Path, g: &Generated) -> Result<()> {
-    let tmp = tempfile::NamedTempFile::new_in(
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    )?;
-    candle_core::safetensors::save(
-        &[("latent", g.latent.clone()), ("image", g.image.clone())]
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+        [("latent", g.latent.clone()), ("image", g.image.clone())]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        tmp.path(),
-    )?;
-    tmp.persist(path)
-        .with_context(|| format!("{}", path.display()))?;
+            .collect();
+    ace::output::create_parent(path)?;
+    ace::output::atomic::write_with(path, |tmp| {
+        candle_core::safetensors::save(&tensors, tmp).map_err(ace::Error::from)
+    })?;
     Ok(())
+}
+
+/// Refuses a result whose latent holds NaN or infinite values (non-finite weights or starting
+/// noise) instead of writing a black image.
+fn check_finite(g: &Generated, c: &Common, output: &Path) -> Result<()> {
+    let sum = g.latent.sum_all()?.to_scalar::<f32>()?;
+    if sum.is_finite() {
+        return Ok(());
+    }
+    let cause = match &c.noise {
+        Some(noise) => format!("the starting noise {noise} or the model weights"),
+        None => "the model weights".to_string(),
+    };
+    bail!(
+        "{}: not written: the sampled latent holds NaN or infinite values ({cause} are not finite)",
+        output.display()
+    )
 }
 
 /// What one generation reports.
@@ -83,25 +105,7 @@ fn generate(
 ) -> Result<Ran> {
     let (model, c, global, config_name) = (g.model, g.common, g.global, g.config_name);
     let steps = request.steps;
-    let bar = if !global.quiet && std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps [{elapsed_precise}, {secs_per_step}]",
-            )?
-            .with_key(
-                "secs_per_step",
-                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let done = state.pos().max(1) as f64;
-                    let _ = write!(w, "{:.2}s/it", state.elapsed().as_secs_f64() / done);
-                },
-            )
-            .progress_chars("=> "),
-        );
-        Some(bar)
-    } else {
-        None
-    };
+    let bar = crate::ui::progress_bar(global, steps as u64, "sampling", "steps");
     let start = std::time::Instant::now();
     let generated = model.generate(request, &mut |_, _| {
         if let Some(b) = &bar {
@@ -132,34 +136,27 @@ fn generate(
         ("guide_rescale", guidance.rescale.to_string()),
         ("preset", config_name.to_string()),
     ];
-    let png = encode_png(&rgb, &settings)?;
+    let (width, height) = rgb.dimensions();
+    check_finite(&generated, c, output)?;
+    let bytes = encode(rgb, &settings, output)?;
+    // The last point at which a signal stops the run: from here on the output is written whole.
+    if ace::cancel::requested() {
+        bail!("{}: not written (interrupted)", output.display());
+    }
     if let Some(path) = &c.save_latent {
         save_tensors(path, &generated)?;
     }
-    if output.as_os_str() == "-" {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&png)?;
-        out.flush()?;
-    } else {
-        if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("{}", parent.display()))?;
-        }
-        ace::imageio::write_atomic(output, &png)?;
-    }
-    if !global.quiet {
-        eprintln!(
-            "ace: seed {seed_text}, {}x{} -> {}",
-            rgb.width(),
-            rgb.height(),
-            output.display()
-        );
-    }
+    ace::output::write(output, &bytes)?;
+    crate::ui::info(
+        global,
+        format_args!("seed {seed_text}, {width}x{height} -> {}", output.display()),
+    );
     let summary = serde_json::json!({
         "output": output,
         "seed": seed,
         "noise": c.noise,
-        "width": rgb.width(),
-        "height": rgb.height(),
+        "width": width,
+        "height": height,
         "steps": steps,
         "guide_scale": guidance.scale,
         "guide_rescale": guidance.rescale,

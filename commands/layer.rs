@@ -1,6 +1,6 @@
 //! `ace layer decouple | fuse`: layer editing (`ace::tasks::layer`).
 
-use crate::generate_common::{Common, Intent, Job};
+use crate::generate_common::{Common, HistoryArg, Intent, Job};
 use crate::generate_inputs::{need, read_input, read_mask};
 use ace::config::AceConfig;
 use ace::tasks::layer;
@@ -38,6 +38,8 @@ pub struct Decouple {
     #[arg(long, value_name = "TEXT")]
     pub instruction: Option<String>,
     #[command(flatten)]
+    pub history: HistoryArg,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -60,15 +62,31 @@ pub struct Fuse {
     #[arg(long, value_name = "TEXT")]
     pub instruction: Option<String>,
     #[command(flatten)]
+    pub history: HistoryArg,
+    #[command(flatten)]
     pub common: Common,
 }
 
 impl Intent for Args {
+    fn history(&self) -> Option<&std::path::Path> {
+        match &self.op {
+            Op::Decouple(d) => d.history.history.as_deref(),
+            Op::Fuse(f) => f.history.history.as_deref(),
+        }
+    }
+
     fn common(&self) -> &Common {
         match &self.op {
             Op::Decouple(d) => &d.common,
             Op::Fuse(f) => &f.common,
         }
+    }
+
+    fn inputs(&self) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(match &self.op {
+            Op::Decouple(d) => d.image.iter().chain(&d.mask).cloned().collect(),
+            Op::Fuse(f) => f.background.iter().chain(&f.subjects).cloned().collect(),
+        })
     }
 
     fn job(&self, seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {

@@ -1,7 +1,8 @@
 //! The `ace` binary: parses the command line and hands each subcommand to its module. All the
 //! computing lives in the `ace` library; these files only translate flags into calls, print
 //! results and map outcomes to exit codes (0 success, 1 some inputs failed, 2 usage or fatal
-//! error, 130 interrupted).
+//! error, 128 + the signal's number when SIGINT, SIGTERM or SIGHUP stopped the run: 130, 143,
+//! 129).
 
 mod analyze;
 mod analyze_ace;
@@ -25,7 +26,9 @@ mod model;
 mod model_source;
 mod outpaint;
 mod reference;
+mod signals;
 mod train;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -36,38 +39,46 @@ pub enum Outcome {
     Success,
     /// Some inputs failed (each was reported); the rest were processed.
     SomeFailed,
+    /// A signal stopped the run before all of it was done.
+    Interrupted,
 }
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse_args() {
         Ok(cli) => cli,
+        // Help and version go to stdout as clap writes them; a usage error is one line.
+        Err(e) if e.use_stderr() => {
+            eprintln!("ace: {}", ui::clap_line(&e));
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
         }
     };
     init_logging(&cli.global);
     // Every command's working set is a repeating pattern of large buffers (activations,
     // images): keep freed ones for reuse rather than page-faulting them in afresh.
     ace::memory::keep_freed_blocks();
-    let _ = ctrlc::set_handler(|| {
-        if ace::cancel::requested() {
-            std::process::exit(130);
-        }
-        ace::cancel::request();
-    });
+    signals::install();
     let result = cli::run(cli);
-    if ace::cancel::requested() {
+    // A run that finished its work succeeded even if a signal came late; one that stopped
+    // (or failed because it was stopped) reports the signal.
+    let stopped = match &result {
+        Ok(Outcome::Interrupted) => true,
+        Err(_) => ace::cancel::requested(),
+        Ok(_) => false,
+    };
+    if stopped {
         eprintln!("ace: interrupted");
-        return ExitCode::from(130);
+        return ExitCode::from(ace::cancel::exit_status().unwrap_or(130));
     }
     match result {
-        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Success) | Ok(Outcome::Interrupted) => ExitCode::SUCCESS,
         Ok(Outcome::SomeFailed) => ExitCode::from(1),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ace: {e:#}");
+            eprintln!("ace: {}", ui::one_line(&e));
             ExitCode::from(2)
         }
     }

@@ -35,7 +35,8 @@ pub struct DownloadArgs {
 pub struct InfoArgs {
     #[command(flatten)]
     pub source: ModelSource,
-    /// Weight dtype the memory figures are for: f32, bf16 or f16.
+    /// Weight dtype of the DiT and VAE the memory figures are for: f32, bf16 or f16 (the T5 is
+    /// streamed from its files a block at a time, in its stored dtype).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: String,
     /// Print one JSON document instead of a table.
@@ -75,9 +76,12 @@ fn download(args: DownloadArgs, global: &crate::cli::Global) -> anyhow::Result<O
                 "repo": f.repo, "file": f.file, "local": f.local, "cached": f.cached,
             });
             writeln!(out, "{line}")?;
-        } else if !global.quiet {
+        } else {
             let how = if f.cached { "cached" } else { "downloaded" };
-            eprintln!("{how}: {}/{} -> {}", f.repo, f.file, f.local.display());
+            crate::ui::info(
+                global,
+                format_args!("{how}: {}/{} -> {}", f.repo, f.file, f.local.display()),
+            );
         }
     }
     Ok(Outcome::Success)
@@ -92,12 +96,15 @@ struct Component {
     parameters: u64,
     stored_dtypes: Vec<String>,
     bytes_on_disk: u64,
+    /// What the run holds in memory: all the weights in the chosen dtype for the DiT and the
+    /// VAE; for the T5, which is streamed from its files, its largest block as stored.
     memory_bytes: u64,
 }
 
 fn info(args: InfoArgs) -> anyhow::Result<Outcome> {
     let (cfg, _) = args.source.load()?;
-    let files = cfg.model_files(args.source.model_dir.as_deref())?;
+    let files =
+        crate::model_source::model_files(&cfg, args.source.model_dir.as_deref(), "--model-dir")?;
     let dtype: candle_core::DType = args.dtype.parse().map_err(|_| {
         anyhow::anyhow!("invalid dtype '{}' (expected f32, bf16 or f16)", args.dtype)
     })?;
@@ -117,7 +124,10 @@ fn info(args: InfoArgs) -> anyhow::Result<Outcome> {
             "dtype": args.dtype,
             "components": components,
             "parameters": components.iter().map(|c| c.parameters).sum::<u64>(),
-            "memory_bytes": components.iter().map(|c| c.memory_bytes).sum::<u64>(),
+            "memory_bytes": {
+                "text_phase": text_phase(&components),
+                "model_phase": model_phase(&components),
+            },
         });
         writeln!(out, "{doc}")?;
         return Ok(Outcome::Success);
@@ -142,13 +152,17 @@ fn info(args: InfoArgs) -> anyhow::Result<Outcome> {
             c.tensors,
             c.parameters,
             c.stored_dtypes.join(","),
-            human_bytes(c.bytes_on_disk),
-            human_bytes(c.memory_bytes),
+            crate::ui::human_bytes(c.bytes_on_disk),
+            crate::ui::human_bytes(c.memory_bytes),
             c.path.display()
         )?;
     }
-    let total: u64 = components.iter().map(|c| c.memory_bytes).sum();
-    writeln!(out, "total memory for weights: {}", human_bytes(total))?;
+    writeln!(
+        out,
+        "memory for weights: {} while the prompts are encoded, then {} (DiT and VAE)",
+        crate::ui::human_bytes(text_phase(&components)),
+        crate::ui::human_bytes(model_phase(&components))
+    )?;
     Ok(Outcome::Success)
 }
 
@@ -158,6 +172,12 @@ fn describe(
     dtype: candle_core::DType,
 ) -> anyhow::Result<Component> {
     let entries = checkpoint::inventory(path)?;
+    if entries.is_empty() {
+        anyhow::bail!(
+            "{}: holds no tensors (expected the {component} weights)",
+            path.display()
+        );
+    }
     let parameters: u64 = entries
         .iter()
         .map(|e| e.shape.iter().product::<usize>() as u64)
@@ -179,21 +199,42 @@ fn describe(
         parameters,
         stored_dtypes: stored,
         bytes_on_disk,
-        memory_bytes: parameters * dtype.size_in_bytes() as u64,
+        memory_bytes: if component == "text_encoder" {
+            largest_block(&entries)
+        } else {
+            parameters * dtype.size_in_bytes() as u64
+        },
     })
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
+/// The bytes of the largest `encoder.block.N` of a T5 as stored: what streaming it holds.
+fn largest_block(entries: &[checkpoint::Entry]) -> u64 {
+    let mut blocks: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for e in entries {
+        let Some(rest) = e.name.strip_prefix("encoder.block.") else {
+            continue;
+        };
+        let block = &e.name[..e.name.len() - rest.len() + rest.find('.').unwrap_or(rest.len())];
+        let bytes = e.shape.iter().product::<usize>() as u64 * e.dtype.size_in_bytes() as u64;
+        *blocks.entry(block).or_default() += bytes;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    blocks.values().copied().max().unwrap_or(0)
+}
+
+/// Weights held while the prompts are encoded (the streamed T5).
+fn text_phase(components: &[Component]) -> u64 {
+    components
+        .iter()
+        .filter(|c| c.component == "text_encoder")
+        .map(|c| c.memory_bytes)
+        .sum()
+}
+
+/// Weights held while sampling and decoding (the DiT and the VAE).
+fn model_phase(components: &[Component]) -> u64 {
+    components
+        .iter()
+        .filter(|c| c.component != "text_encoder")
+        .map(|c| c.memory_bytes)
+        .sum()
 }

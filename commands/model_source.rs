@@ -99,19 +99,42 @@ pub fn prompt_cache(disabled: bool) -> Option<PromptCache> {
     }
 }
 
-/// Loads the model of `cfg` (weights under `model_dir` when given) for a run that needs
-/// `prompts`: first the text phase, which encodes them and the image indicators (T5 weights
-/// opened only for prompts the cache lacks, and let go of afterwards), then the DiT and the
-/// VAE. Each is one of `phases`.
-pub fn load_model(
+/// The weight files of `cfg` (under `model_dir` when given). When they are missing and no
+/// folder was given, the error says how to get them, naming the command's flag for the folder
+/// (`dir_flag`).
+pub fn model_files(
     cfg: &AceConfig,
     model_dir: Option<&Path>,
+    dir_flag: &str,
+) -> Result<ace::config::ModelFiles> {
+    cfg.model_files(model_dir).map_err(|e| {
+        let remote = cfg
+            .weight_specs()
+            .is_ok_and(|specs| specs.iter().any(|(_, s)| s.contains("://")));
+        if model_dir.is_none() && remote {
+            anyhow::anyhow!(
+                "{e}\npass {dir_flag} DIR (a downloaded snapshot of the model repository) or \
+                 fetch it into the Hugging Face cache with `ace model download`"
+            )
+        } else {
+            anyhow::Error::new(e)
+        }
+    })
+}
+
+/// Loads the model of `cfg` (weights under `model_dir`, given with `dir_flag`) for a run that
+/// needs `prompts`: first the text phase, which encodes them and the image indicators (T5
+/// weights opened only for prompts the cache lacks, and let go of afterwards), then the DiT and
+/// the VAE. Each is one of `phases`.
+pub fn load_model(
+    cfg: &AceConfig,
+    (model_dir, dir_flag): (Option<&Path>, &str),
     opts: &LoadOptions,
     global: &Global,
     prompts: &[String],
     phases: &mut Phases,
 ) -> Result<Ace> {
-    let files = cfg.model_files(model_dir)?;
+    let files = model_files(cfg, model_dir, dir_flag)?;
     let dtype = parse_dtype(&opts.dtype).context("--dtype")?;
     let text_dtype = opts
         .text_dtype

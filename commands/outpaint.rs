@@ -1,6 +1,6 @@
 //! `ace outpaint`: extend an image beyond its borders (`ace::tasks::outpaint`).
 
-use crate::generate_common::{Common, Intent, Job};
+use crate::generate_common::{Common, HistoryArg, Intent, Job};
 use crate::generate_inputs::need;
 use ace::config::AceConfig;
 use ace::tasks::outpaint::Extend;
@@ -40,6 +40,8 @@ pub struct Args {
     #[arg(long, value_name = "TEXT")]
     pub instruction: Option<String>,
     #[command(flatten)]
+    pub history: HistoryArg,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -56,8 +58,16 @@ fn ratio(s: &str) -> Result<(f64, f64), String> {
 }
 
 impl Intent for Args {
+    fn history(&self) -> Option<&std::path::Path> {
+        self.history.history.as_deref()
+    }
+
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn inputs(&self) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(self.image.iter().cloned().collect())
     }
 
     fn job(&self, seed: u64, cfg: &AceConfig) -> anyhow::Result<Job> {

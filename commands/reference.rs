@@ -1,6 +1,6 @@
 //! `ace reference`: reference generation and series (`ace::tasks::reference`).
 
-use crate::generate_common::{Common, Intent, Job};
+use crate::generate_common::{Common, HistoryArg, Intent, Job};
 use crate::generate_inputs::{need, read_input};
 use ace::config::AceConfig;
 use std::path::PathBuf;
@@ -29,12 +29,28 @@ pub struct Args {
     #[arg(long, value_name = "TEXT")]
     pub instruction: Option<String>,
     #[command(flatten)]
+    pub history: HistoryArg,
+    #[command(flatten)]
     pub common: Common,
 }
 
 impl Intent for Args {
+    fn history(&self) -> Option<&std::path::Path> {
+        self.history.history.as_deref()
+    }
+
     fn common(&self) -> &Common {
         &self.common
+    }
+
+    fn inputs(&self) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(self
+            .image
+            .iter()
+            .chain(&self.mask)
+            .chain(&self.refs)
+            .cloned()
+            .collect())
     }
 
     fn job(&self, seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {

@@ -6,18 +6,17 @@
 
 use crate::imageio::{self, OutputFormat};
 use crate::inputs::{Input, Source};
-use crate::{cancel, Error, Result};
+use crate::{cancel, output, Error, Result};
 use image::DynamicImage;
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Where an output is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// A file, written atomically.
+    /// A file (written atomically) or a device such as `/dev/null` (written directly).
     File(PathBuf),
     /// Standard output.
     Stdout,
@@ -32,23 +31,9 @@ impl Destination {
         }
     }
 
-    /// Encodes `image` in `format` and writes it here.
+    /// Encodes `image` in `format` and writes it here ([`output::write`]).
     pub fn write(&self, image: &DynamicImage, format: OutputFormat) -> Result<()> {
-        match self {
-            Destination::File(p) => {
-                if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-                }
-                imageio::save(image, p, Some(format))
-            }
-            Destination::Stdout => {
-                let bytes = imageio::encode(image, format)?;
-                let mut out = std::io::stdout().lock();
-                out.write_all(&bytes)
-                    .and_then(|_| out.flush())
-                    .map_err(|e| Error::io("-", e))
-            }
-        }
+        output::write(self.display_path(), &imageio::encode(image, format)?)
     }
 }
 
@@ -60,15 +45,18 @@ pub struct Job {
     pub output: Result<(Destination, OutputFormat), String>,
 }
 
-/// Plans the output of every input. `output` is `-` (standard output, one input only), a file
-/// (one input; its name must end in .png, .jpg, .jpeg or .webp), or a folder (an existing one, a
-/// path ending in `/`, any path without an image extension, or whenever there are several
-/// inputs), in which each output keeps its input's relative name with the extension of
-/// `format` (PNG by default). Without `output`, a single standard input goes to standard output.
-/// Errors that concern the whole batch come back as `Err`; an input that would be overwritten
-/// or an output name used twice makes that job's `output` an error message.
+/// Plans the output of every input. `output` is `-` (standard output), a file or device, or a
+/// folder. It is a folder when it exists as one, ends in `/`, or there are several inputs or
+/// `plural` ones (from a folder or a glob pattern; a file name with an image extension is then
+/// an error); each output in a folder keeps its
+/// input's relative name with the extension of `format` (PNG by default). A single file's
+/// format follows its extension ([`OutputFormat::for_output`]). Without `output`, a single
+/// standard input goes to standard output. Errors that concern the whole batch come back as
+/// `Err`; an input that would be overwritten or an output name used twice makes that job's
+/// `output` an error message.
 pub fn plan(
     inputs: Vec<Input>,
+    plural: bool,
     output: Option<&Path>,
     format: Option<OutputFormat>,
 ) -> Result<Vec<Job>> {
@@ -82,39 +70,39 @@ pub fn plan(
                 "missing -o/--output (a file for one input, a folder for several, - for stdout)",
             )),
         };
-    let format_of_file = |p: &Path| format.or_else(|| OutputFormat::from_path(p));
-    if output == Path::new("-") {
-        if inputs.len() != 1 {
-            return Err(Error::invalid(
-                "output",
-                format!("'-o -' takes one input, got {}", inputs.len()),
-            ));
-        }
-        let f = format.unwrap_or(OutputFormat::Png);
-        return Ok(into_jobs(inputs, |_| Ok((Destination::Stdout, f))));
-    }
-    let is_folder = output.is_dir()
+    let as_folder = output.is_dir()
         || output
             .as_os_str()
             .to_string_lossy()
             .ends_with(std::path::MAIN_SEPARATOR)
-        || OutputFormat::from_path(output).is_none();
-    if !is_folder {
-        if inputs.len() != 1 {
-            return Err(Error::invalid(
-                "output",
-                format!(
-                    "{} names one file but there are {} inputs (give a folder)",
-                    output.display(),
-                    inputs.len()
-                ),
-            ));
+        || inputs.len() > 1
+        || plural;
+    if !as_folder {
+        let f = OutputFormat::for_output(output, format)?;
+        let dest = match output::Target::of(output) {
+            output::Target::Stdout => Destination::Stdout,
+            _ => Destination::File(output.to_path_buf()),
+        };
+        return Ok(guard(into_jobs(inputs, |_| Ok((dest.clone(), f)))));
+    }
+    let several = |what: &str| {
+        Error::output(
+            output,
+            format!(
+                "{what} but there are {} inputs (give a folder)",
+                inputs.len()
+            ),
+        )
+    };
+    match output::Target::of(output) {
+        output::Target::Stdout => return Err(several("standard output takes one image")),
+        output::Target::Special(_) => return Err(several("names a device")),
+        output::Target::File(_)
+            if !output.is_dir() && OutputFormat::from_path(output).is_some() =>
+        {
+            return Err(several("names one image file"))
         }
-        let f = format_of_file(output).unwrap_or(OutputFormat::Png);
-        let dest = output.to_path_buf();
-        return Ok(guard(into_jobs(inputs, |_| {
-            Ok((Destination::File(dest.clone()), f))
-        })));
+        output::Target::File(_) => {}
     }
     let f = format.unwrap_or(OutputFormat::Png);
     let mut taken: HashMap<PathBuf, PathBuf> = HashMap::new();
@@ -151,17 +139,14 @@ fn into_jobs(
 
 /// Turns every job whose output is one of the inputs into an error.
 fn guard(mut jobs: Vec<Job>) -> Vec<Job> {
-    let inputs: HashSet<PathBuf> = jobs
-        .iter()
-        .filter_map(|j| match &j.input.source {
-            Source::File(p) => p.canonicalize().ok(),
-            Source::Stdin => None,
-        })
-        .collect();
+    let inputs = output::InputSet::new(jobs.iter().filter_map(|j| match &j.input.source {
+        Source::File(p) => Some(p.as_path()),
+        Source::Stdin => None,
+    }));
     for job in &mut jobs {
         if let Ok((Destination::File(p), _)) = &job.output {
-            if p.canonicalize().is_ok_and(|c| inputs.contains(&c)) {
-                job.output = Err(format!("{}: refusing to overwrite an input", p.display()));
+            if let Err(e) = inputs.refuse(p) {
+                job.output = Err(e.to_string());
             }
         }
     }
@@ -257,7 +242,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inputs = files(dir.path(), &["a/x.png", "b/x.jpg", "b/y.jpg"]);
         let out = dir.path().join("out");
-        let jobs = plan(inputs, Some(&out), Some(OutputFormat::Webp)).unwrap();
+        let jobs = plan(inputs, false, Some(&out), Some(OutputFormat::Webp)).unwrap();
         assert_eq!(dest(&jobs[0]), out.join("x.webp"));
         assert!(jobs[1].output.as_ref().unwrap_err().contains("twice"));
         assert_eq!(dest(&jobs[2]), out.join("y.webp"));
@@ -268,33 +253,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one = files(dir.path(), &["p.png"]);
         let target = dir.path().join("edges.jpg");
-        let jobs = plan(one.clone(), Some(&target), None).unwrap();
+        let jobs = plan(one.clone(), false, Some(&target), None).unwrap();
         assert_eq!(
             jobs[0].output.as_ref().unwrap(),
             &(Destination::File(target), OutputFormat::Jpeg)
         );
 
-        let jobs = plan(one.clone(), Some(Path::new("-")), None).unwrap();
+        let jobs = plan(one.clone(), false, Some(Path::new("-")), None).unwrap();
         assert_eq!(jobs[0].output.as_ref().unwrap().0, Destination::Stdout);
-        let jobs = plan(vec![Input::stdin()], None, None).unwrap();
+        let jobs = plan(vec![Input::stdin()], false, None, None).unwrap();
         assert_eq!(jobs[0].output.as_ref().unwrap().0, Destination::Stdout);
 
         let two = files(dir.path(), &["p.png", "q.png"]);
-        assert!(plan(two.clone(), Some(Path::new("-")), None).is_err());
-        assert!(plan(two.clone(), Some(&dir.path().join("one.png")), None).is_err());
-        assert!(plan(one, None, None).is_err());
+        assert!(plan(two.clone(), false, Some(Path::new("-")), None).is_err());
+        assert!(plan(two.clone(), false, Some(&dir.path().join("one.png")), None).is_err());
+        assert!(plan(one.clone(), false, None, None).is_err());
+
+        // One input and a name without an image extension: a file, not a folder.
+        let noext = dir.path().join("noext");
+        let jobs = plan(one.clone(), false, Some(&noext), None).unwrap();
+        assert_eq!(
+            jobs[0].output.as_ref().unwrap(),
+            &(Destination::File(noext), OutputFormat::Png)
+        );
+        assert!(plan(
+            one,
+            false,
+            Some(&dir.path().join("x.jpg")),
+            Some(OutputFormat::Png)
+        )
+        .is_err());
     }
 
     #[test]
     fn never_overwrites_an_input() {
         let dir = tempfile::tempdir().unwrap();
         let inputs = files(dir.path(), &["p.png", "q.png"]);
-        let jobs = plan(inputs.clone(), Some(dir.path()), None).unwrap();
+        let jobs = plan(inputs.clone(), false, Some(dir.path()), None).unwrap();
         for job in &jobs {
             let msg = job.output.as_ref().unwrap_err();
-            assert!(msg.contains("refusing to overwrite"), "{msg}");
+            assert!(msg.contains("refusing to overwrite an input"), "{msg}");
         }
-        let jobs = plan(inputs[..1].to_vec(), Some(&dir.path().join("p.png")), None).unwrap();
+        let jobs = plan(
+            inputs[..1].to_vec(),
+            false,
+            Some(&dir.path().join("p.png")),
+            None,
+        )
+        .unwrap();
         assert!(jobs[0].output.is_err());
     }
 
@@ -306,7 +312,7 @@ mod tests {
         imageio::save(&img, &good, None).unwrap();
         let bad = files(dir.path(), &["bad.png"]).remove(0);
         let out = dir.path().join("out");
-        let jobs = plan(vec![Input::file(&good), bad], Some(&out), None).unwrap();
+        let jobs = plan(vec![Input::file(&good), bad], false, Some(&out), None).unwrap();
         let seen = std::sync::Mutex::new(Vec::new());
         let summary = run(&jobs, Ok, |r| {
             seen.lock()

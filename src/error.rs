@@ -18,6 +18,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An output cannot be written where it was asked for (a folder, a file in the way of its
+    /// parent folders, one of the inputs, the output of another job).
+    #[error("{path}: {message}")]
+    Output { path: PathBuf, message: String },
+
     /// An argument or parameter value is out of its domain.
     #[error("invalid {what}: {message}")]
     Invalid { what: String, message: String },
@@ -38,6 +43,11 @@ pub enum Error {
         found: Vec<usize>,
     },
 
+    /// Training produced a non-finite loss, gradient norm or weight; nothing of that step was
+    /// kept.
+    #[error("training diverged at step {step}: {what} is not finite")]
+    Diverged { step: u64, what: String },
+
     /// A configuration file does not follow the schema.
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
@@ -56,6 +66,14 @@ impl Error {
     pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Invalid {
             what: what.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Output`].
+    pub fn output(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Output {
+            path: path.into(),
             message: message.into(),
         }
     }

@@ -8,6 +8,7 @@ use image::DynamicImage;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// File extensions taken as images when walking a folder or matching a glob.
 pub const IMAGE_EXTENSIONS: [&str; 9] = [
@@ -68,16 +69,36 @@ impl Input {
     pub fn load(&self) -> Result<DynamicImage> {
         match &self.source {
             Source::File(p) => imageio::load(p),
-            Source::Stdin => {
-                let mut bytes = Vec::new();
-                std::io::stdin()
-                    .lock()
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| Error::io("-", e))?;
-                imageio::decode(&bytes, Path::new("-"))
-            }
+            Source::Stdin => imageio::load(Path::new("-")),
         }
     }
+}
+
+/// Whether standard input was read already (it can be read once per run).
+static STDIN_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Reads standard input whole, up to `limit` bytes (more is an error), once per run: a second
+/// `-` among a command's inputs is an error.
+pub fn read_stdin(limit: u64) -> Result<Vec<u8>> {
+    if STDIN_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(Error::invalid(
+            "input",
+            "- (standard input) is given twice; it can be read once",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("-", e))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::invalid(
+            "input",
+            format!("- (standard input): more than {} MiB", limit >> 20),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The result of expanding operands: the images found, and one error per operand that gave none.
@@ -87,6 +108,9 @@ pub struct Expansion {
     pub inputs: Vec<Input>,
     /// Operands that name nothing readable, folders without images, globs matching nothing.
     pub errors: Vec<Error>,
+    /// Whether an operand was a folder or a glob pattern, which may give any number of images
+    /// (their outputs then go to a folder even when one image was found).
+    pub plural: bool,
 }
 
 /// Expands command-line operands into images: `-` is standard input; an existing file is taken
@@ -95,6 +119,9 @@ pub struct Expansion {
 pub fn expand(operands: &[String], recursive: bool) -> Expansion {
     let mut found = BTreeSet::new();
     let mut errors = Vec::new();
+    let plural = operands
+        .iter()
+        .any(|o| o != "-" && (Path::new(o).is_dir() || !Path::new(o).exists()));
     for operand in operands {
         match expand_one(operand, recursive) {
             Ok(inputs) => found.extend(inputs),
@@ -107,7 +134,11 @@ pub fn expand(operands: &[String], recursive: bool) -> Expansion {
         .into_iter()
         .filter(|i: &Input| seen.insert(identity(&i.source)))
         .collect();
-    Expansion { inputs, errors }
+    Expansion {
+        inputs,
+        errors,
+        plural,
+    }
 }
 
 fn identity(source: &Source) -> Source {

@@ -18,11 +18,14 @@ pub mod hub;
 pub mod imageio;
 pub mod inputs;
 pub mod kernels;
+pub mod limits;
 pub mod memory;
 pub mod model;
+pub mod output;
 pub mod pipeline;
 pub mod sampler;
 pub mod tasks;
+pub mod textfile;
 pub mod train;
 
 pub use error::{Error, Result};

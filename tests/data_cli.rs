@@ -7,8 +7,12 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use std::path::Path;
 
+/// The binary with `-v`: the counts these tests read are informational lines, shown on a
+/// terminal or with `-v`.
 fn ace() -> Command {
-    Command::cargo_bin("ace").unwrap()
+    let mut cmd = Command::cargo_bin("ace").unwrap();
+    cmd.arg("-v");
+    cmd
 }
 
 fn coverage(path: &Path) -> f64 {
@@ -310,7 +314,12 @@ fn pairs_from_images_embedded_with_clip_name_the_images() {
         assert!((-1.0..=1.0).contains(&sim), "{l}");
     }
     assert_eq!(named.len(), 9);
-    assert!(named.iter().any(|n| n.starts_with("sub/")), "{named:?}");
+    // Ids are paths from the pairs file's folder, as `ace data instructions` resolves them.
+    assert!(named.iter().all(|n| n.starts_with("photos/")), "{named:?}");
+    assert!(
+        named.iter().any(|n| n.starts_with("photos/sub/")),
+        "{named:?}"
+    );
     assert!(!named.iter().any(|n| n.contains("broken")));
 }
 
@@ -348,8 +357,12 @@ fn instructions_turn_pairs_into_a_dataset() {
         .arg("--out")
         .arg(&out)
         .assert()
-        .success()
-        .stderr(contains("2 pairs kept").and(contains("1 with a missing image")));
+        .code(1)
+        .stderr(
+            contains("2 pairs kept")
+                .and(contains("1 with a missing image"))
+                .and(contains("pairs.jsonl: line 4: ").and(contains("missing.png: no such file"))),
+        );
     let recs = lines(&out.join("data.jsonl"));
     assert_eq!(recs.len(), 2);
     assert_eq!(recs[0]["task"], "object.add");

@@ -325,7 +325,8 @@ fn folders_are_paired_by_stem() {
 }
 
 /// The Emu Edit test set read from its parquet layout: rows paired with `<idx>.png` edits,
-/// inputs extracted to the cache and standing as the ground truth, per-task means.
+/// inputs extracted to the cache and standing as the ground truth, per-task means; a row
+/// without its edit is reported missing (exit 1), not left out.
 #[test]
 fn emu_edit_parquet_rows_pair_with_edits_by_idx() {
     let dir = tempfile::tempdir().unwrap();
@@ -350,12 +351,17 @@ fn emu_edit_parquet_rows_pair_with_edits_by_idx() {
         .arg(fixture("clip-tiny"))
         .args(["--device", "cpu"])
         .assert()
-        .success();
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("1.png"), "{stderr}");
     let doc: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     let samples = doc["samples"].as_array().unwrap();
-    assert_eq!(samples.len(), 2, "row 1 has no edit and is left out");
+    assert_eq!(samples.len(), 3, "row 1 has no edit and is reported");
+    assert_eq!(samples[1]["clip_img"], Value::Null);
+    assert!(!samples[1]["errors"].as_array().unwrap().is_empty());
     let cases = cases();
-    for (sample, (i, task)) in samples.iter().zip([(0, "background"), (2, "remove")]) {
+    let scored = [&samples[0], &samples[2]];
+    for (sample, (i, task)) in scored.into_iter().zip([(0, "background"), (2, "remove")]) {
         assert_eq!(sample["task"], task);
         let want = cases["metrics"][i]["clip_img_vs_input"].as_f64().unwrap();
         let d = (sample["clip_img"].as_f64().unwrap() - want).abs();

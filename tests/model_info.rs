@@ -27,13 +27,20 @@ fn describes_each_component_of_the_tiny_model() {
     for c in components {
         let params = c["parameters"].as_u64().unwrap();
         assert!(params > 0, "{c}");
-        assert_eq!(
-            c["memory_bytes"].as_u64().unwrap(),
-            2 * params,
-            "bf16 is two bytes: {c}"
-        );
+        let memory = c["memory_bytes"].as_u64().unwrap();
+        if c["component"] == "text_encoder" {
+            // Streamed a block at a time: one of its two f32 blocks is held, not the whole.
+            assert!(memory > 0 && memory < params * 4 / 2, "{c}");
+        } else {
+            assert_eq!(memory, 2 * params, "bf16 is two bytes: {c}");
+        }
         assert!(std::path::Path::new(c["path"].as_str().unwrap()).exists());
     }
+    assert_eq!(
+        doc["memory_bytes"]["model_phase"].as_u64().unwrap(),
+        2 * (components[0]["parameters"].as_u64().unwrap()
+            + components[1]["parameters"].as_u64().unwrap())
+    );
     // The tiny DiT: hidden 64, depth 2 — its parameters counted from the pickle's records.
     let dit = &components[0];
     assert_eq!(dit["stored_dtypes"], serde_json::json!(["f32"]));
@@ -50,7 +57,7 @@ fn describes_each_component_of_the_tiny_model() {
         .success();
     let text = String::from_utf8_lossy(&table.get_output().stdout).to_string();
     assert!(
-        text.contains("ace_tiny.pth") && text.contains("total memory"),
+        text.contains("ace_tiny.pth") && text.contains("while the prompts are encoded"),
         "{text}"
     );
 }

@@ -11,7 +11,7 @@
 //! scaled to 0..255 (truncated, as the ControlNet/scepter annotator does) and repeated over
 //! three channels.
 
-use crate::analyze::dnn::{self, ModelFiles, Tensor};
+use crate::analyze::dnn::{self, FlagNames, ModelFiles, Tensor};
 use crate::analyze::{cv, Operation};
 use crate::{Error, Result};
 use image::RgbImage;
@@ -26,9 +26,20 @@ pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Network input side of `midas_v21_small`.
 pub const DEFAULT_SIZE: u32 = 256;
 
-/// What to tell a user who asked for `depth` without `--model`.
-pub const MODEL_HINT: &str = "pass --model FILE.onnx with a MiDaS v2.1 ONNX file \
-     (model-small.onnx, 256 px, or model-f6b98070.onnx with --size 384)";
+/// The flags of `ace analyze depth`.
+pub const FLAGS: FlagNames = FlagNames {
+    model: "--model",
+    size: "--size",
+};
+
+/// What to tell a user who asked for `depth` without a model, in the command's `flags`.
+pub fn model_hint(flags: FlagNames) -> String {
+    format!(
+        "pass {} FILE.onnx with a MiDaS v2.1 ONNX file (model-small.onnx, 256 px, or \
+         model-f6b98070.onnx with {} 384)",
+        flags.model, flags.size
+    )
+}
 
 /// Parameters of the `depth` operation.
 #[derive(Debug, Clone)]
@@ -37,6 +48,8 @@ pub struct DepthParams {
     pub size: u32,
     /// Subtract the ImageNet mean and divide by its std (off for exports that do it inside).
     pub normalize: bool,
+    /// The flags that set the model and the size, named in errors.
+    pub flags: FlagNames,
 }
 
 impl Default for DepthParams {
@@ -44,6 +57,7 @@ impl Default for DepthParams {
         DepthParams {
             size: DEFAULT_SIZE,
             normalize: true,
+            flags: FLAGS,
         }
     }
 }
@@ -62,16 +76,16 @@ impl Depth {
         if model.is_empty() {
             return Err(Error::ModelRequired {
                 what: "depth".into(),
-                hint: MODEL_HINT.into(),
+                hint: model_hint(params.flags),
             });
         }
         if !(8..=4096).contains(&params.size) {
             return Err(Error::invalid(
-                "depth size",
+                params.flags.size,
                 format!("{} is outside 8..=4096", params.size),
             ));
         }
-        let model = ModelFiles::from_paths(model)?;
+        let model = ModelFiles::from_paths(model, params.flags.model)?;
         dnn::preload(&model)?;
         Ok(Depth { model, params })
     }
@@ -203,6 +217,7 @@ mod tests {
         let params = DepthParams {
             size: 2,
             normalize: false,
+            flags: FLAGS,
         };
         let b = dnn::tensor(&blob(&img, &params).unwrap()).unwrap();
         assert_eq!(b.shape, vec![1, 3, 2, 2]);
@@ -236,6 +251,7 @@ mod tests {
                 &DepthParams {
                     size: 4,
                     normalize: false,
+                    flags: FLAGS,
                 },
             )
             .unwrap(),
@@ -269,6 +285,7 @@ mod tests {
             DepthParams {
                 size: 8,
                 normalize: false,
+                flags: FLAGS,
             },
         )
         .unwrap();
@@ -296,6 +313,7 @@ mod tests {
             DepthParams {
                 size: 8,
                 normalize: false,
+                flags: FLAGS,
             },
         )
         .unwrap();

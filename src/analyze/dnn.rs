@@ -11,6 +11,15 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The command-line names of the flags that give a network operation its model files and its
+/// input size, so that messages name the flags of the command at hand (`ace analyze depth
+/// --model`, `ace control depth --analyzer-model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagNames {
+    pub model: &'static str,
+    pub size: &'static str,
+}
+
 /// The files of one network: an ONNX file, or a Caffe `.prototxt` + `.caffemodel` pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ModelFiles {
@@ -24,9 +33,9 @@ pub enum ModelFiles {
 }
 
 impl ModelFiles {
-    /// Classifies the files given with `--model` by extension: one `.onnx`, or one `.prototxt`
-    /// and one `.caffemodel` in either order. Each file must exist.
-    pub fn from_paths(paths: &[PathBuf]) -> Result<Self> {
+    /// Classifies the files given with the flag `flag` by extension: one `.onnx`, or one
+    /// `.prototxt` and one `.caffemodel` in either order. Each file must exist.
+    pub fn from_paths(paths: &[PathBuf], flag: &str) -> Result<Self> {
         for p in paths {
             if !p.is_file() {
                 return Err(model_error(p, "no such model file"));
@@ -60,10 +69,12 @@ impl ModelFiles {
             }),
             (_, _, Some(p), None) | (_, _, None, Some(p)) if paths.len() == 1 => Err(model_error(
                 p,
-                "a Caffe model needs both its .prototxt and its .caffemodel (give --model twice)",
+                &format!(
+                    "a Caffe model needs both its .prototxt and its .caffemodel (give {flag} twice)"
+                ),
             )),
             _ => Err(Error::invalid(
-                "--model",
+                flag,
                 format!(
                     "expected one .onnx file or a .prototxt and a .caffemodel, got {}",
                     paths
@@ -213,17 +224,21 @@ mod tests {
     fn classifies_model_files_and_names_the_bad_one() {
         let onnx = fixture("depth.onnx");
         assert_eq!(
-            ModelFiles::from_paths(std::slice::from_ref(&onnx)).unwrap(),
+            ModelFiles::from_paths(std::slice::from_ref(&onnx), "--model").unwrap(),
             ModelFiles::Onnx(onnx.clone())
         );
         let missing = fixture("nope.onnx");
-        let e = ModelFiles::from_paths(&[missing]).unwrap_err().to_string();
+        let e = ModelFiles::from_paths(&[missing], "--model")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("nope.onnx") && e.contains("no such model file"),
             "{e}"
         );
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make_dnn_fixtures.py");
-        let e = ModelFiles::from_paths(&[script]).unwrap_err().to_string();
+        let e = ModelFiles::from_paths(&[script], "--model")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("make_dnn_fixtures.py") && e.contains("expected .onnx"),
             "{e}"
@@ -237,14 +252,14 @@ mod tests {
         let weights = dir.path().join("pose.caffemodel");
         std::fs::write(&proto, "name: \"x\"\n").unwrap();
         std::fs::write(&weights, b"\x00\x01").unwrap();
-        let e = ModelFiles::from_paths(std::slice::from_ref(&proto))
+        let e = ModelFiles::from_paths(std::slice::from_ref(&proto), "--analyzer-model")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("pose.prototxt") && e.contains("--model twice"),
+            e.contains("pose.prototxt") && e.contains("--analyzer-model twice"),
             "{e}"
         );
-        let files = ModelFiles::from_paths(&[weights.clone(), proto.clone()]).unwrap();
+        let files = ModelFiles::from_paths(&[weights.clone(), proto.clone()], "--model").unwrap();
         assert_eq!(
             files,
             ModelFiles::Caffe {
@@ -265,7 +280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("broken.onnx");
         std::fs::write(&bad, b"this is not a protobuf").unwrap();
-        let files = ModelFiles::from_paths(std::slice::from_ref(&bad)).unwrap();
+        let files = ModelFiles::from_paths(std::slice::from_ref(&bad), "--model").unwrap();
         let e = preload(&files).unwrap_err().to_string();
         assert!(
             e.contains("broken.onnx") && e.contains("cannot load"),

@@ -14,7 +14,7 @@
 //! segment, pairs are taken greedily by score, and limbs sharing a keypoint are merged into
 //! one person; people with fewer than 4 parts or a mean score under 0.4 are dropped.
 
-use crate::analyze::dnn::{self, ModelFiles, Tensor};
+use crate::analyze::dnn::{self, FlagNames, ModelFiles, Tensor};
 use crate::analyze::skeleton::{self, Person, KEYPOINTS, LIMBS};
 use crate::analyze::{cv, Operation};
 use crate::{Error, Result};
@@ -64,10 +64,20 @@ const MIN_PARTS: usize = 4;
 /// Lowest mean score (per part) a person keeps.
 const MIN_MEAN_SCORE: f32 = 0.4;
 
-/// What to tell a user who asked for `pose` without `--model`.
-pub const MODEL_HINT: &str = "pass --model twice with the OpenPose COCO body model \
-     (--model pose_deploy_linevec.prototxt --model pose_iter_440000.caffemodel), \
-     or --model FILE.onnx with an ONNX export of it";
+/// The flags of `ace analyze pose`.
+pub const FLAGS: FlagNames = FlagNames {
+    model: "--model",
+    size: "--height",
+};
+
+/// What to tell a user who asked for `pose` without a model, in the command's `flags`.
+pub fn model_hint(flags: FlagNames) -> String {
+    let m = flags.model;
+    format!(
+        "pass {m} twice with the OpenPose COCO body model ({m} pose_deploy_linevec.prototxt \
+         {m} pose_iter_440000.caffemodel), or {m} FILE.onnx with an ONNX export of it"
+    )
+}
 
 /// Parameters of the `pose` operation.
 #[derive(Debug, Clone)]
@@ -76,6 +86,8 @@ pub struct PoseParams {
     pub height: u32,
     /// Heatmap value a keypoint candidate must exceed.
     pub threshold: f32,
+    /// The flags that set the model and the height, named in errors.
+    pub flags: FlagNames,
 }
 
 impl Default for PoseParams {
@@ -83,6 +95,7 @@ impl Default for PoseParams {
         PoseParams {
             height: DEFAULT_HEIGHT,
             threshold: DEFAULT_THRESHOLD,
+            flags: FLAGS,
         }
     }
 }
@@ -101,12 +114,12 @@ impl Pose {
         if model.is_empty() {
             return Err(Error::ModelRequired {
                 what: "pose".into(),
-                hint: MODEL_HINT.into(),
+                hint: model_hint(params.flags),
             });
         }
         if !(STRIDE as u32..=4096).contains(&params.height) {
             return Err(Error::invalid(
-                "pose height",
+                params.flags.size,
                 format!("{} is outside 8..=4096", params.height),
             ));
         }
@@ -116,7 +129,7 @@ impl Pose {
                 format!("{} is outside [0, 1]", params.threshold),
             ));
         }
-        let model = ModelFiles::from_paths(model)?;
+        let model = ModelFiles::from_paths(model, params.flags.model)?;
         dnn::preload(&model)?;
         Ok(Pose { model, params })
     }
@@ -454,7 +467,7 @@ mod tests {
     fn fixture_op() -> Pose {
         let params = PoseParams {
             height: 48,
-            threshold: DEFAULT_THRESHOLD,
+            ..PoseParams::default()
         };
         Pose::new(&fixture(), params).unwrap()
     }
@@ -532,6 +545,7 @@ mod tests {
             PoseParams {
                 height: 48,
                 threshold: 1.0,
+                ..PoseParams::default()
             },
         )
         .unwrap();

@@ -70,16 +70,10 @@ impl AceConfig {
             }
         }
         if !missing.is_empty() {
-            let hint = if model_dir.is_none() && specs.iter().any(|(_, s)| s.contains("://")) {
-                "\npass --model-dir DIR (a downloaded snapshot of the model repository) \
-                 or fetch it into the Hugging Face cache with `ace model download`"
-            } else {
-                ""
-            };
             return Err(Error::Model {
                 path: PathBuf::from(&self.origin),
                 message: format!(
-                    "model weights missing\nexpected layout:\n{}\nmissing:\n{}{hint}",
+                    "model weights missing\nexpected layout:\n{}\nmissing:\n{}",
                     layout.join("\n"),
                     missing.join("\n")
                 ),

@@ -32,6 +32,44 @@ pub const PRESETS: &[(&str, &str)] = &[
 /// The preset used when none is named.
 pub const DEFAULT_PRESET: &str = "ace_0.6b_512";
 
+/// The component classes of the official schema that `ace` implements: each `NAME` key, where
+/// given, must name its class.
+const COMPONENTS: [(&[&str], &str); 8] = [
+    (&["MODEL"], "LdmACE"),
+    (&["MODEL", "DIFFUSION"], "ACEDiffusion"),
+    (
+        &["MODEL", "DIFFUSION", "NOISE_SCHEDULER"],
+        "LinearScheduler",
+    ),
+    (&["MODEL", "DIFFUSION_MODEL"], "DiTACE"),
+    (&["MODEL", "FIRST_STAGE_MODEL"], "AutoencoderKL"),
+    (&["MODEL", "FIRST_STAGE_MODEL", "ENCODER"], "Encoder"),
+    (&["MODEL", "FIRST_STAGE_MODEL", "DECODER"], "Decoder"),
+    (&["MODEL", "COND_STAGE_MODEL"], "ACETextEmbedder"),
+];
+
+/// Checks the `NAME` of every component section against [`COMPONENTS`].
+fn check_component_names(root: &serde_yaml::Value, origin: &str) -> Result<()> {
+    for (path, expected) in COMPONENTS {
+        let section = path.iter().try_fold(root, |v, k| v.get(*k));
+        let Some(name) = section.and_then(|s| s.get("NAME")) else {
+            continue;
+        };
+        if name.as_str() != Some(expected) {
+            let found = serde_yaml::to_string(name).unwrap_or_default();
+            return Err(Error::Config {
+                path: PathBuf::from(origin),
+                message: format!(
+                    "{}.NAME is {} but ace implements only {expected}",
+                    path.join("."),
+                    found.trim()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A whole inference config.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AceConfig {
@@ -52,9 +90,12 @@ pub struct AceConfig {
 impl AceConfig {
     /// Parses YAML text; `origin` names it in errors, `base_dir` anchors relative paths.
     pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Self> {
-        let mut cfg: AceConfig = serde_yaml::from_str(text).map_err(|e| Error::Config {
+        let what = "an ACE inference config";
+        let root: serde_yaml::Value = crate::textfile::parse_yaml(text, Path::new(origin), what)?;
+        check_component_names(&root, origin)?;
+        let mut cfg: AceConfig = serde_yaml::from_value(root).map_err(|e| Error::Config {
             path: PathBuf::from(origin),
-            message: format!("not an ACE inference config: {e}"),
+            message: format!("not {what}: {e}"),
         })?;
         cfg.base_dir = base_dir.to_path_buf();
         cfg.origin = origin.to_string();
@@ -64,7 +105,7 @@ impl AceConfig {
 
     /// Reads a config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::textfile::read(path, crate::textfile::MAX_DOCUMENT_BYTES)?;
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         Self::parse(&text, &path.display().to_string(), &base)
     }
@@ -219,5 +260,15 @@ mod tests {
             .replace("SAMPLER: ddim", "SAMPLER: dpmpp");
         let err = AceConfig::parse(&text, "x.yaml", Path::new(".")).unwrap_err();
         assert!(err.to_string().contains("only ddim"), "{err}");
+        let text = std::fs::read_to_string(tiny_yaml())
+            .unwrap()
+            .replace("NAME: DiTACE", "NAME: DiTPlus");
+        let err = AceConfig::parse(&text, "x.yaml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MODEL.DIFFUSION_MODEL.NAME is DiTPlus") && err.contains("DiTACE"),
+            "{err}"
+        );
     }
 }

@@ -26,19 +26,19 @@ pub struct Record {
 
 /// Writes the records of `dir` atomically (the folder is created).
 pub fn write(dir: &Path, records: &[Record]) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::output::create_dir(dir)?;
     let mut text = String::new();
     for r in records {
         text.push_str(&serde_json::to_string(r).expect("records serialise"));
         text.push('\n');
     }
-    crate::imageio::write_atomic(&dir.join(INDEX), text.as_bytes())
+    crate::output::write(&dir.join(INDEX), text.as_bytes())
 }
 
 /// Reads the records of `dir`; the error names the file and line.
 pub fn read(dir: &Path) -> Result<Vec<Record>> {
     let path = dir.join(INDEX);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::textfile::read_list(&path)?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

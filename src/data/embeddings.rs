@@ -232,7 +232,7 @@ fn load_safetensors(path: &Path) -> Result<Embeddings> {
 
 /// Reads one id per line (blank lines are errors); there must be exactly `rows` of them.
 pub fn load_ids(path: &Path, rows: usize) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::textfile::read_list(path)?;
     let ids: Vec<String> = text
         .lines()
         .map(|l| l.trim_end_matches('\r').to_string())
@@ -272,7 +272,7 @@ pub fn save_npy(path: &Path, rows: usize, dim: usize, data: &[f32]) -> Result<()
     for v in data {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    crate::imageio::write_atomic(path, &bytes)
+    crate::output::write(path, &bytes)
 }
 
 #[cfg(test)]

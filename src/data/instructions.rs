@@ -3,56 +3,84 @@
 //! its slots filled from the pair's other fields (`object_name`, `caption`, `text`, ...).
 
 use crate::data::dataset::{self, Record};
-use crate::data::templates::Templates;
-use crate::{Error, Result};
+use crate::data::templates::{slot_names, Templates};
+use crate::Result;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Why lines of the pairs file were not turned into records.
+/// What became of the lines of the pairs file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstructionStats {
     pub kept: usize,
     /// `{"set": ...}` lines (sets are not pairs).
     pub sets_skipped: usize,
+    /// Lines that are not a pair (not JSON, not an object, no `a` or `b`).
+    pub bad_lines: usize,
     /// Pairs whose input, target or mask file does not exist.
     pub missing_file: usize,
     /// Pairs lacking a slot every phrasing of the task needs.
     pub missing_slot: usize,
+    /// One message per line dropped for a reason other than being a set, naming the file and
+    /// line.
+    pub problems: Vec<String>,
 }
 
 /// Reads the pairs file `pairs` and writes the dataset folder `out` for `task`. Relative image
-/// paths in the pairs file are taken relative to the pairs file's folder. An optional `mask`
-/// field gives the input's mask. Instruction choice is seeded per line.
+/// paths in the pairs file are taken relative to the pairs file's folder (as `ace data pairs`
+/// writes them). An optional `mask` field gives the input's mask. Instruction choice is seeded
+/// per line. A line that is not a pair, names a missing file, or lacks the slots of every
+/// phrasing of the task is reported in the stats and skipped.
 pub fn build(pairs: &Path, task: &str, out: &Path, seed: u64) -> Result<InstructionStats> {
     let templates = Templates::builtin()?;
-    templates.phrasings(task)?;
-    let text = std::fs::read_to_string(pairs).map_err(|e| Error::io(pairs, e))?;
-    let base = pairs.parent().map(Path::to_path_buf).unwrap_or_default();
-    let bad = |line: usize, message: String| Error::Config {
-        path: pairs.to_path_buf(),
-        message: format!("line {line}: {message}"),
+    let slots_of_task: BTreeSet<&str> = templates
+        .phrasings(task)?
+        .iter()
+        .flat_map(|p| slot_names(p))
+        .collect();
+    let text = crate::textfile::read_list(pairs)?;
+    let base = match pairs.parent() {
+        Some(p) if pairs.as_os_str() != "-" => p.to_path_buf(),
+        _ => PathBuf::new(),
     };
     let mut stats = InstructionStats::default();
+    let problem =
+        |line: usize, message: String| format!("{}: line {line}: {message}", pairs.display());
     let mut records = Vec::new();
     for (i, line) in text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| bad(i + 1, "not a JSON object".into()))?;
+        let obj = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(o)) => o,
+            Ok(_) => {
+                stats.bad_lines += 1;
+                stats
+                    .problems
+                    .push(problem(i + 1, "not a JSON object".into()));
+                continue;
+            }
+            Err(e) => {
+                stats.bad_lines += 1;
+                stats
+                    .problems
+                    .push(problem(i + 1, format!("not JSON: {e}")));
+                continue;
+            }
+        };
         if obj.contains_key("set") {
             stats.sets_skipped += 1;
             continue;
         }
         let field = |k: &str| obj.get(k).map(scalar);
         let (Some(a), Some(b)) = (field("a"), field("b")) else {
-            return Err(bad(i + 1, "a pair needs fields \"a\" and \"b\"".into()));
+            stats.bad_lines += 1;
+            stats
+                .problems
+                .push(problem(i + 1, "a pair needs fields \"a\" and \"b\"".into()));
+            continue;
         };
         let resolve = |p: &str| -> PathBuf {
             let p = Path::new(p);
@@ -64,8 +92,15 @@ pub fn build(pairs: &Path, task: &str, out: &Path, seed: u64) -> Result<Instruct
         };
         let mask = field("mask").map(|m| resolve(&m));
         let (a, b) = (resolve(&a), resolve(&b));
-        if !a.is_file() || !b.is_file() || mask.as_ref().is_some_and(|m| !m.is_file()) {
+        if let Some(gone) = [Some(&a), Some(&b), mask.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|p| !p.is_file())
+        {
             stats.missing_file += 1;
+            stats
+                .problems
+                .push(problem(i + 1, format!("{}: no such file", gone.display())));
             continue;
         }
         let slots: BTreeMap<String, String> = obj
@@ -77,6 +112,18 @@ pub fn build(pairs: &Path, task: &str, out: &Path, seed: u64) -> Result<Instruct
         rng.set_stream(i as u64);
         let Some(instruction) = templates.render(task, &slots, &mut rng)? else {
             stats.missing_slot += 1;
+            let lacking: Vec<&str> = slots_of_task
+                .iter()
+                .copied()
+                .filter(|s| !slots.contains_key(*s))
+                .collect();
+            stats.problems.push(problem(
+                i + 1,
+                format!(
+                    "no phrasing of {task} can be filled: the pair lacks {}",
+                    lacking.join(" / ")
+                ),
+            ));
             continue;
         };
         records.push(Record {
@@ -123,14 +170,16 @@ mod tests {
         let out = d.join("set");
         let stats = build(&d.join("pairs.jsonl"), "object.remove", &out, 1).unwrap();
         assert_eq!(
-            stats,
-            InstructionStats {
-                kept: 1,
-                sets_skipped: 1,
-                missing_file: 1,
-                missing_slot: 1
-            }
+            (
+                stats.kept,
+                stats.sets_skipped,
+                stats.missing_file,
+                stats.missing_slot
+            ),
+            (1, 1, 1, 1)
         );
+        assert!(stats.problems[0].contains("line 3") && stats.problems[0].contains("gone.png"));
+        assert!(stats.problems[1].contains("line 4") && stats.problems[1].contains("object_name"));
         let recs = dataset::read(&out).unwrap();
         assert_eq!(recs.len(), 1);
         assert!(
@@ -150,14 +199,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_task_and_bad_lines_are_errors() {
+    fn unknown_task_is_an_error_and_bad_lines_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("p.jsonl");
-        std::fs::write(&p, "{\"a\": 1}\n").unwrap();
+        std::fs::write(&p, "{\"a\": 1}\n{oops\n").unwrap();
         assert!(build(&p, "nope", &dir.path().join("o"), 0).is_err());
-        let e = build(&p, "inpainting", &dir.path().join("o"), 0)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("p.jsonl") && e.contains("line 1"), "{e}");
+        let s = build(&p, "inpainting", &dir.path().join("o"), 0).unwrap();
+        assert_eq!(s.bad_lines, 2);
+        assert!(
+            s.problems[0].contains("p.jsonl: line 1"),
+            "{:?}",
+            s.problems
+        );
+        assert!(s.problems[1].contains("line 2"), "{:?}", s.problems);
     }
 }

@@ -4,20 +4,22 @@
 //! `control.OP`, with the photo's caption when one is known). With probability `regional` a
 //! pair is regional: the operation applies only inside a random mask, which the record carries.
 //!
-//! Layout written under the dataset folder: `conditions/OP/STEM.png`, `masks/OP/STEM.png`
-//! (regional pairs only) and `data.jsonl`; photos are referenced where they are.
+//! Layout written under the dataset folder: `conditions/OP/NAME.png`, `masks/OP/NAME.png`
+//! (regional pairs only; NAME is the photo's path below the photo folder, without its
+//! extension) and `data.jsonl`; photos are referenced where they are.
 
 use crate::analyze::{self, Operation};
 use crate::data::dataset::{self, Record};
 use crate::data::image_complete as complete;
 use crate::data::masks::{self, Coverage, MaskKind};
 use crate::data::templates::Templates;
+use crate::inputs::{Input, Source};
 use crate::{Error, Result};
 use image::{DynamicImage, GrayImage, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Settings of a low-level pair run.
@@ -43,6 +45,8 @@ pub struct LowLevelStats {
     pub reused: usize,
     /// Photos that could not be read (each listed in `failures`).
     pub failed: usize,
+    /// Photos not processed because a stop was requested.
+    pub skipped: usize,
     pub failures: Vec<String>,
 }
 
@@ -73,15 +77,20 @@ pub fn operation(name: &str) -> Result<Box<dyn Operation>> {
     })
 }
 
-/// The photos of a folder (png, jpg, jpeg, webp, bmp, tiff), sorted by name.
-pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && crate::inputs::is_image_name(p))
-        .collect();
-    out.sort();
-    Ok(out)
+/// The photos of a folder (png, jpg, jpeg, webp, bmp, tiff, gif), and of its subfolders with
+/// `recursive`, sorted by name; a folder without photos is an error.
+pub fn list_images(dir: &Path, recursive: bool) -> Result<Vec<Input>> {
+    let found = crate::inputs::expand(&[dir.to_string_lossy().into_owned()], recursive);
+    match found.errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(found.inputs),
+    }
+}
+
+/// The name a photo's conditions and masks are stored under: its path below the photo folder
+/// without the extension.
+fn stored_name(photo: &Input) -> PathBuf {
+    photo.relative.with_extension("")
 }
 
 /// Reads captions: JSON lines `{"image": NAME, "caption": TEXT}`, NAME being a photo's file
@@ -92,7 +101,7 @@ pub fn load_captions(path: &Path) -> Result<BTreeMap<String, String>> {
         image: String,
         caption: String,
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::textfile::read_list(path)?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -109,10 +118,11 @@ pub fn load_captions(path: &Path) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Builds the dataset `out` from `images` with `ops`. A photo that cannot be read is reported
-/// in the stats and skipped; anything else failing is an error.
+/// Builds the dataset `out` from `images` with `ops`. A photo that cannot be read, or whose
+/// name another photo has already taken (`a.png` and `a.jpg`), is reported in the stats and
+/// skipped; anything else failing is an error. Stops between photos when a stop is requested.
 pub fn build(
-    images: &[PathBuf],
+    images: &[Input],
     ops: &[Box<dyn Operation>],
     captions: &BTreeMap<String, String>,
     out: &Path,
@@ -130,35 +140,43 @@ pub fn build(
         templates.phrasings(&format!("control.{}", op.name()))?;
         for sub in ["conditions", "masks"] {
             let d = out.join(sub).join(op.name());
-            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            crate::output::create_dir(&d)?;
         }
     }
-    let per_image: Vec<Result<Vec<Made>>> = images
-        .par_iter()
-        .enumerate()
-        .map(|(i, photo)| {
-            let img = crate::imageio::load_rgb(photo)?;
-            let name = photo
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let caption = captions.get(&name).cloned();
-            ops.iter()
-                .enumerate()
-                .map(|(o, op)| {
-                    pair(
-                        &img,
-                        photo,
-                        i,
-                        o,
-                        op.as_ref(),
-                        caption.as_deref(),
-                        &templates,
-                        out,
-                        cfg,
-                    )
+    let mut first_of: HashMap<PathBuf, &Path> = HashMap::new();
+    let per_image: Vec<Option<Result<Vec<Made>>>> = images
+        .iter()
+        .map(|photo| {
+            let taken = first_of.insert(stored_name(photo), photo.display_path());
+            taken.map(|first| {
+                Err(Error::Image {
+                    path: photo.display_path().to_path_buf(),
+                    message: format!(
+                        "its conditions would be stored under the name of {}",
+                        first.display()
+                    ),
                 })
-                .collect()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .zip(images.par_iter().enumerate())
+        .map(|(clash, (i, photo))| {
+            if let Some(e) = clash {
+                return Some(e);
+            }
+            if crate::cancel::requested() {
+                return None;
+            }
+            let Source::File(path) = &photo.source else {
+                return Some(Err(Error::invalid(
+                    "photo",
+                    "standard input is not a photo folder",
+                )));
+            };
+            Some(photo_pairs(
+                photo, path, i, ops, captions, &templates, out, cfg,
+            ))
         })
         .collect();
     let mut stats = LowLevelStats {
@@ -169,7 +187,8 @@ pub fn build(
     let mut control = Vec::new();
     for (photo, r) in images.iter().zip(per_image) {
         match r {
-            Ok(pairs) => {
+            None => stats.skipped += 1,
+            Some(Ok(pairs)) => {
                 for m in pairs {
                     stats.regional += 2 * m.regional as usize;
                     if m.computed {
@@ -181,17 +200,60 @@ pub fn build(
                     control.push(m.control);
                 }
             }
-            Err(e @ Error::Image { .. }) | Err(e @ Error::Io { .. }) => {
+            Some(Err(e @ Error::Image { .. })) | Some(Err(e @ Error::Io { .. })) => {
                 stats.failed += 1;
-                stats.failures.push(format!("{}: {e}", photo.display()));
+                let text = e.to_string();
+                let path = photo.display_path().display().to_string();
+                stats.failures.push(if text.starts_with(&path) {
+                    text
+                } else {
+                    format!("{path}: {text}")
+                });
             }
-            Err(e) => return Err(e),
+            Some(Err(e)) => return Err(e),
         }
     }
     analysis.extend(control);
     stats.pairs = analysis.len();
     dataset::write(out, &analysis)?;
     Ok(stats)
+}
+
+/// The records of one photo, for every operation.
+#[allow(clippy::too_many_arguments)]
+fn photo_pairs(
+    photo: &Input,
+    path: &Path,
+    i: usize,
+    ops: &[Box<dyn Operation>],
+    captions: &BTreeMap<String, String>,
+    templates: &Templates,
+    out: &Path,
+    cfg: &LowLevelConfig,
+) -> Result<Vec<Made>> {
+    let img = crate::imageio::load_rgb(path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let relative = photo.relative.to_string_lossy().replace('\\', "/");
+    let caption = captions.get(&relative).or_else(|| captions.get(&name));
+    ops.iter()
+        .enumerate()
+        .map(|(o, op)| {
+            pair(
+                &img,
+                photo,
+                path,
+                (i, o),
+                op.as_ref(),
+                caption.map(String::as_str),
+                templates,
+                out,
+                cfg,
+            )
+        })
+        .collect()
 }
 
 /// The two records of one photo and operation.
@@ -208,9 +270,9 @@ struct Made {
 #[allow(clippy::too_many_arguments)]
 fn pair(
     img: &RgbImage,
-    photo: &Path,
-    image_index: usize,
-    op_index: usize,
+    photo: &Input,
+    path: &Path,
+    (image_index, op_index): (usize, usize),
     op: &dyn Operation,
     caption: Option<&str>,
     templates: &Templates,
@@ -220,19 +282,12 @@ fn pair(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     rng.set_stream(((image_index as u64) << 16) | op_index as u64);
     let regional = rng.gen_bool(cfg.regional);
-    let stem = photo
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stored = stored_name(photo);
+    let stem = stored.to_string_lossy().replace('\\', "/");
     let (w, h) = img.dimensions();
-    let mask_path = out
-        .join("masks")
-        .join(op.name())
-        .join(format!("{stem}.png"));
-    let cond_path = out
-        .join("conditions")
-        .join(op.name())
-        .join(format!("{stem}.png"));
+    let file = format!("{stem}.png");
+    let mask_path = out.join("masks").join(op.name()).join(&file);
+    let cond_path = out.join("conditions").join(op.name()).join(&file);
     let mask: Option<GrayImage> = if regional {
         let kind = if rng.gen_bool(0.5) {
             MaskKind::Irregular
@@ -252,7 +307,7 @@ fn pair(
         let cond = analyze::apply(op, img, mask.as_ref())?;
         crate::imageio::save(&DynamicImage::ImageRgb8(cond), &cond_path, None)?;
     }
-    let rel_photo = dataset::relative(photo, out)?;
+    let rel_photo = dataset::relative(path, out)?;
     let rel_cond = dataset::relative(&cond_path, out)?;
     let rel_mask = mask
         .as_ref()
@@ -304,7 +359,7 @@ mod tests {
     use super::*;
     use crate::analyze::testing::Invert;
 
-    fn photos(dir: &Path) -> Vec<PathBuf> {
+    fn photos(dir: &Path) -> Vec<Input> {
         (0..3)
             .map(|i| {
                 let p = dir.join(format!("p{i}.png"));
@@ -313,7 +368,7 @@ mod tests {
                 })
                 .save(&p)
                 .unwrap();
-                p
+                Input::file(p)
             })
             .collect()
     }
@@ -382,7 +437,7 @@ mod tests {
         let mut imgs = photos(dir.path());
         let bad = dir.path().join("bad.png");
         std::fs::write(&bad, b"nope").unwrap();
-        imgs.push(bad);
+        imgs.push(Input::file(bad));
         let cfg = LowLevelConfig {
             regional: 0.0,
             coverage: "0.1-0.5".parse().unwrap(),
@@ -392,5 +447,34 @@ mod tests {
         let s = build(&imgs, &ops, &BTreeMap::new(), &dir.path().join("ds"), &cfg).unwrap();
         assert_eq!((s.failed, s.pairs, s.regional), (1, 6, 0));
         assert!(s.failures[0].contains("bad.png"));
+    }
+
+    #[test]
+    fn subfolders_keep_their_names_and_clashes_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["a", "b"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            RgbImage::new(8, 8)
+                .save(dir.path().join(sub).join("x.png"))
+                .unwrap();
+        }
+        RgbImage::new(8, 8)
+            .save(dir.path().join("a/x.bmp"))
+            .unwrap();
+        let imgs = list_images(dir.path(), true).unwrap();
+        assert_eq!(imgs.len(), 3);
+        assert!(list_images(dir.path(), false).is_err());
+        let cfg = LowLevelConfig {
+            regional: 0.0,
+            coverage: "0.1-0.5".parse().unwrap(),
+            seed: 0,
+        };
+        let ops: Vec<Box<dyn Operation>> = vec![Box::new(Invert("gray"))];
+        let out = dir.path().join("ds");
+        let s = build(&imgs, &ops, &BTreeMap::new(), &out, &cfg).unwrap();
+        assert_eq!((s.failed, s.pairs), (1, 4));
+        assert!(s.failures[0].contains("x.png"), "{:?}", s.failures);
+        assert!(out.join("conditions/gray/a/x.png").is_file());
+        assert!(out.join("conditions/gray/b/x.png").is_file());
     }
 }

@@ -68,7 +68,7 @@ impl std::str::FromStr for Coverage {
     }
 }
 
-/// Parses a size `WxH` (e.g. `512x384`), both at least 2.
+/// Parses a size `WxH` (e.g. `512x384`), both at least 2 and within [`crate::limits`].
 pub fn parse_size(s: &str) -> Result<(u32, u32)> {
     let bad = || {
         Error::invalid(
@@ -84,6 +84,7 @@ pub fn parse_size(s: &str) -> Result<(u32, u32)> {
     if w < 2 || h < 2 {
         return Err(bad());
     }
+    crate::limits::check_size("size", u64::from(w), u64::from(h))?;
     Ok((w, h))
 }
 
@@ -97,8 +98,8 @@ pub fn coverage(mask: &GrayImage) -> f64 {
 const ATTEMPTS: usize = 200;
 
 /// Mask number `index` of the set seeded with `seed`: `kind`, `width` x `height`, with a
-/// coverage inside `range`. Fails when the range cannot be met at this size (e.g. a coverage
-/// finer than one pixel).
+/// coverage drawn uniformly in `range` (so a set spreads over the whole range). Fails when the
+/// range cannot be met at this size (e.g. a coverage finer than one pixel).
 pub fn generate(
     kind: MaskKind,
     width: u32,
@@ -113,6 +114,7 @@ pub fn generate(
             format!("{width}x{height} (need at least 2x2)"),
         ));
     }
+    crate::limits::check_size("mask size", u64::from(width), u64::from(height))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(index);
     for _ in 0..ATTEMPTS {
@@ -136,21 +138,24 @@ pub fn generate(
     ))
 }
 
-/// Adds shapes with `add` until the coverage reaches the range's minimum (the caller rejects a
-/// result above its maximum). The number of shapes is thus drawn by the range, as LaMa draws it
-/// by `max_times`.
+/// Adds shapes with `add` until the coverage reaches a target drawn uniformly in the range
+/// (the caller rejects a result above its maximum). The number of shapes is thus drawn by the
+/// range, as LaMa draws it by `max_times`.
 fn grow(
     width: u32,
     height: u32,
     range: Coverage,
     rng: &mut ChaCha8Rng,
-    add: fn(&mut GrayImage, &mut ChaCha8Rng),
+    add: fn(&mut GrayImage, &mut ChaCha8Rng) -> u64,
 ) -> GrayImage {
+    let target = rng.gen_range(range.min..=range.max).max(f64::MIN_POSITIVE);
+    let total = f64::from(width) * f64::from(height);
     let mut mask = GrayImage::new(width, height);
+    let mut masked = 0u64;
     // Shapes cover a small fraction each; the cap only guards against a pathological range.
     for _ in 0..10_000 {
-        add(&mut mask, rng);
-        if coverage(&mask) >= range.min {
+        masked += add(&mut mask, rng);
+        if masked as f64 / total >= target {
             break;
         }
     }
@@ -160,13 +165,14 @@ fn grow(
 /// One LaMa stroke: a random walk of 1-5 thick segments from a random start, each with a random
 /// angle (0.01 + 0..4 radians, mirrored on every other stroke), length and brush width. LaMa's parameters (max_len 60, max_width 20, for 256-pixel
 /// images) are scaled by the image's shorter side.
-fn stroke_walk(mask: &mut GrayImage, rng: &mut ChaCha8Rng) {
+fn stroke_walk(mask: &mut GrayImage, rng: &mut ChaCha8Rng) -> u64 {
     let (w, h) = mask.dimensions();
     let scale = w.min(h) as f64 / 256.0;
     let max_angle = 4u32;
     let mut x = rng.gen_range(0..w) as f64;
     let mut y = rng.gen_range(0..h) as f64;
     let flip = rng.gen_bool(0.5);
+    let mut added = 0;
     for _ in 0..rng.gen_range(1..=5) {
         let mut angle = 0.01 + rng.gen_range(0..max_angle) as f64;
         if flip {
@@ -176,14 +182,15 @@ fn stroke_walk(mask: &mut GrayImage, rng: &mut ChaCha8Rng) {
         let brush = ((5.0 + rng.gen_range(0.0..20.0)) * scale).max(1.0);
         let ex = (x + length * angle.sin()).clamp(0.0, (w - 1) as f64);
         let ey = (y + length * angle.cos()).clamp(0.0, (h - 1) as f64);
-        draw_capsule(mask, (x, y), (ex, ey), brush / 2.0);
+        added += draw_capsule(mask, (x, y), (ex, ey), brush / 2.0);
         x = ex;
         y = ey;
     }
+    added
 }
 
 /// One LaMa box: sides between 30 and 100 pixels at 256 (scaled), a margin of 10 from the edge.
-fn random_box(mask: &mut GrayImage, rng: &mut ChaCha8Rng) {
+fn random_box(mask: &mut GrayImage, rng: &mut ChaCha8Rng) -> u64 {
     let (w, h) = mask.dimensions();
     let scale = w.min(h) as f64 / 256.0;
     let margin = ((10.0 * scale) as u32).min(w / 4).min(h / 4);
@@ -197,16 +204,26 @@ fn random_box(mask: &mut GrayImage, rng: &mut ChaCha8Rng) {
     let bh = side(h, rng);
     let x0 = rng.gen_range(margin..=w - margin - bw);
     let y0 = rng.gen_range(margin..=h - margin - bh);
+    let mut added = 0;
     for y in y0..y0 + bh {
         for x in x0..x0 + bw {
-            mask.put_pixel(x, y, Luma([255]));
+            added += set(mask, x, y);
         }
     }
+    added
+}
+
+/// Masks one pixel; 1 when it was not masked before.
+fn set(mask: &mut GrayImage, x: u32, y: u32) -> u64 {
+    let p = mask.get_pixel_mut(x, y);
+    let new = u64::from(p.0[0] != 255);
+    p.0[0] = 255;
+    new
 }
 
 /// Fills every pixel whose centre lies within `radius` of the segment `a`-`b` (a thick line with
-/// round caps, as OpenCV draws LaMa's strokes).
-fn draw_capsule(mask: &mut GrayImage, a: (f64, f64), b: (f64, f64), radius: f64) {
+/// round caps, as OpenCV draws LaMa's strokes); returns the number of pixels newly masked.
+fn draw_capsule(mask: &mut GrayImage, a: (f64, f64), b: (f64, f64), radius: f64) -> u64 {
     let (w, h) = mask.dimensions();
     let x0 = (a.0.min(b.0) - radius).floor().max(0.0) as u32;
     let x1 = ((a.0.max(b.0) + radius).ceil() as u32).min(w - 1);
@@ -214,6 +231,7 @@ fn draw_capsule(mask: &mut GrayImage, a: (f64, f64), b: (f64, f64), radius: f64)
     let y1 = ((a.1.max(b.1) + radius).ceil() as u32).min(h - 1);
     let (dx, dy) = (b.0 - a.0, b.1 - a.1);
     let len2 = dx * dx + dy * dy;
+    let mut added = 0;
     for y in y0..=y1 {
         for x in x0..=x1 {
             let (px, py) = (x as f64 - a.0, y as f64 - a.1);
@@ -224,10 +242,11 @@ fn draw_capsule(mask: &mut GrayImage, a: (f64, f64), b: (f64, f64), radius: f64)
             };
             let (ox, oy) = (px - t * dx, py - t * dy);
             if ox * ox + oy * oy <= radius * radius {
-                mask.put_pixel(x, y, Luma([255]));
+                added += set(mask, x, y);
             }
         }
     }
+    added
 }
 
 /// An outpainting mask: a target coverage drawn from the range, spread over random sides (left
@@ -296,6 +315,20 @@ mod tests {
     }
 
     #[test]
+    fn coverages_spread_over_the_range() {
+        let r = range("0.1-0.5");
+        for kind in [MaskKind::Irregular, MaskKind::Box] {
+            let c: Vec<f64> = (0..40)
+                .map(|i| coverage(&generate(kind, 96, 96, r, 1, i).unwrap()))
+                .collect();
+            let (lo, hi) = c
+                .iter()
+                .fold((1f64, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
+            assert!(lo < 0.2 && hi > 0.4, "{kind:?}: coverages in [{lo}, {hi}]");
+        }
+    }
+
+    #[test]
     fn same_seed_and_index_give_the_same_mask() {
         let r = range("0.1-0.5");
         let a = generate(MaskKind::Irregular, 64, 64, r, 3, 5).unwrap();
@@ -325,7 +358,7 @@ mod tests {
     #[test]
     fn capsule_has_round_caps_of_the_radius() {
         let mut m = GrayImage::new(21, 21);
-        draw_capsule(&mut m, (10.0, 10.0), (10.0, 10.0), 3.0);
+        assert_eq!(draw_capsule(&mut m, (10.0, 10.0), (10.0, 10.0), 3.0), 29);
         // A disc of radius 3 on the integer grid has 29 pixels.
         assert_eq!(m.pixels().filter(|p| p.0[0] == 255).count(), 29);
     }

@@ -185,6 +185,25 @@ mod tests {
     }
 
     #[test]
+    fn no_phrasing_doubles_an_article_or_a_place() {
+        let t = Templates::builtin().unwrap();
+        for task in t.tasks() {
+            for p in t.phrasings(task).unwrap() {
+                for slot in slot_names(p) {
+                    for article in ["the ", "a ", "an "] {
+                        let doubled = format!("{article}{{{slot}}}");
+                        assert!(!p.to_lowercase().contains(&doubled), "{task}: {p}");
+                    }
+                }
+                assert!(
+                    !p.contains("{looks} on") && !p.contains("{looks} to"),
+                    "{task}: {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn slots_fill_and_missing_slots_exclude_a_phrasing() {
         let t = Templates::parse(
             "object.add:\n  - 'Add {object_name} to {image}.'\n  - 'Add something to {image1}.'\n",

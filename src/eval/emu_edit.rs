@@ -7,7 +7,6 @@
 //! `~/.cache/ace`) so that every metric reads them as files.
 
 use super::manifest::Sample;
-use crate::imageio::write_atomic;
 use crate::{Error, Result};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
@@ -39,9 +38,10 @@ pub fn samples(generated: &Path, test: &Path) -> Result<Vec<Sample>> {
                 message,
             };
             let idx = row.idx.ok_or_else(|| bad("a row has no idx".into()))?;
-            let Some(edited) = find_image(generated, &idx.to_string()) else {
-                continue;
-            };
+            // A row without its edit is a sample whose file is missing (reported, left out of
+            // the means), not a sample left out.
+            let edited = find_image(generated, &idx.to_string())
+                .unwrap_or_else(|| generated.join(format!("{idx}.png")));
             let input = match &row.image {
                 Some(bytes) => {
                     let ext = image::guess_format(bytes)
@@ -50,8 +50,8 @@ pub fn samples(generated: &Path, test: &Path) -> Result<Vec<Sample>> {
                         .unwrap_or("png");
                     let path = images.join(format!("{idx}.{ext}"));
                     if !path.is_file() {
-                        std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
-                        write_atomic(&path, bytes)?;
+                        crate::output::create_dir(&images)?;
+                        crate::output::write(&path, bytes)?;
                     }
                     Some(path)
                 }
@@ -70,7 +70,10 @@ pub fn samples(generated: &Path, test: &Path) -> Result<Vec<Sample>> {
             });
         }
     }
-    if out.is_empty() {
+    if !out
+        .iter()
+        .any(|s| s.generated.as_ref().is_some_and(|g| g.is_file()))
+    {
         return Err(Error::invalid(
             generated.display().to_string(),
             format!(

@@ -41,8 +41,8 @@ impl FaceModels {
     /// Checks and loads both networks (on this thread) so a bad file fails early.
     pub fn new(detector: &Path, embedder: &Path) -> Result<Self> {
         let m = FaceModels {
-            detector: ModelFiles::from_paths(&[detector.to_path_buf()])?,
-            embedder: ModelFiles::from_paths(&[embedder.to_path_buf()])?,
+            detector: ModelFiles::from_paths(&[detector.to_path_buf()], "--face-detector")?,
+            embedder: ModelFiles::from_paths(&[embedder.to_path_buf()], "--face-model")?,
         };
         dnn::preload(&m.detector)?;
         dnn::preload(&m.embedder)?;

@@ -38,7 +38,7 @@ pub fn model_dir(spec: &str, what: &str) -> Result<PathBuf> {
 /// Reads and parses `dir/config.json` into `T`.
 pub fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::textfile::read(&path, crate::textfile::MAX_DOCUMENT_BYTES)?;
     serde_json::from_str(&text).map_err(|e| Error::Config {
         path,
         message: e.to_string(),

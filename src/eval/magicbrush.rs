@@ -4,7 +4,9 @@
 //! holds `<id>/` with the first edit named `*_1.png`, the independent edits `inde_<i>.png` and
 //! the iterative edits `iter_<i>.png`. All-turn samples pair the first and independent edits
 //! with the outputs in turn order; the final-turn sample pairs the last iterative edit (or the
-//! only edit) with the last output.
+//! only edit) with the last output. Every session of the test set and every output of it gives
+//! a sample: an edit that is missing from the generated folder is a sample whose file is
+//! missing (reported, left out of the means), not a sample left out.
 
 use super::manifest::Sample;
 use crate::{Error, Result};
@@ -19,8 +21,7 @@ pub fn samples(generated: &Path, test_dir: &Path) -> Result<Vec<Sample>> {
     let images = test_dir.join("images");
     let captions_file = test_dir.join("global_descriptions.json");
     let captions: Captions = if captions_file.is_file() {
-        let text =
-            std::fs::read_to_string(&captions_file).map_err(|e| Error::io(&captions_file, e))?;
+        let text = crate::textfile::read(&captions_file, crate::textfile::MAX_DOCUMENT_BYTES)?;
         serde_json::from_str(&text).map_err(|e| Error::Config {
             path: captions_file.clone(),
             message: e.to_string(),
@@ -29,7 +30,17 @@ pub fn samples(generated: &Path, test_dir: &Path) -> Result<Vec<Sample>> {
         Captions::new()
     };
     let mut out = Vec::new();
-    for id in subfolders(generated)? {
+    let mut ids = subfolders(generated)?;
+    if ids.is_empty() {
+        return Err(Error::invalid(
+            "--generated",
+            format!("{}: no MagicBrush session folders", generated.display()),
+        ));
+    }
+    ids.extend(subfolders(&images).unwrap_or_default());
+    ids.sort();
+    ids.dedup();
+    for id in ids {
         let gen_dir = generated.join(&id);
         let gt_dir = images.join(&id);
         let gen_names = image_names(&gen_dir)?;
@@ -72,6 +83,9 @@ pub fn samples(generated: &Path, test_dir: &Path) -> Result<Vec<Sample>> {
                     .is_some_and(|s| s.to_string_lossy().ends_with("_1"))
         };
         let mut all_turns: Vec<String> = gen_names.iter().filter(is_first).cloned().collect();
+        if all_turns.is_empty() && !outputs.is_empty() {
+            all_turns.push(format!("{id}_1.png"));
+        }
         all_turns.extend(sorted_by_digits(
             gen_names
                 .iter()
@@ -79,6 +93,10 @@ pub fn samples(generated: &Path, test_dir: &Path) -> Result<Vec<Sample>> {
                 .cloned()
                 .collect(),
         ));
+        // Turns of the test set without an edit: the names they should have, reported missing.
+        for turn in all_turns.len()..outputs.len() {
+            all_turns.push(format!("inde_{}.png", turn + 1));
+        }
         let iterative = sorted_by_digits(
             gen_names
                 .iter()
@@ -118,12 +136,6 @@ pub fn samples(generated: &Path, test_dir: &Path) -> Result<Vec<Sample>> {
                 false,
             );
         }
-    }
-    if out.is_empty() {
-        return Err(Error::invalid(
-            "--generated",
-            format!("{}: no MagicBrush session folders", generated.display()),
-        ));
     }
     Ok(out)
 }

@@ -1,7 +1,9 @@
 //! What is scored: the samples of a benchmark run, read from a manifest (JSON lines or CSV with
 //! the fields `input`, `generated`, `ground_truth`, `input_caption`, `output_caption`,
 //! `instruction`, `task`, `turn`, any of them absent), from two folders paired by file stem, or
-//! from the MagicBrush test set's own layout. Paths in a manifest are relative to its folder.
+//! from the MagicBrush test set's own layout. Paths in a manifest are relative to its folder
+//! (the current folder for standard input). A row that cannot be read is reported and skipped;
+//! the others are scored.
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -50,7 +52,7 @@ struct Row {
 }
 
 impl Row {
-    fn into_sample(self, index: usize, root: &Path, file: &Path) -> Result<Sample> {
+    fn into_sample(self, index: usize, root: &Path, file: &Path, line: usize) -> Result<Sample> {
         let path = |p: Option<String>| {
             p.filter(|s| !s.is_empty()).map(|s| {
                 let p = PathBuf::from(s);
@@ -73,7 +75,7 @@ impl Row {
         if turn.is_none() && written {
             return Err(Error::Config {
                 path: file.to_path_buf(),
-                message: format!("row {}: turn is not a whole number", index + 1),
+                message: format!("line {line}: turn is not a whole number"),
             });
         }
         Ok(Sample {
@@ -93,48 +95,142 @@ impl Row {
     }
 }
 
-/// Reads a manifest: `.csv` as CSV with a header row, anything else as JSON lines (blank lines
-/// skipped). Relative paths are taken from the manifest's folder.
-pub fn read_manifest(file: &Path) -> Result<Vec<Sample>> {
-    let root = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let bad = |message: String| Error::Config {
-        path: file.to_path_buf(),
-        message,
+/// The samples of a manifest and the errors of the rows that could not be read.
+#[derive(Debug, Default)]
+pub struct Manifest {
+    pub samples: Vec<Sample>,
+    /// One error per unreadable row, naming the file and line.
+    pub problems: Vec<Error>,
+}
+
+/// Reads a manifest (`-`: standard input): `.csv` (or, from standard input, text whose first
+/// character is not `{`) as CSV with a header row, anything else as JSON lines (blank lines
+/// skipped). Relative paths are taken from the manifest's folder. Rows that cannot be read are
+/// returned as problems; a manifest without any readable row is an error.
+pub fn read_manifest(file: &Path) -> Result<Manifest> {
+    let stdin = file.as_os_str() == "-";
+    let root = match file.parent() {
+        Some(p) if !stdin => p.to_path_buf(),
+        _ => PathBuf::new(),
     };
-    let is_csv = file
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let rows: Vec<Row> = if is_csv {
-        let mut reader = csv::Reader::from_path(file).map_err(|e| bad(e.to_string()))?;
-        reader
-            .deserialize::<BTreeMap<String, String>>()
-            .enumerate()
-            .map(|(i, r)| {
-                let r = r.map_err(|e| bad(format!("row {}: {e}", i + 1)))?;
-                let value = serde_json::to_value(r).map_err(|e| bad(e.to_string()))?;
-                serde_json::from_value(value).map_err(|e| bad(format!("row {}: {e}", i + 1)))
-            })
-            .collect::<Result<_>>()?
+    let bad = |line: usize, message: String| Error::Config {
+        path: file.to_path_buf(),
+        message: format!("line {line}: {message}"),
+    };
+    let text = crate::textfile::read_list(file)?;
+    let is_csv = if stdin {
+        !text.trim_start().starts_with('{')
     } else {
-        let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
-        text.lines()
+        file.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    };
+    let mut problems = Vec::new();
+    let mut rows: Vec<(usize, Row)> = Vec::new();
+    if is_csv {
+        let (complete, unterminated) = csv_before_unterminated_quote(&text);
+        if let Some(line) = unterminated {
+            problems.push(bad(
+                line,
+                "unterminated quote (\"): this row and the rest of the file were not read".into(),
+            ));
+        }
+        let mut reader = csv::Reader::from_reader(complete.as_bytes());
+        let headers = reader.headers().map_err(|e| bad(1, e.to_string()))?.clone();
+        for r in reader.records() {
+            let record = match r {
+                Ok(record) => record,
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line() as usize);
+                    problems.push(bad(line, e.to_string()));
+                    continue;
+                }
+            };
+            let line = record.position().map_or(0, |p| p.line() as usize);
+            let row = record
+                .deserialize::<BTreeMap<String, String>>(Some(&headers))
+                .map_err(|e| e.to_string())
+                .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()))
+                .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()));
+            match row {
+                Ok(row) => rows.push((line, row)),
+                Err(e) => problems.push(bad(line, e)),
+            }
+        }
+    } else {
+        for (n, l) in text
+            .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(n, l)| serde_json::from_str(l).map_err(|e| bad(format!("line {}: {e}", n + 1))))
-            .collect::<Result<_>>()?
-    };
-    if rows.is_empty() {
-        return Err(bad("no samples".into()));
+        {
+            match serde_json::from_str(l) {
+                Ok(row) => rows.push((n + 1, row)),
+                Err(e) => problems.push(bad(n + 1, e.to_string())),
+            }
+        }
     }
-    rows.into_iter()
-        .enumerate()
-        .map(|(i, r)| r.into_sample(i, &root, file))
-        .collect()
+    let mut samples = Vec::new();
+    for (line, row) in rows {
+        match row.into_sample(samples.len(), &root, file, line) {
+            Ok(s) => samples.push(s),
+            Err(e) => problems.push(e),
+        }
+    }
+    if samples.is_empty() {
+        return Err(match problems.into_iter().next() {
+            Some(e) => e,
+            None => Error::Config {
+                path: file.to_path_buf(),
+                message: "no samples".into(),
+            },
+        });
+    }
+    Ok(Manifest { samples, problems })
+}
+
+/// The CSV text before a quoted field that is never closed, and the line where that field
+/// starts (`None` when every quote is closed). A quote opens a field only at its start; `""`
+/// inside a quoted field is a quote character.
+fn csv_before_unterminated_quote(text: &str) -> (&str, Option<usize>) {
+    let bytes = text.as_bytes();
+    let (mut line, mut i) = (1, 0);
+    let mut row_start = (0, 1);
+    let mut field_start = true;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' if field_start => {
+                let opened = row_start;
+                i += 1;
+                loop {
+                    match bytes.get(i) {
+                        None => return (&text[..opened.0], Some(opened.1)),
+                        Some(b'"') if bytes.get(i + 1) == Some(&b'"') => i += 2,
+                        Some(b'"') => break,
+                        Some(b'\n') => {
+                            line += 1;
+                            i += 1;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+                field_start = false;
+            }
+            b',' => field_start = true,
+            b'\n' => {
+                line += 1;
+                field_start = true;
+                row_start = (i + 1, line);
+            }
+            b'\r' => {}
+            _ => field_start = false,
+        }
+        i += 1;
+    }
+    (text, None)
 }
 
 /// Pairs the images of `generated` with those of `reference` (the ground truth) by file stem,
-/// in the order of the generated names. A generated image without a reference is still a
-/// sample (its paired metrics are then missing and reported).
+/// in the order of the stems. An image on one side only is still a sample, whose missing file
+/// (named by its stem) is reported and leaves it out of the means.
 pub fn pair_folders(generated: &Path, reference: &Path) -> Result<Vec<Sample>> {
     let gen = images_by_stem(generated)?;
     let refs = images_by_stem(reference)?;
@@ -144,17 +240,20 @@ pub fn pair_folders(generated: &Path, reference: &Path) -> Result<Vec<Sample>> {
             format!("{}: no images", generated.display()),
         ));
     }
-    Ok(gen
+    let stems: std::collections::BTreeSet<&String> = gen.keys().chain(refs.keys()).collect();
+    let side = |found: &BTreeMap<String, PathBuf>, dir: &Path, stem: &str| {
+        found
+            .get(stem)
+            .cloned()
+            .unwrap_or_else(|| dir.join(format!("{stem}.png")))
+    };
+    Ok(stems
         .into_iter()
         .enumerate()
-        .map(|(index, (stem, path))| Sample {
+        .map(|(index, stem)| Sample {
             index,
-            generated: Some(path),
-            ground_truth: Some(
-                refs.get(&stem)
-                    .cloned()
-                    .unwrap_or_else(|| reference.join(&stem)),
-            ),
+            generated: Some(side(&gen, generated, stem)),
+            ground_truth: Some(side(&refs, reference, stem)),
             ..Sample::default()
         })
         .collect())
@@ -188,7 +287,7 @@ mod tests {
              {\"input\": \"i.png\", \"task\": \"style\", \"turn\": \"3\", \"output_caption\": \"\"}\n",
         )
         .unwrap();
-        let s = read_manifest(&file).unwrap();
+        let s = read_manifest(&file).unwrap().samples;
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].generated, Some(dir.path().join("g/a.png")));
         assert_eq!(s[0].ground_truth, Some(PathBuf::from("/abs/t.png")));
@@ -207,22 +306,36 @@ mod tests {
             "generated,ground_truth,output_caption,turn\na.png,b.png,\"a cat, sitting\",1\n",
         )
         .unwrap();
-        let s = read_manifest(&file).unwrap();
+        let s = read_manifest(&file).unwrap().samples;
         assert_eq!(s[0].generated, Some(dir.path().join("a.png")));
         assert_eq!(s[0].output_caption.as_deref(), Some("a cat, sitting"));
         assert_eq!(s[0].turn, Some(1));
     }
 
     #[test]
-    fn bad_rows_name_the_file_and_line() {
+    fn bad_rows_are_reported_and_the_others_kept() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("m.jsonl");
-        std::fs::write(&file, "{\"turn\": 1}\n{not json\n").unwrap();
-        let e = read_manifest(&file).unwrap_err().to_string();
-        assert!(e.contains("m.jsonl") && e.contains("line 2"), "{e}");
-        std::fs::write(&file, "{\"turn\": \"first\"}\n").unwrap();
-        let e = read_manifest(&file).unwrap_err().to_string();
-        assert!(e.contains("turn is not a whole number"), "{e}");
+        std::fs::write(&file, "{\"turn\": 1}\n{not json\n{\"turn\": \"first\"}\n").unwrap();
+        let m = read_manifest(&file).unwrap();
+        assert_eq!(m.samples.len(), 1);
+        let e: Vec<String> = m.problems.iter().map(|e| e.to_string()).collect();
+        assert!(e[0].contains("m.jsonl") && e[0].contains("line 2"), "{e:?}");
+        assert!(e[1].contains("line 3: turn is not a whole number"), "{e:?}");
+        std::fs::write(&file, "{not json\n").unwrap();
+        assert!(read_manifest(&file).is_err());
+    }
+
+    #[test]
+    fn an_unterminated_quote_is_reported_where_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.csv");
+        std::fs::write(&file, "generated,turn\na.png,1\n\"b.png,2\nc.png,3\n").unwrap();
+        let m = read_manifest(&file).unwrap();
+        assert_eq!(m.samples.len(), 1);
+        let e = m.problems[0].to_string();
+        assert!(e.contains("m.csv: line 3: unterminated quote"), "{e}");
+        assert_eq!(csv_before_unterminated_quote("a,\"b\"\"c\"\n").1, None);
     }
 
     #[test]
@@ -234,10 +347,12 @@ mod tests {
         for f in ["g/b.png", "g/a.jpg", "r/a.png", "g/notes.txt"] {
             std::fs::write(dir.path().join(f), b"x").unwrap();
         }
+        std::fs::write(dir.path().join("r/c.png"), b"x").unwrap();
         let s = pair_folders(&g, &r).unwrap();
-        assert_eq!(s.len(), 2);
+        assert_eq!(s.len(), 3);
         assert_eq!(s[0].generated, Some(g.join("a.jpg")));
         assert_eq!(s[0].ground_truth, Some(r.join("a.png")));
-        assert_eq!(s[1].ground_truth, Some(r.join("b")));
+        assert_eq!(s[1].ground_truth, Some(r.join("b.png")));
+        assert_eq!(s[2].generated, Some(g.join("c.png")));
     }
 }

@@ -24,9 +24,9 @@ impl TextRecognizer {
     /// Loads the network (on this thread, so a bad file fails early) and the charset (one
     /// symbol a line).
     pub fn new(model: &Path, charset: &Path) -> Result<Self> {
-        let model = ModelFiles::from_paths(&[model.to_path_buf()])?;
+        let model = ModelFiles::from_paths(&[model.to_path_buf()], "--ocr-model")?;
         dnn::preload(&model)?;
-        let text = std::fs::read_to_string(charset).map_err(|e| Error::io(charset, e))?;
+        let text = crate::textfile::read_list(charset)?;
         let symbols: Vec<String> = text
             .lines()
             .map(|l| l.trim_end_matches('\r').to_string())

@@ -1,11 +1,11 @@
 //! The HTML report of a run: one self-contained file (images as data URIs, no server, no
-//! network) with the means overall and per task / turn, a histogram of each metric, and one row
-//! per sample with thumbnails of the input, generated and ground-truth images and its scores,
-//! worst first; clicking a column header sorts by it.
+//! network) with the means overall and per task / turn, a histogram of each metric (SVG, with
+//! labelled axes), and one row per sample with thumbnails of the input, generated and
+//! ground-truth images and its scores, worst first; clicking a column header sorts by it.
 
 use super::results::{Evaluation, Means, Metric};
 use base64::Engine;
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 
 /// A JPEG thumbnail of `img` whose longer side is `side`.
 pub fn thumbnail(img: &RgbImage, side: u32) -> Vec<u8> {
@@ -40,11 +40,15 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A PNG bar chart of the distribution of `values` in 20 bins.
-pub fn histogram(values: &[f64]) -> Vec<u8> {
+/// An SVG bar chart of the distribution of `values` in 20 bins, with labelled axes: the
+/// metric `name` and its range along x, the number of samples along y.
+pub fn histogram(values: &[f64], name: &str) -> String {
     const BINS: usize = 20;
-    let (w, h) = (BINS as u32 * 12, 80u32);
-    let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    const BAR: f64 = 13.0;
+    let (left, right, top, bottom) = (48.0, 12.0, 10.0, 40.0);
+    let plot_w = BINS as f64 * BAR;
+    let plot_h = 90.0;
+    let (w, h) = (left + plot_w + right, top + plot_h + bottom);
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut counts = [0usize; BINS];
@@ -52,21 +56,48 @@ pub fn histogram(values: &[f64]) -> Vec<u8> {
         let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
         counts[((t * BINS as f64) as usize).min(BINS - 1)] += 1;
     }
-    let top = counts.iter().copied().max().unwrap_or(0).max(1);
+    let top_count = counts.iter().copied().max().unwrap_or(0).max(1);
+    let base = top + plot_h;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-family=\"sans-serif\" font-size=\"10\">\n"
+    );
     for (b, &c) in counts.iter().enumerate() {
-        let bar = (c as f64 / top as f64 * f64::from(h - 2)).round() as u32;
-        for x in (b as u32 * 12 + 1)..(b as u32 * 12 + 11) {
-            for y in (h - bar)..h {
-                img.put_pixel(x, y, Rgb([70, 110, 180]));
-            }
-        }
+        let bar = c as f64 / top_count as f64 * plot_h;
+        svg.push_str(&format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bar:.1}\" fill=\"#466eb4\"/>\n",
+            left + b as f64 * BAR + 1.0,
+            base - bar,
+            BAR - 2.0,
+        ));
     }
-    let mut out = Vec::new();
-    let encoder = image::codecs::png::PngEncoder::new(&mut out);
-    if img.write_with_encoder(encoder).is_err() {
-        out.clear();
-    }
-    out
+    let axis = |x1: f64, y1: f64, x2: f64, y2: f64| {
+        format!("<line x1=\"{x1}\" y1=\"{y1}\" x2=\"{x2}\" y2=\"{y2}\" stroke=\"black\"/>\n")
+    };
+    let text = |x: f64, y: f64, anchor: &str, t: &str| {
+        format!(
+            "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"{anchor}\">{}</text>\n",
+            escape(t)
+        )
+    };
+    svg.push_str(&axis(left, top, left, base));
+    svg.push_str(&axis(left, base, left + plot_w, base));
+    let (lo_text, hi_text) = if values.is_empty() {
+        ("–".to_string(), "–".to_string())
+    } else {
+        (format!("{lo:.4}"), format!("{hi:.4}"))
+    };
+    svg.push_str(&text(left, base + 13.0, "start", &lo_text));
+    svg.push_str(&text(left + plot_w, base + 13.0, "end", &hi_text));
+    svg.push_str(&text(left + plot_w / 2.0, base + 30.0, "middle", name));
+    svg.push_str(&text(left - 4.0, base, "end", "0"));
+    svg.push_str(&text(left - 4.0, top + 8.0, "end", &top_count.to_string()));
+    svg.push_str(&format!(
+        "<text transform=\"translate(12 {:.1}) rotate(-90)\" text-anchor=\"middle\">samples</text>\n",
+        top + plot_h / 2.0
+    ));
+    svg.push_str("</svg>\n");
+    svg
 }
 
 /// The metric the samples are ordered by, worst first: the first present of CLIP-I, DINO,
@@ -119,20 +150,18 @@ pub fn html(e: &Evaluation, title: &str) -> String {
         .iter()
         .map(|m| format!("<th>{}</th>", m.key()))
         .collect();
-    let mut summary = means_rows("mean", &e.mean, &metrics);
-    for (k, v) in &e.by_task {
-        summary.push_str(&means_rows(&format!("task {k}"), v, &metrics));
-    }
-    for (k, v) in &e.by_turn {
-        summary.push_str(&means_rows(&format!("turn {k}"), v, &metrics));
-    }
+    let summary: String = e
+        .labelled_means()
+        .iter()
+        .map(|(label, means)| means_rows(label, means, &metrics))
+        .collect();
     let histograms: String = metrics
         .iter()
         .map(|&m| {
             let values: Vec<f64> = e.samples.iter().filter_map(|s| s.get(m)).collect();
             format!(
                 "<figure><img alt=\"histogram of {k}\" src=\"{}\"><figcaption>{k} ({} samples)</figcaption></figure>\n",
-                data_uri("image/png", &histogram(&values)),
+                data_uri("image/svg+xml", histogram(&values, m.key()).as_bytes()),
                 values.len(),
                 k = m.key()
             )
@@ -253,14 +282,24 @@ mod tests {
         let pos = |i: usize| page.find(&format!("data-index=\"{i}\"")).unwrap();
         assert!(pos(1) < pos(2) && pos(2) < pos(0));
         assert!(page.contains("&lt;b&gt;make it red"));
-        assert!(page.contains("data:image/png;base64,"));
+        assert!(page.contains("data:image/svg+xml;base64,"));
     }
 
     #[test]
-    fn histogram_and_thumbnail_are_images() {
-        let png = histogram(&[0.1, 0.2, 0.2, 0.9]);
-        let img = image::load_from_memory(&png).unwrap();
-        assert_eq!((img.width(), img.height()), (240, 80));
+    fn histogram_has_labelled_axes_and_thumbnail_is_an_image() {
+        let svg = histogram(&[0.1, 0.2, 0.2, 0.9], "clip_i");
+        assert_eq!(svg.matches("<rect").count(), 20);
+        assert_eq!(svg.matches("<line").count(), 2);
+        for label in [
+            ">0.1000<",
+            ">0.9000<",
+            ">clip_i<",
+            ">samples<",
+            ">2<",
+            ">0<",
+        ] {
+            assert!(svg.contains(label), "{label} missing: {svg}");
+        }
         let t = thumbnail(&RgbImage::new(64, 32), 16);
         let img = image::load_from_memory(&t).unwrap();
         assert_eq!((img.width(), img.height()), (16, 8));

@@ -117,7 +117,9 @@ pub type Means = BTreeMap<Metric, Option<f64>>;
 #[derive(Debug, Clone)]
 pub struct Evaluation {
     pub samples: Vec<SampleScores>,
-    pub mean: Means,
+    /// Means over all samples; `None` when the samples score some edits twice (MagicBrush:
+    /// final-turn samples beside the all-turn ones), whose means are then only per turn.
+    pub mean: Option<Means>,
     /// Means per task, by task name.
     pub by_task: BTreeMap<String, Means>,
     /// Means per turn ("1", "2", …), over final turns ("final") and over all turns ("all").
@@ -153,7 +155,7 @@ impl Evaluation {
                 .collect()
         };
         Evaluation {
-            mean: means(samples.iter()),
+            mean: (!scores_twice(&samples)).then(|| means(samples.iter())),
             by_task: group(tasks),
             by_turn: group(turns),
             samples,
@@ -164,8 +166,17 @@ impl Evaluation {
     pub fn present_metrics(&self) -> Vec<Metric> {
         Metric::ALL
             .into_iter()
-            .filter(|m| self.mean.get(m).copied().flatten().is_some())
+            .filter(|m| self.samples.iter().any(|s| s.get(*m).is_some()))
             .collect()
+    }
+
+    /// The labelled means: overall (when there is one), per task, per turn.
+    pub fn labelled_means(&self) -> Vec<(String, &Means)> {
+        let mut rows: Vec<(String, &Means)> =
+            self.mean.iter().map(|m| ("mean".to_string(), m)).collect();
+        rows.extend(self.by_task.iter().map(|(k, v)| (format!("task {k}"), v)));
+        rows.extend(self.by_turn.iter().map(|(k, v)| (format!("turn {k}"), v)));
+        rows
     }
 
     /// Number of samples with at least one error.
@@ -203,7 +214,7 @@ impl Evaluation {
         };
         json!({
             "samples": samples,
-            "mean": means_json(&self.mean),
+            "mean": self.mean.as_ref().map(means_json),
             "mean_by_task": group(&self.by_task),
             "mean_by_turn": group(&self.by_turn),
         })
@@ -245,7 +256,9 @@ impl Evaluation {
             }
             out.push_str(",\n");
         };
-        mean_row("mean".into(), &self.mean);
+        if let Some(m) = &self.mean {
+            mean_row("mean".into(), m);
+        }
         for (k, v) in &self.by_task {
             mean_row(format!("task:{k}"), v);
         }
@@ -258,9 +271,7 @@ impl Evaluation {
     /// A plain table of the means (overall, per task, per turn) for a terminal.
     pub fn to_table(&self) -> String {
         let metrics = self.present_metrics();
-        let mut rows: Vec<(String, &Means)> = vec![("mean".into(), &self.mean)];
-        rows.extend(self.by_task.iter().map(|(k, v)| (format!("task {k}"), v)));
-        rows.extend(self.by_turn.iter().map(|(k, v)| (format!("turn {k}"), v)));
+        let rows = self.labelled_means();
         let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(7);
         let mut out = format!("{:<width$}", "samples");
         for m in &metrics {
@@ -285,6 +296,15 @@ impl Evaluation {
         ));
         out
     }
+}
+
+/// Whether some edits are scored twice: final-turn samples that are not turn samples, beside
+/// turn samples (MagicBrush's layout).
+fn scores_twice(samples: &[SampleScores]) -> bool {
+    let final_only = samples
+        .iter()
+        .any(|s| s.sample.final_turn == Some(true) && s.sample.turn.is_none());
+    final_only && samples.iter().any(|s| s.sample.turn.is_some())
 }
 
 fn means_json(m: &Means) -> Value {
@@ -328,9 +348,10 @@ mod tests {
             scored(1, "style", 2, None),
             scored(2, "add", 2, Some(0.9)),
         ]);
-        assert_eq!(e.mean[&Metric::ClipI], Some(0.7));
-        assert_eq!(e.mean[&Metric::L1], Some(1.0));
-        assert_eq!(e.mean[&Metric::Dino], None);
+        let mean = e.mean.as_ref().unwrap();
+        assert_eq!(mean[&Metric::ClipI], Some(0.7));
+        assert_eq!(mean[&Metric::L1], Some(1.0));
+        assert_eq!(mean[&Metric::Dino], None);
         assert_eq!(e.by_task["style"][&Metric::ClipI], Some(0.5));
         assert_eq!(e.by_turn["final"][&Metric::L1], Some(1.5));
         assert_eq!(e.by_turn["1"][&Metric::L1], Some(0.0));
@@ -342,6 +363,19 @@ mod tests {
         let csv = e.to_csv();
         assert!(csv.lines().any(|l| l.starts_with("task:add,")), "{csv}");
         assert_eq!(csv.lines().count(), 1 + 3 + 1 + 2 + 4);
+    }
+
+    #[test]
+    fn final_turn_samples_beside_turn_samples_have_no_overall_mean() {
+        let mut last = scored(3, "style", 2, Some(0.1));
+        last.sample.turn = None;
+        let e = Evaluation::new(vec![scored(0, "style", 1, Some(0.5)), last]);
+        assert!(e.mean.is_none());
+        assert_eq!(e.by_turn["final"][&Metric::ClipI], Some(0.1));
+        assert_eq!(e.by_turn["all"][&Metric::ClipI], Some(0.5));
+        assert_eq!(e.to_json()["mean"], Value::Null);
+        assert!(!e.to_csv().contains("\nmean,"));
+        assert!(!e.to_table().contains("\nmean "));
     }
 
     #[test]

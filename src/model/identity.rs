@@ -85,7 +85,7 @@ fn file_hash(path: &Path, memo: Option<&Path>) -> Result<String> {
         };
         let bytes =
             serde_json::to_vec(&r).map_err(|e| Error::invalid("identity", e.to_string()))?;
-        if let Err(e) = crate::imageio::write_atomic(entry, &bytes) {
+        if let Err(e) = crate::output::atomic::write(entry, &bytes) {
             log::warn!("cannot remember the hash of {}: {e}", path.display());
         }
     }

@@ -131,6 +131,9 @@ impl Plan {
                     format!("{w}x{h} (width and height must be positive multiples of 16)"),
                 ));
             }
+            // As the reference, a text-to-image target may exceed the token budget of input
+            // frames; only the sizes no image of ace may have are refused before allocating.
+            crate::limits::check_size("output size", w as u64, h as u64)?;
             ((h, w), Tensor::ones((1, h, w), DType::F32, device)?, None)
         };
         Ok(Plan {

@@ -32,7 +32,7 @@ impl BatchLine {
 
 /// Reads the job lines of a batch file. A line that does not parse is kept as a failed job.
 pub fn read(path: &Path) -> Result<Vec<BatchLine>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::textfile::read_list(path)?;
     Ok(text
         .lines()
         .enumerate()

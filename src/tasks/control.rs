@@ -29,15 +29,48 @@ pub fn check_kind(kind: &str) -> Result<()> {
     }
 }
 
+/// The flags of `ace control` that set the analyzer's network, named in its errors.
+pub const ANALYZER_FLAGS: analyze::dnn::FlagNames = analyze::dnn::FlagNames {
+    model: "--analyzer-model",
+    size: "--analyzer-size",
+};
+
+/// How the network of `depth` and `pose` runs (the others take no setting).
+#[derive(Debug, Clone, Default)]
+pub struct Analyzer {
+    /// The network files.
+    pub model: Vec<PathBuf>,
+    /// The network's input size (depth: the square side; pose: the height); its default when
+    /// `None`.
+    pub size: Option<u32>,
+    /// Depth only: skip the ImageNet normalisation (for exports that do it inside).
+    pub no_normalize: bool,
+}
+
 /// The analysis operation of `kind` with its default parameters; `depth` and `pose` run a
-/// network and need its files in `model`.
-pub fn operation(kind: &str, model: &[PathBuf]) -> Result<Box<dyn Operation>> {
+/// network set by `analyzer`.
+pub fn operation(kind: &str, analyzer: &Analyzer) -> Result<Box<dyn Operation>> {
     use analyze::*;
     check_kind(kind)?;
+    let model = &analyzer.model;
     Ok(match kind {
         "canny" => Box::new(Canny::default()),
-        "depth" => Box::new(Depth::new(model, depth::DepthParams::default())?),
-        "pose" => Box::new(Pose::new(model, pose::PoseParams::default())?),
+        "depth" => Box::new(Depth::new(
+            model,
+            depth::DepthParams {
+                size: analyzer.size.unwrap_or(depth::DEFAULT_SIZE),
+                normalize: !analyzer.no_normalize,
+                flags: ANALYZER_FLAGS,
+            },
+        )?),
+        "pose" => Box::new(Pose::new(
+            model,
+            pose::PoseParams {
+                height: analyzer.size.unwrap_or(pose::DEFAULT_HEIGHT),
+                flags: ANALYZER_FLAGS,
+                ..pose::PoseParams::default()
+            },
+        )?),
         "segment" => Box::new(Segment::new(segment::Params::default())?),
         "mosaic" => Box::new(Mosaic::default()),
         "gray" => Box::new(Gray),
@@ -135,7 +168,7 @@ mod tests {
     #[test]
     fn regional_control_keeps_the_photo_outside_the_mask() {
         let mask = GrayImage::from_fn(32, 16, |x, _| image::Luma([if x < 16 { 255 } else { 0 }]));
-        let op = operation("gray", &[]).unwrap();
+        let op = operation("gray", &Analyzer::default()).unwrap();
         let job = Control {
             kind: "gray",
             photo: photo(),
@@ -174,7 +207,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("scribble"));
-        assert!(operation("depth", &[]).is_err());
+        let e = operation("depth", &Analyzer::default())
+            .err()
+            .expect("depth needs a model")
+            .to_string();
+        assert!(
+            e.contains("--analyzer-model")
+                && e.contains("--analyzer-size")
+                && !e.contains("--model "),
+            "{e}"
+        );
         for kind in KINDS {
             let inst = super::super::instruction(&format!("control.{kind}"), &[], 0, None);
             assert!(inst.is_ok(), "{kind}");

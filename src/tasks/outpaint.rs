@@ -84,7 +84,10 @@ pub fn canvas(
 ) -> Result<(RgbImage, GrayImage)> {
     let (w, h) = image.dimensions();
     let (l, r, t, b) = borders(extend, w, h)?;
-    let (cw, ch) = (w + l + r, h + t + b);
+    let sum = |parts: [u32; 3]| parts.iter().map(|&v| u64::from(v)).sum::<u64>();
+    let (cw, ch) = (sum([w, l, r]), sum([h, t, b]));
+    crate::limits::check_size("outpaint canvas", cw, ch)?;
+    let (cw, ch) = (cw as u32, ch as u32);
     let aspect = f64::from(cw.max(ch)) / f64::from(cw.min(ch));
     if aspect > MAX_ASPECT {
         return Err(Error::invalid(

@@ -38,11 +38,10 @@ pub struct HistoryItem {
 
 /// The turns of the session file; a file that does not exist yet is an empty session.
 pub fn read(path: &Path) -> Result<Vec<SessionTurn>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
-    };
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = crate::textfile::read_list(path)?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -95,7 +94,7 @@ pub fn append(path: &Path, turn: &SessionTurn) -> Result<()> {
         serde_json::to_string(turn).map_err(|e| Error::invalid("session turn", e.to_string()))?;
     text.push_str(&line);
     text.push('\n');
-    crate::imageio::write_atomic(path, text.as_bytes())
+    crate::output::write(path, text.as_bytes())
 }
 
 #[cfg(test)]

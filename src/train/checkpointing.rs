@@ -78,30 +78,16 @@ fn load_tensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>
 
 /// Writes tensors to `path` atomically (a temporary file beside it, then a rename).
 pub fn save_tensors_atomic(map: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".ace-")
-        .suffix(".safetensors")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    save_tensors(map, tmp.path())?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    crate::output::create_parent(path)?;
+    crate::output::atomic::write_with(path, |tmp| save_tensors(map, tmp))
 }
 
 /// Saves a checkpoint under `work_dir` and points `latest` at it; returns its folder.
 pub fn save(work_dir: &Path, ck: &Checkpoint) -> Result<PathBuf> {
     let root = work_dir.join(CHECKPOINTS);
-    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    crate::output::create_dir(&root)?;
     let name = format!("step-{:06}", ck.state.step);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}-"))
-        .tempdir_in(&root)
-        .map_err(|e| Error::io(&root, e))?;
+    let tmp = crate::output::atomic::temp_dir(&root, &format!("{name}-"))?;
     let weights_file = if ck.state.lora.is_some() {
         LORA_FILE
     } else {
@@ -122,7 +108,7 @@ pub fn save(work_dir: &Path, ck: &Checkpoint) -> Result<PathBuf> {
     }
     let tmp = tmp.keep();
     std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-    crate::imageio::write_atomic(&root.join(LATEST), name.as_bytes())?;
+    crate::output::write(&root.join(LATEST), name.as_bytes())?;
     Ok(dest)
 }
 

@@ -185,7 +185,7 @@ fn merge(base: &mut Value, over: &Value) {
 
 impl TrainConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::textfile::read(path, crate::textfile::MAX_DOCUMENT_BYTES)?;
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         Self::parse(&text, &path.display().to_string(), &base)
     }
@@ -196,7 +196,7 @@ impl TrainConfig {
             path: PathBuf::from(origin),
             message,
         };
-        let root: Value = serde_yaml::from_str(text).map_err(|e| bad(format!("not YAML: {e}")))?;
+        let root: Value = crate::textfile::parse_yaml(text, Path::new(origin), "YAML")?;
         let seed = match root.get("ENV") {
             Some(env) => {
                 serde_yaml::from_value::<RawEnv>(env.clone())

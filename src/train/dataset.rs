@@ -39,7 +39,7 @@ pub fn read_list(path: &Path) -> Result<Vec<Example>> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+    let text = crate::textfile::read_list(&file)?;
     let dir = file.parent().unwrap_or(Path::new("")).to_path_buf();
     let examples = if file
         .extension()

@@ -6,6 +6,11 @@
 //! the micro-batches are averaged, optionally clipped, AdamW updates, the EMA follows. The
 //! validation loss uses fixed timesteps and noise per validation example. Checkpoints are
 //! written every `CheckpointHook.INTERVAL` steps, at the end, on `--max-steps` and on Ctrl-C.
+//!
+//! A fresh run refuses a `WORK_DIR` that holds an earlier run unless told to move it aside
+//! (`force`). A non-finite loss, gradient norm or weight stops the run at once
+//! ([`Finish::Diverged`]): that step is neither logged nor saved, so the log stays parseable and
+//! the newest checkpoint, the last finite one, resumes.
 
 use super::cache::Encoder;
 use super::checkpointing::{self, Checkpoint, LoraInfo, TrainState};
@@ -13,7 +18,7 @@ use super::config::{Stage, TrainConfig};
 use super::dataset::{self, Example};
 use super::ema::Ema;
 use super::model::{diffusion_loss, Encoded, Frozen};
-use super::optimizer::{clip_grad_norm, AdamW};
+use super::optimizer::{clip_grad_norm, grad_norm, AdamW};
 use super::plot;
 use super::weights::DitWeights;
 use crate::{Error, Result};
@@ -43,6 +48,9 @@ pub struct Options {
     pub max_steps: Option<u64>,
     /// Where prompt embeddings are looked up and kept (none: encoded afresh, kept in memory).
     pub prompt_cache: Option<crate::model::text::PromptCache>,
+    /// Start afresh in a `WORK_DIR` that holds an earlier run, moving that run's files into a
+    /// subfolder `earlier-run-SECONDS` first.
+    pub force: bool,
 }
 
 /// One line of `train_log.jsonl`.
@@ -57,14 +65,16 @@ pub struct LogLine {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
     /// Every stage ran to its MAX_STEPS.
     Completed,
     /// `--max-steps` was reached.
     Stopped,
-    /// Ctrl-C.
+    /// Ctrl-C (or SIGTERM, SIGHUP).
     Interrupted,
+    /// A non-finite loss, gradient norm or weight at this step (nothing of it was kept).
+    Diverged { step: u64, what: String },
 }
 
 /// The result of a run.
@@ -74,7 +84,10 @@ pub struct Summary {
     /// Optimizer steps done in all.
     pub step: u64,
     pub total_steps: u64,
-    pub checkpoint: PathBuf,
+    /// The newest checkpoint (none when a run diverged before its first save).
+    pub checkpoint: Option<PathBuf>,
+    /// Where an earlier run in `WORK_DIR` was moved to (`force`).
+    pub moved_aside: Option<PathBuf>,
     pub log: PathBuf,
     pub plot: PathBuf,
 }
@@ -137,7 +150,7 @@ impl Logs {
             .filter(|l| l.step <= step)
             .map(|l| format!("{}\n", json(&l)))
             .collect();
-        crate::imageio::write_atomic(&self.jsonl, kept.as_bytes())
+        crate::output::write(&self.jsonl, kept.as_bytes())
     }
 }
 
@@ -203,7 +216,9 @@ impl Run<'_> {
         Ok((batch, ts, noises))
     }
 
-    /// One optimizer step over `accu_step` micro-batches; returns the mean loss.
+    /// One optimizer step over `accu_step` micro-batches; returns the mean loss. A non-finite
+    /// loss or gradient norm is [`Error::Diverged`] before anything changes; a non-finite
+    /// weight after the update is too (the caller keeps nothing of the step).
     fn step(
         &mut self,
         stage: &Stage,
@@ -226,7 +241,9 @@ impl Run<'_> {
                 &ts,
                 &noises,
             )?;
-            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            let value = f64::from(loss.to_scalar::<f32>()?);
+            self.finite(value, "the loss")?;
+            loss_sum += value;
             let store = (loss / stage.accu_step as f64)?.backward()?;
             for (name, g) in self.weights.gradients(&store) {
                 let sum = match grads.remove(&name) {
@@ -236,14 +253,35 @@ impl Run<'_> {
                 grads.insert(name, sum);
             }
         }
-        if let Some(max_norm) = stage.grad_clip {
-            clip_grad_norm(&mut grads, max_norm)?;
-        }
+        let norm = match stage.grad_clip {
+            Some(max_norm) => clip_grad_norm(&mut grads, max_norm)?,
+            None => grad_norm(&grads)?,
+        };
+        self.finite(norm, "the gradient norm")?;
         self.optimizer.step(self.weights.trainable(), &grads)?;
+        for (name, v) in self.weights.trainable() {
+            let sum = v.as_tensor().sum_all()?.to_dtype(candle_core::DType::F32)?;
+            self.finite(
+                f64::from(sum.to_scalar::<f32>()?),
+                &format!("weight {name}"),
+            )?;
+        }
         if let Some(ema) = &mut self.ema {
             ema.update(self.weights.trainable())?;
         }
         Ok(loss_sum / stage.accu_step as f64)
+    }
+
+    /// [`Error::Diverged`] at the step being made unless `value` is finite.
+    fn finite(&self, value: f64, what: &str) -> Result<()> {
+        if value.is_finite() {
+            Ok(())
+        } else {
+            Err(Error::Diverged {
+                step: self.state.step + 1,
+                what: what.to_string(),
+            })
+        }
     }
 
     /// Mean loss over the validation examples, each at its own fixed timestep and noise.
@@ -265,7 +303,15 @@ impl Run<'_> {
             )?;
             total += f64::from(loss.to_scalar::<f32>()?);
         }
-        Ok(total / val.len() as f64)
+        let mean = total / val.len() as f64;
+        // Validation runs after the step is counted.
+        if !mean.is_finite() {
+            return Err(Error::Diverged {
+                step: self.state.step,
+                what: "the validation loss".into(),
+            });
+        }
+        Ok(mean)
     }
 }
 
@@ -298,6 +344,47 @@ fn check_stages(cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
+/// The files of a run in `WORK_DIR`: the logs, the plot and the checkpoints.
+fn run_files(work_dir: &Path, logs: &Logs) -> Vec<PathBuf> {
+    [
+        logs.jsonl.clone(),
+        logs.text.clone(),
+        work_dir.join(PLOT_FILE),
+        work_dir.join(checkpointing::CHECKPOINTS),
+    ]
+    .into_iter()
+    .filter(|p| p.exists())
+    .collect()
+}
+
+/// Makes `work_dir` ready for a fresh run: refuses one that holds an earlier run, unless
+/// `force`, which moves that run's files into `earlier-run-SECONDS/` (returned).
+fn clear_for_fresh_run(work_dir: &Path, logs: &Logs, force: bool) -> Result<Option<PathBuf>> {
+    let earlier = run_files(work_dir, logs);
+    if earlier.is_empty() {
+        return Ok(None);
+    }
+    if !force {
+        return Err(Error::Output {
+            path: work_dir.to_path_buf(),
+            message: "holds an earlier run (train_log.jsonl, checkpoints/); continue it with \
+                      --resume, or start over with --force (which moves it into \
+                      earlier-run-SECONDS/)"
+                .into(),
+        });
+    }
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = work_dir.join(format!("earlier-run-{seconds}"));
+    crate::output::create_dir(&aside)?;
+    for p in earlier {
+        let dest = aside.join(p.file_name().unwrap_or_default());
+        std::fs::rename(&p, &dest).map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(Some(aside))
+}
+
 /// Trains as `cfg` says; `progress` sees every step.
 pub fn run(
     cfg: &TrainConfig,
@@ -308,7 +395,7 @@ pub fn run(
     check_stages(cfg)?;
     let first = &cfg.stages[0];
     let work_dir = first.work_dir.clone();
-    std::fs::create_dir_all(&work_dir).map_err(|e| Error::io(&work_dir, e))?;
+    crate::output::create_dir(&work_dir)?;
     let logs = Logs {
         jsonl: work_dir.join(LOG_JSONL),
         text: work_dir.join(&first.log_file),
@@ -327,6 +414,7 @@ pub fn run(
         device,
     )?;
     let mut optimizer = AdamW::new(first.optimizer)?;
+    let mut moved_aside = None;
     let mut ema = first
         .ema_decay
         .map(|d| Ema::new(d, weights.trainable()))
@@ -353,11 +441,7 @@ pub fn run(
             ck.state
         }
         None => {
-            for p in [&logs.jsonl, &logs.text] {
-                if p.exists() {
-                    std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
-                }
-            }
+            moved_aside = clear_for_fresh_run(&work_dir, &logs, opts.force)?;
             TrainState {
                 step: 0,
                 stage: 0,
@@ -421,23 +505,34 @@ pub fn run(
                 break 'stages;
             }
             let start = Instant::now();
-            let loss = run.step(stage, &frozen, &encoder, &train)?;
+            let loss = match run.step(stage, &frozen, &encoder, &train) {
+                Ok(loss) => loss,
+                Err(Error::Diverged { step, what }) => {
+                    finish = Finish::Diverged { step, what };
+                    break 'stages;
+                }
+                Err(e) => return Err(e),
+            };
             let elapsed = start.elapsed().as_secs_f64();
             run.state.step += 1;
             let step = run.state.step;
             let eval_now = !val.is_empty()
                 && (step == stage_end
                     || (stage.eval_interval > 0 && step.is_multiple_of(stage.eval_interval)));
+            let val_loss = match eval_now.then(|| run.validate(&frozen, &val)).transpose() {
+                Ok(v) => v,
+                Err(Error::Diverged { step, what }) => {
+                    finish = Finish::Diverged { step, what };
+                    break 'stages;
+                }
+                Err(e) => return Err(e),
+            };
             let line = LogLine {
                 step,
                 loss,
                 lr: stage.optimizer.lr,
                 it_per_s: if elapsed > 0.0 { 1.0 / elapsed } else { 0.0 },
-                val_loss: if eval_now {
-                    Some(run.validate(&frozen, &val)?)
-                } else {
-                    None
-                },
+                val_loss,
             };
             Logs::append(&logs.jsonl, &json(&line))?;
             if step.is_multiple_of(stage.log_interval) || line.val_loss.is_some() {
@@ -466,9 +561,11 @@ pub fn run(
     if finish == Finish::Completed && run.state.step < total_steps {
         finish = Finish::Stopped;
     }
-    let checkpoint = match last_saved {
-        Some((step, path)) if step == run.state.step => path,
-        _ => run.checkpoint()?,
+    let checkpoint = match (&finish, last_saved) {
+        // Nothing of a diverged run after its last save is kept: that save stays the newest.
+        (Finish::Diverged { .. }, _) => checkpointing::resolve(&work_dir).ok(),
+        (_, Some((step, path))) if step == run.state.step => Some(path),
+        _ => Some(run.checkpoint()?),
     };
     let lines = logs.read()?;
     let train_points: Vec<(u64, f64)> = lines.iter().map(|l| (l.step, l.loss)).collect();
@@ -483,6 +580,7 @@ pub fn run(
         step: run.state.step,
         total_steps,
         checkpoint,
+        moved_aside,
         log: logs.jsonl,
         plot: plot_path,
     })

@@ -8,6 +8,7 @@ pub mod checkpointing;
 pub mod config;
 pub mod dataset;
 pub mod ema;
+pub mod font;
 pub mod r#loop;
 pub mod lora;
 pub mod model;

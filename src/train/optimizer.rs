@@ -152,10 +152,8 @@ impl AdamW {
     }
 }
 
-/// Scales the gradients so that their global L2 norm is at most `max_norm`, as
-/// `clip_grad_norm_` (factor `max_norm / (norm + 1e-6)`, only when below 1). Returns the norm
-/// before clipping.
-pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
+/// The global L2 norm of the gradients (computed in float32, summed in float64).
+pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.values() {
         total += g
@@ -164,7 +162,14 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Re
             .sum_all()?
             .to_scalar::<f32>()? as f64;
     }
-    let norm = total.sqrt();
+    Ok(total.sqrt())
+}
+
+/// Scales the gradients so that their global L2 norm is at most `max_norm`, as
+/// `clip_grad_norm_` (factor `max_norm / (norm + 1e-6)`, only when below 1). Returns the norm
+/// before clipping.
+pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
+    let norm = grad_norm(grads)?;
     let factor = max_norm / (norm + 1e-6);
     if factor < 1.0 {
         for g in grads.values_mut() {

@@ -151,7 +151,7 @@ impl PromptCache {
             .map_err(|e| Error::invalid("prompt cache", format!("{e:?}")))?;
         let bytes = safetensors::serialize([("states", view)], Some(metadata))
             .map_err(|e| Error::invalid("prompt cache", format!("{e:?}")))?;
-        crate::imageio::write_atomic(&self.path(key), &bytes)
+        crate::output::atomic::write(&self.path(key), &bytes)
     }
 }
 
