@@ -15,8 +15,10 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ModelCommand {
-    /// Download every file a model config points at (hf:// references) into the Hugging Face
-    /// cache; resumable, skips files already cached, honours HF_HOME and HF_ENDPOINT.
+    /// Download every file a model config points at: hf:// references into the Hugging Face
+    /// cache (HF_HOME, HF_ENDPOINT), ms:// ones from ModelScope into its cache
+    /// (MODELSCOPE_CACHE, MODELSCOPE_ENDPOINT), falling back to the Hugging Face mirror when
+    /// ModelScope does not answer; resumable, skips files already cached.
     Download(DownloadArgs),
     /// Show what a model config loads from where: files, tensors, parameters, dtypes, memory.
     Info(InfoArgs),
@@ -26,6 +28,10 @@ pub enum ModelCommand {
 pub struct DownloadArgs {
     #[command(flatten)]
     pub source: ModelSource,
+    /// Where ms:// references come from: auto (ModelScope, else the Hugging Face mirror hf://
+    /// scepter-studio/...), ms (ModelScope only) or hf (the mirror only).
+    #[arg(long = "source", value_name = "HUB", default_value = "auto")]
+    pub hub: ace::hub::Source,
     /// Print one JSON line per file (repo, file, local path, cached).
     #[arg(long)]
     pub json: bool,
@@ -63,12 +69,12 @@ fn download(args: DownloadArgs, global: &crate::cli::Global) -> anyhow::Result<O
     }
     if remotes.is_empty() {
         anyhow::bail!(
-            "{}: names no hub files (hf://ORG/REPO@path); its weights are local paths already",
+            "{}: names no hub files (hf:// or ms://ORG/REPO@path); its weights are local paths already",
             cfg.origin
         );
     }
     let progress = !global.quiet && std::io::stderr().is_terminal();
-    let fetched = ace::hub::download(&remotes, progress)?;
+    let fetched = ace::hub::download(&remotes, args.hub, progress)?;
     let mut out = std::io::stdout().lock();
     for f in &fetched {
         if args.json {

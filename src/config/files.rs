@@ -88,8 +88,9 @@ impl AceConfig {
     }
 
     /// Finds one weight location: a local path relative to the YAML's folder (or, failing
-    /// that, `model_dir`); a hub name inside `model_dir` when given, else in the Hugging Face
-    /// cache. On failure says where it looked.
+    /// that, `model_dir`); a hub name inside `model_dir` when given, else in its hub's cache
+    /// (for `ms://`, the ModelScope cache or the Hugging Face mirror's). On failure says where
+    /// it looked.
     fn locate(
         &self,
         spec: &str,
@@ -99,13 +100,22 @@ impl AceConfig {
         let candidates: Vec<PathBuf> = match (remote, model_dir) {
             (Some(r), Some(dir)) => vec![r.in_snapshot(dir)],
             (Some(r), None) => {
-                return r.in_hf_cache().ok_or_else(|| {
+                let hf = |r: &Remote| {
                     format!(
-                        "not in the Hugging Face cache (models--{}/snapshots/*/{})",
+                        "the Hugging Face cache (models--{}/snapshots/*/{})",
                         r.repo.replace('/', "--"),
                         r.path
                     )
-                })
+                };
+                return r.in_cache().ok_or_else(|| match r.hf_mirror() {
+                    Some(mirror) => format!(
+                        "not in the ModelScope cache (models/{}/{}) nor {}",
+                        r.repo,
+                        r.path,
+                        hf(&mirror)
+                    ),
+                    None => format!("not in {}", hf(r)),
+                });
             }
             (None, dir) => {
                 let p = Path::new(spec.trim_end_matches('/'));

@@ -1,7 +1,12 @@
 //! The model hubs the official configs point at: `hf://ORG/REPO@path` (Hugging Face) and
-//! `ms://ORG/REPO@path` (ModelScope) references, finding them in a downloaded snapshot or the
-//! Hugging Face cache, and downloading a config's files through the hf-hub crate (resumable,
-//! cached, honouring `HF_HOME` and `HF_ENDPOINT`).
+//! `ms://ORG/REPO@path` (ModelScope) references, finding them in a downloaded snapshot or a
+//! hub's cache, and downloading a config's files: Hugging Face through the hf-hub crate
+//! (resumable, cached, honouring `HF_HOME` and `HF_ENDPOINT`), ModelScope through its file
+//! API ([`modelscope`]). The ACE releases on ModelScope (`ms://iic/NAME`) are mirrored on
+//! Hugging Face as `hf://scepter-studio/NAME`, which a download falls back to when ModelScope
+//! does not answer.
+
+pub mod modelscope;
 
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -49,12 +54,54 @@ impl Remote {
         snapshot.join(&self.path)
     }
 
-    /// Where this reference lies in the Hugging Face cache, if it is there. ModelScope
-    /// references are looked up under the same ORG/REPO name (the ACE releases are mirrored
-    /// with the same layout).
-    pub fn in_hf_cache(&self) -> Option<PathBuf> {
-        let repo = hf_hub::Cache::from_env().model(self.repo.clone());
-        repo.get(&self.path).filter(|p| p.exists())
+    /// Where this reference lies in a hub's cache, if it is there: the Hugging Face cache for
+    /// `hf://`; the ModelScope cache for `ms://`, else its Hugging Face mirror's.
+    pub fn in_cache(&self) -> Option<PathBuf> {
+        match self.hub {
+            Hub::HuggingFace => {
+                let repo = hf_hub::Cache::from_env().model(self.repo.clone());
+                repo.get(&self.path).filter(|p| p.exists())
+            }
+            Hub::ModelScope => modelscope::in_cache(self).or_else(|| self.hf_mirror()?.in_cache()),
+        }
+    }
+
+    /// The Hugging Face mirror of a ModelScope reference of the ACE releases:
+    /// `ms://iic/NAME@path` is `hf://scepter-studio/NAME@path`.
+    pub fn hf_mirror(&self) -> Option<Remote> {
+        let name = self.repo.strip_prefix("iic/")?;
+        (self.hub == Hub::ModelScope).then(|| Remote {
+            hub: Hub::HuggingFace,
+            repo: format!("scepter-studio/{name}"),
+            path: self.path.clone(),
+        })
+    }
+}
+
+/// Where `ms://` references are downloaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Source {
+    /// ModelScope, then the Hugging Face mirror when ModelScope does not answer.
+    #[default]
+    Auto,
+    /// The Hugging Face mirror only.
+    Hf,
+    /// ModelScope only.
+    Ms,
+}
+
+impl std::str::FromStr for Source {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Source::Auto),
+            "hf" => Ok(Source::Hf),
+            "ms" => Ok(Source::Ms),
+            other => Err(Error::invalid(
+                "source",
+                format!("'{other}' (expected auto, hf or ms)"),
+            )),
+        }
     }
 }
 
@@ -77,9 +124,49 @@ pub struct Fetched {
     pub cached: bool,
 }
 
-/// Downloads every file under each reference (a file, or all files of a folder) into the
-/// Hugging Face cache, skipping files already there. `progress` shows a bar per file.
-pub fn download(remotes: &[Remote], progress: bool) -> Result<Vec<Fetched>> {
+/// Downloads every file under each reference (a file, or all files of a folder) into its hub's
+/// cache, skipping files already there; `ms://` references as `source` says. `progress` shows
+/// a bar per file.
+pub fn download(remotes: &[Remote], source: Source, progress: bool) -> Result<Vec<Fetched>> {
+    let mut fetched = Vec::new();
+    let mut modelscope = modelscope::Client::default();
+    for remote in remotes {
+        let mirror = || {
+            remote.hf_mirror().ok_or_else(|| Error::Model {
+                path: PathBuf::from(remote.to_string()),
+                message: "has no known Hugging Face mirror (only ms://iic/... has one)".into(),
+            })
+        };
+        let files = match (remote.hub, source) {
+            (Hub::HuggingFace, _) => download_hf(remote, progress)?,
+            (Hub::ModelScope, Source::Hf) => download_hf(&mirror()?, progress)?,
+            (Hub::ModelScope, Source::Ms | Source::Auto) => {
+                match modelscope.download(remote, progress) {
+                    Ok(files) => files,
+                    Err(modelscope::Failure::Failed(e)) => return Err(e),
+                    Err(modelscope::Failure::Unreachable(why)) if source == Source::Auto => {
+                        let mirror = mirror()?;
+                        log::warn!("ModelScope did not answer ({why}); downloading {mirror}");
+                        download_hf(&mirror, progress)?
+                    }
+                    Err(modelscope::Failure::Unreachable(why)) => {
+                        return Err(Error::Model {
+                            path: PathBuf::from(remote.to_string()),
+                            message: format!(
+                                "ModelScope did not answer ({why}); --source hf uses the mirror"
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        fetched.extend(files);
+    }
+    Ok(fetched)
+}
+
+/// Downloads the files under one Hugging Face reference.
+fn download_hf(remote: &Remote, progress: bool) -> Result<Vec<Fetched>> {
     let hub_error = |what: &str, e: hf_hub::api::sync::ApiError| Error::Model {
         path: PathBuf::from(what),
         message: format!("download failed: {e}"),
@@ -89,7 +176,7 @@ pub fn download(remotes: &[Remote], progress: bool) -> Result<Vec<Fetched>> {
         .build()
         .map_err(|e| hub_error("hub", e))?;
     let mut fetched = Vec::new();
-    for remote in remotes {
+    {
         let repo = api.model(remote.repo.clone());
         let info = repo
             .info()
