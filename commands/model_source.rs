@@ -168,7 +168,29 @@ pub fn load_model(
         r.encoder_passes,
         r.encoder_seconds
     );
-    Ok(phases.run("load", || Ace::load(cfg, &files, &device, dtype, text))?)
+    // A bar for the weights, shown once loading has taken a second.
+    let start = std::time::Instant::now();
+    let mut bar = None;
+    let mut progress = |done: usize, total: usize| {
+        if bar.is_none() && start.elapsed().as_secs_f64() > 1.0 {
+            bar = Some(crate::ui::progress_bar(
+                global,
+                total as u64,
+                "loading",
+                "bytes",
+            ));
+        }
+        if let Some(Some(b)) = &bar {
+            b.set_position(done as u64);
+        }
+    };
+    let model = phases.run("load", || {
+        Ace::load(cfg, &files, &device, dtype, text, &mut progress)
+    })?;
+    if let Some(Some(b)) = bar {
+        b.finish_and_clear();
+    }
+    Ok(model)
 }
 
 /// The config a --config file or --preset names (the default preset without either), and its

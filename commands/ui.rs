@@ -26,9 +26,13 @@ pub fn progress_bar(global: &Global, len: u64, label: &str, unit: &str) -> Optio
         return None;
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    let template = format!(
-        "{{prefix}} {{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"
-    );
+    let count = if unit == "bytes" {
+        "{bytes}/{total_bytes}".to_string()
+    } else {
+        format!("{{pos}}/{{len}} {unit}")
+    };
+    let template =
+        format!("{{prefix}} {{bar:30}} {count} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}");
     if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style.progress_chars("=> "));
     }

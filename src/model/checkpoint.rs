@@ -15,14 +15,28 @@ pub type Tensors = HashMap<String, Tensor>;
 /// (dtype unchanged). Each tensor is read from the mapped file and its pages released at once,
 /// so the weights are in memory once, never twice.
 pub fn load(path: &Path, device: &Device) -> Result<Tensors> {
+    load_observed(path, device, &mut |_| {})
+}
+
+/// [`load`], telling `loaded` the bytes of each tensor once it is in (for a progress bar).
+pub fn load_observed(path: &Path, device: &Device, loaded: &mut dyn FnMut(u64)) -> Result<Tensors> {
     super::mapped::open(path)?
         .into_iter()
         .map(|m| {
             let t = m.load(device, m.dtype())?;
             m.release();
+            loaded(m.byte_len() as u64);
             Ok((m.name().to_string(), t))
         })
         .collect()
+}
+
+/// Bytes of the weight files of a checkpoint file or folder.
+pub fn size_on_disk(path: &Path) -> Result<u64> {
+    Ok(weight_files(path)?
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum())
 }
 
 /// The weight files a checkpoint path stands for: the file itself, or in a folder the shards an

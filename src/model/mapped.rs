@@ -59,6 +59,11 @@ impl MappedTensor {
         &self.shape
     }
 
+    /// Bytes of its values as stored.
+    pub fn byte_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size_in_bytes()
+    }
+
     /// The file it is stored in, for messages.
     pub fn source(&self) -> Option<&Path> {
         match &self.storage {

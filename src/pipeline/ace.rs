@@ -4,6 +4,7 @@
 
 use super::{mask_to_latent, Noise, Plan, PreparedImage};
 use crate::config::{AceConfig, ModelFiles};
+use crate::model::checkpoint;
 use crate::model::dit::{DitAce, Sample};
 use crate::model::text::{Clean, PromptCache, TextEmbedder};
 use crate::model::vae::AutoencoderKl;
@@ -156,19 +157,36 @@ pub fn encode_prompts_first(
 
 impl Ace {
     /// Loads the DiT and the VAE from `files` in `dtype`; `text` is the run's text embedder
-    /// (what it has encoded already is not encoded again).
+    /// (what it has encoded already is not encoded again). `progress` hears the bytes read so
+    /// far and in all.
     pub fn load(
         cfg: &AceConfig,
         files: &ModelFiles,
         device: &Device,
         dtype: DType,
         text: TextEmbedder,
+        progress: Progress,
     ) -> Result<Self> {
         let text_position_embeddings = text_position_embeddings(cfg, &text)?
             .to_device(device)?
             .to_dtype(dtype)?;
-        let vae = AutoencoderKl::load(&cfg.vae_config()?, &files.vae, device, dtype)?;
-        let dit = DitAce::load(&cfg.dit_config()?, &files.dit, device, dtype)?;
+        let total = checkpoint::size_on_disk(&files.vae)? + checkpoint::size_on_disk(&files.dit)?;
+        let mut done = 0u64;
+        let mut loaded = |bytes: u64| {
+            done += bytes;
+            progress(done.min(total) as usize, total as usize);
+        };
+        let vae_tensors = checkpoint::load_observed(&files.vae, device, &mut loaded)?;
+        let vae = AutoencoderKl::from_checkpoint(
+            &cfg.vae_config()?,
+            vae_tensors,
+            &files.vae,
+            device,
+            dtype,
+        )?;
+        let dit_tensors = checkpoint::load_observed(&files.dit, device, &mut loaded)?;
+        let dit =
+            DitAce::from_checkpoint(&cfg.dit_config()?, dit_tensors, &files.dit, device, dtype)?;
         let ns = &cfg.model.diffusion.noise_scheduler;
         Ok(Self {
             schedule: LinearSchedule::new(ns.num_timesteps, ns.beta_min, ns.beta_max)?,

@@ -94,8 +94,19 @@ impl DitAce {
     /// Loads a checkpoint in the ACE or PixArt-alpha layout (converted, then checked tensor by
     /// tensor) and builds the model in `dtype` on `device`.
     pub fn load(cfg: &Config, path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::from_checkpoint(cfg, checkpoint::load(path, device)?, path, device, dtype)
+    }
+
+    /// [`DitAce::load`] from the tensors of the checkpoint at `path`, already read.
+    pub fn from_checkpoint(
+        cfg: &Config,
+        tensors: checkpoint::Tensors,
+        path: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         cfg.validate()?;
-        let tensors = layout::convert(checkpoint::load(path, device)?, cfg, path)?;
+        let tensors = layout::convert(tensors, cfg, path)?;
         layout::check(&tensors, cfg, path)?;
         Self::new(cfg, VarBuilder::from_tensors(tensors, dtype, device))
     }

@@ -56,8 +56,19 @@ impl AutoencoderKl {
     /// Loads a checkpoint in any supported layout (ldm, scepter, diffusers; file or folder),
     /// checking that it holds every tensor the configuration asks for, with its shape.
     pub fn load(cfg: &Config, checkpoint: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        validate(cfg)?;
         let raw = checkpoint::load(checkpoint, device)?;
+        Self::from_checkpoint(cfg, raw, checkpoint, device, dtype)
+    }
+
+    /// [`AutoencoderKl::load`] from the tensors of the checkpoint at `checkpoint`, already read.
+    pub fn from_checkpoint(
+        cfg: &Config,
+        raw: checkpoint::Tensors,
+        checkpoint: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        validate(cfg)?;
         let tensors = layout::to_ldm(raw, cfg.encoder.ch_mult.len(), checkpoint)?;
         for (name, shape) in required_tensors(cfg)? {
             let Some(found) = tensors.get(&name) else {
