@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod dit;
 pub mod identity;
 pub mod linear;
+pub mod lora;
 pub mod mapped;
 pub mod recorder;
 pub mod text;

@@ -120,7 +120,7 @@ impl Adapters {
             .strip_suffix(".weight")
             .and_then(|m| self.modules.get(m));
         match adapter {
-            Some((a, b)) => Ok(delta(a.as_tensor(), b.as_tensor(), self.spec.scale())?
+            Some((a, b)) => Ok((b.as_tensor().matmul(a.as_tensor())? * self.spec.scale())?
                 .to_dtype(base.dtype())?
                 .add(base)?),
             None => Ok(base.clone()),
@@ -128,56 +128,24 @@ impl Adapters {
     }
 }
 
-/// `scale * B A`.
-fn delta(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
-    Ok((b.matmul(a)? * scale)?)
-}
-
-/// Folds saved adapters (`MODULE.lora_A.weight` / `lora_B`) into `base` with factor `scale`;
-/// `source` names the adapter file in errors. Returns how many modules were merged.
+/// Folds saved adapters (`MODULE.lora_A.weight` / `lora_B`) into `base` with factor `scale`
+/// ([`crate::model::lora`]); `source` names the adapter file in errors. Returns how many
+/// modules were merged.
 pub fn merge(
     base: &mut BTreeMap<String, Tensor>,
     adapters: &BTreeMap<String, Tensor>,
     scale: f64,
     source: &str,
 ) -> Result<usize> {
-    let mut merged = 0;
-    for (name, a) in adapters {
-        let Some(module) = name.strip_suffix(".lora_A.weight") else {
-            continue;
-        };
-        let b = adapters.get(&b_name(module)).ok_or_else(|| {
-            Error::invalid(
-                "LoRA adapters",
-                format!("{source}: {} is missing", b_name(module)),
-            )
-        })?;
-        let key = format!("{module}.weight");
-        let w = base.get(&key).ok_or_else(|| {
-            Error::invalid(
-                "LoRA adapters",
-                format!("{source}: adapter for {module}, which the DiT does not have"),
-            )
-        })?;
-        let d = delta(&a.to_dtype(DType::F32)?, &b.to_dtype(DType::F32)?, scale)?;
-        if d.dims() != w.dims() {
-            return Err(Error::Shape {
-                name: format!("LoRA B A of {module} in {source}"),
-                expected: w.dims().to_vec(),
-                found: d.dims().to_vec(),
-            });
-        }
-        let merged_w = (w.to_dtype(DType::F32)? + d)?.to_dtype(w.dtype())?;
-        base.insert(key, merged_w);
-        merged += 1;
-    }
-    if merged == 0 {
-        return Err(Error::invalid(
-            "LoRA adapters",
-            format!("{source} holds no *.lora_A.weight tensors"),
-        ));
-    }
-    Ok(merged)
+    let lora = crate::model::lora::LoraFile::from_tensors(
+        adapters.clone().into_iter().collect(),
+        Some(scale),
+        std::path::Path::new(source),
+    )?;
+    let mut weights: crate::model::checkpoint::Tensors = std::mem::take(base).into_iter().collect();
+    let merged = lora.apply(&mut weights, 1.0);
+    *base = weights.into_iter().collect();
+    merged
 }
 
 /// Merges the adapters of a LoRA training checkpoint (its live weights, or with `use_ema` its
