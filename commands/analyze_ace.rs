@@ -60,6 +60,7 @@ impl EngineArgs {
             &load,
             global,
             &AceAnalysis::prompts(&instruction, guidance, &cfg)?,
+            &[],
             &mut Phases::default(),
         )?;
         Ok(Box::new(AceAnalysis::new(

@@ -13,7 +13,6 @@ use crate::model_source::Phases;
 use crate::Outcome;
 use ace::tasks::batch::{self as jobs, BatchLine};
 use anyhow::{anyhow, bail, Result};
-use clap::CommandFactory;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,7 +25,7 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
     let lines = jobs::read(path)?;
     let argv: Vec<String> = std::env::args().collect();
     // Every job's flags are read before any work: two jobs writing one file stop the batch.
-    let intents: Vec<Result<Box<dyn Intent>>> =
+    let intents: Vec<Result<ParsedJob>> =
         lines.iter().map(|line| parse_job(c, line, &argv)).collect();
     refuse_shared_outputs(path, &lines, &intents)?;
     let (cfg, config_name) = c.source.load()?;
@@ -40,6 +39,7 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
             &c.load,
             global,
             &prompts,
+            &[],
             &mut Phases::default(),
         )?)
     };
@@ -65,7 +65,7 @@ pub fn run(c: &Common, path: &Path, global: &Global) -> Result<Outcome> {
             report["output"] = serde_json::json!(output);
         }
         let result = match intent {
-            Ok(intent) => run_job(c, intent.as_ref(), &cfg, generator.as_ref()),
+            Ok(job) => run_job(c, job, &cfg, generator.as_ref()),
             Err(e) => Err(anyhow!("{}", crate::ui::one_line(e))),
         };
         match result {
@@ -103,14 +103,21 @@ fn round(s: f64) -> f64 {
     (s * 1e3).round() / 1e3
 }
 
-/// A job's command line: the batch's own, its fields replacing the flags of the same name.
-fn parse_job(c: &Common, line: &BatchLine, argv: &[String]) -> Result<Box<dyn Intent>> {
+/// A job of the batch: its command line (the batch's own, its fields replacing the flags of
+/// the same name) and the subcommand's flags parsed from it.
+struct ParsedJob {
+    args: Vec<String>,
+    intent: Box<dyn Intent>,
+}
+
+/// A job's command line, parsed.
+fn parse_job(c: &Common, line: &BatchLine, argv: &[String]) -> Result<ParsedJob> {
     let fields = line.fields.as_ref().map_err(|e| anyhow!("{e}"))?;
     let mut drop: Vec<String> = BATCH_FLAGS.iter().map(|s| s.to_string()).collect();
     drop.extend(fields.keys().map(|k| jobs::flag_name(k)));
-    let mut args = strip(argv, &drop);
+    let mut args = crate::argv::strip(argv, &drop);
     args.extend(jobs::to_args(fields)?);
-    let intent = cli::intent_from_args(args)?;
+    let intent = cli::intent_from_args(args.clone())?;
     let jc = intent.common();
     if (&jc.source, &jc.load) != (&c.source, &c.load) {
         bail!(
@@ -118,20 +125,27 @@ fn parse_job(c: &Common, line: &BatchLine, argv: &[String]) -> Result<Box<dyn In
              the whole batch, on the command line"
         );
     }
-    Ok(intent)
+    Ok(ParsedJob { args, intent })
 }
 
 /// Refuses the batch when two jobs write the same file (their output or `--save-latent`).
 fn refuse_shared_outputs(
     path: &Path,
     lines: &[BatchLine],
-    intents: &[Result<Box<dyn Intent>>],
+    intents: &[Result<ParsedJob>],
 ) -> Result<()> {
     let mut seen: HashMap<ace::output::FileKey, (usize, PathBuf)> = HashMap::new();
-    for (line, intent) in lines.iter().zip(intents) {
-        let Ok(intent) = intent else { continue };
-        let jc = intent.common();
-        for out in jc.output.iter().chain(&jc.save_latent) {
+    for (line, job) in lines.iter().zip(intents) {
+        let Ok(job) = job else { continue };
+        let jc = job.intent.common();
+        let outputs: Vec<PathBuf> = match &jc.output {
+            Some(o) => common::targets(jc, o, None).map_or_else(
+                |_| vec![o.clone()],
+                |t| t.into_iter().map(|t| t.output).collect(),
+            ),
+            None => Vec::new(),
+        };
+        for out in outputs.iter().chain(&jc.save_latent) {
             if !ace::output::Target::of(out).is_file() {
                 continue;
             }
@@ -158,12 +172,14 @@ fn refuse_shared_outputs(
 fn batch_prompts(
     c: &Common,
     lines: &[BatchLine],
-    intents: &[Result<Box<dyn Intent>>],
+    intents: &[Result<ParsedJob>],
     cfg: &ace::config::AceConfig,
 ) -> Vec<String> {
     let mut prompts = Vec::new();
-    for (line, intent) in lines.iter().zip(intents) {
-        let Ok(intent) = intent else { continue };
+    for (line, job) in lines.iter().zip(intents) {
+        let Ok(ParsedJob { intent, .. }) = job else {
+            continue;
+        };
         let jc = intent.common();
         let skipped = c.shard.is_some_and(|s| !s.keeps(line.index))
             || (c.resume && jc.output.as_deref().is_some_and(jobs::finished));
@@ -183,10 +199,11 @@ fn batch_prompts(
 /// One job: a dry run or a generation on the batch's model.
 fn run_job(
     c: &Common,
-    intent: &dyn Intent,
+    parsed: &ParsedJob,
     cfg: &ace::config::AceConfig,
     generator: Option<&Generator>,
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let intent = parsed.intent.as_ref();
     let jc = intent.common();
     let mut report = serde_json::Map::new();
     if let Some(out) = &jc.output {
@@ -208,101 +225,44 @@ fn run_job(
     let (Some(generator), Some(output)) = (generator, &jc.output) else {
         bail!("a job that generates needs an output and a batch run without --dry-run");
     };
-    common::check_outputs(intent, output)?;
+    let targets = common::targets(jc, output, None)?;
+    for t in &targets {
+        common::check_outputs(intent, &t.output)?;
+    }
     let prepare = start.elapsed().as_secs_f64();
+    generator.model.use_loras(&jc.run.lora_list())?;
     let job_generator = Generator {
         common: jc,
         ..*generator
     };
+    let mut inputs = intent.inputs()?;
+    inputs.extend(common::common_inputs(intent)?);
+    let run = crate::generate_output::Run {
+        request: &request,
+        targets,
+        command: crate::record::RunRecord::command_of(&parsed.args),
+        inputs,
+        only: None,
+    };
     let mut phases = Phases::default();
-    let ran = job_generator.generate(&request, seed, output, &mut phases)?;
-    intent.finished(&job, output, seed)?;
+    let ran = job_generator.generate(&run, &mut phases)?;
+    if let [target] = run.targets.as_slice() {
+        intent.finished(&job, &target.output, target.seed)?;
+    }
+    if ran.len() > 1 {
+        report.insert(
+            "outputs".into(),
+            serde_json::json!(run.targets.iter().map(|t| &t.output).collect::<Vec<_>>()),
+        );
+    }
     report.insert(
         "seconds".into(),
         serde_json::json!({
             "prepare": round(prepare),
-            "generate": round(ran.generate_seconds),
-            "write": round(ran.write_seconds),
+            "generate": round(ran.first().map_or(0.0, |r| r.generate_seconds)),
+            "write": round(ran.iter().map(|r| r.write_seconds).fold(0.0, f64::max)),
         }),
     );
     report.insert("phases".into(), phases.to_json());
     Ok(report)
-}
-
-/// The command line without the flags named in `drop` (and their values).
-fn strip(argv: &[String], drop: &[String]) -> Vec<String> {
-    let root = cli::Cli::command();
-    let mut commands = vec![root];
-    let mut out = Vec::new();
-    let mut tokens = argv.iter();
-    if let Some(program) = tokens.next() {
-        out.push(program.clone());
-    }
-    while let Some(token) = tokens.next() {
-        let current = commands.last().expect("the root command is always there");
-        let arg = if let Some(long) = token.strip_prefix("--") {
-            let (name, inline) = match long.split_once('=') {
-                Some((n, _)) => (n, true),
-                None => (long, false),
-            };
-            find(&commands, |a| a.get_long() == Some(name)).map(|a| (a, inline))
-        } else if token.len() == 2 && token.starts_with('-') && token != "--" {
-            let short = token.chars().nth(1);
-            find(&commands, |a| a.get_short() == short).map(|a| (a, false))
-        } else {
-            None
-        };
-        match arg {
-            Some((a, inline)) => {
-                let takes_value = a.get_action().takes_values() && !inline;
-                let name = a.get_long().unwrap_or_default().to_string();
-                let value = if takes_value { tokens.next() } else { None };
-                if !drop.contains(&name) {
-                    out.push(token.clone());
-                    out.extend(value.cloned());
-                }
-            }
-            None => {
-                if let Some(sub) = current.find_subcommand(token).cloned() {
-                    commands.push(sub);
-                }
-                out.push(token.clone());
-            }
-        }
-    }
-    out
-}
-
-/// The argument matching `pred` in the innermost command that has one.
-fn find(commands: &[clap::Command], pred: impl Fn(&clap::Arg) -> bool) -> Option<clap::Arg> {
-    commands
-        .iter()
-        .rev()
-        .find_map(|c| c.get_arguments().find(|a| pred(a)).cloned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
-    }
-
-    #[test]
-    fn strip_drops_named_flags_with_their_values() {
-        let argv = v("ace --device cpu -q inpaint --image a.png --batch b.jsonl --resume --steps=2 -o x.png --config c.yaml");
-        let drop: Vec<String> = ["batch", "resume", "steps", "output"]
-            .map(String::from)
-            .into();
-        assert_eq!(
-            strip(&argv, &drop),
-            v("ace --device cpu -q inpaint --image a.png --config c.yaml")
-        );
-        let argv = v("ace layer fuse --background b.png --batch j.jsonl --subject s.png");
-        assert_eq!(
-            strip(&argv, &["batch".to_string(), "subject".to_string()]),
-            v("ace layer fuse --background b.png")
-        );
-    }
 }

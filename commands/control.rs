@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(value_name = "KIND", value_parser = clap::builder::PossibleValuesParser::new(control::KINDS))]
     pub kind: String,
     /// The photo the condition is computed from (kept outside --mask).
-    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["batch", "repeat"])]
     pub image: Option<PathBuf>,
     /// The condition image, ready (e.g. from `ace analyze`), instead of computing it.
     #[arg(long, value_name = "FILE")]

@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(
         long = "image",
         value_name = "FILE",
-        required_unless_present_any = ["session", "batch"]
+        required_unless_present_any = ["session", "batch", "repeat"]
     )]
     pub images: Vec<PathBuf>,
     /// Mask of the image at the same position (white = edit); 'none' or '' for no mask.
@@ -113,6 +113,9 @@ impl Intent for Args {
     }
 
     fn job(&self, seed: u64, _cfg: &AceConfig) -> Result<Job> {
+        if self.session.is_some() && self.common.run.count > 1 {
+            bail!("--session makes one image per turn (not -n)");
+        }
         let turns = self.turns()?;
         let mut inputs = read_inputs(&self.image_paths(&turns)?, &self.masks, &self.tasks)?;
         let explicit = self.instruction.as_deref();
@@ -161,6 +164,7 @@ impl Intent for Args {
                 size: (None, None),
                 tar_index: None,
                 history: Vec::new(),
+                ..Job::default()
             }
         };
         job.history = session::history(&turns)

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// What to draw.
-    #[arg(long, value_name = "TEXT", required_unless_present = "batch")]
+    #[arg(long, value_name = "TEXT", required_unless_present_any = ["batch", "repeat"])]
     pub instruction: Option<String>,
     /// Output width in pixels, a multiple of 16 (default: the config's OUTPUT_WIDTH).
     #[arg(long, value_name = "W")]
@@ -17,6 +17,10 @@ pub struct Args {
     /// Output height in pixels, a multiple of 16 (default: the config's OUTPUT_HEIGHT).
     #[arg(long, value_name = "H")]
     pub height: Option<usize>,
+    /// A picture to start from, resized to the output size, with --strength below 1 (the
+    /// image-to-image of other tools; SDEdit).
+    #[arg(long, value_name = "FILE", requires = "strength")]
+    pub init_image: Option<PathBuf>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -27,7 +31,7 @@ impl Intent for Args {
     }
 
     fn inputs(&self) -> anyhow::Result<Vec<PathBuf>> {
-        Ok(Vec::new())
+        Ok(self.init_image.iter().cloned().collect())
     }
 
     fn job(&self, _seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {
@@ -37,6 +41,12 @@ impl Intent for Args {
             size: (self.height, self.width),
             tar_index: None,
             history: Vec::new(),
+            init: self
+                .init_image
+                .as_deref()
+                .map(ace::imageio::load_rgb)
+                .transpose()?,
+            ..Job::default()
         })
     }
 }

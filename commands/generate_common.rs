@@ -6,13 +6,15 @@
 
 use crate::cli::Global;
 use crate::generate_inputs::read_history;
-use crate::generate_output::Generator;
+use crate::generate_output::{Generator, Run, Target};
 use crate::model_source::{LoadOptions, ModelSource, Phases};
+use crate::record::RunRecord;
+use crate::run_options::RunOptions;
 use crate::Outcome;
 use ace::config::AceConfig;
 use ace::pipeline::{InputImage, Noise, Request, Turn};
-use ace::sampler::Guidance;
-use anyhow::{Context, Result};
+use ace::sampler::{Guidance, SamplerSettings};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// Options common to generation and editing.
@@ -39,11 +41,14 @@ pub struct Common {
     /// Starting noise from a safetensors file, FILE.safetensors[:TENSOR].
     #[arg(long, value_name = "FILE[:TENSOR]")]
     pub noise: Option<String>,
-    /// Which input image (history first) sets the output size and mask.
-    #[arg(long, value_name = "I", default_value_t = 0)]
-    pub tar_index: usize,
+    /// Which input image (history first) sets the output size and mask (default: the first
+    /// image being edited, after the history; the reference's TAR_INDEX is 0).
+    #[arg(long, value_name = "I")]
+    pub tar_index: Option<usize>,
     #[command(flatten)]
     pub load: LoadOptions,
+    #[command(flatten)]
+    pub run: RunOptions,
     /// Output image: its extension picks the format (png, jpg, webp, bmp, tif, gif; PNG without
     /// one, and PNG carries the settings as text); '-' writes a PNG to standard output.
     #[arg(short, long, value_name = "FILE", required_unless_present_any = ["batch", "dry_run"])]
@@ -84,6 +89,7 @@ pub struct HistoryArg {
 
 /// What a subcommand asks the model for: the instruction, the input images, and for text to
 /// image the output size.
+#[derive(Default)]
 pub struct Job {
     pub instruction: String,
     pub images: Vec<InputImage>,
@@ -94,6 +100,10 @@ pub struct Job {
     pub tar_index: Option<usize>,
     /// Earlier turns that come before --history's.
     pub history: Vec<Turn>,
+    /// The picture text-to-image starts from with a strength below 1.
+    pub init: Option<image::RgbImage>,
+    /// The finishing the subcommand asks for (paste-back, alpha); --keep-size adds to it.
+    pub finish: ace::pipeline::Finish,
 }
 
 impl Job {
@@ -104,7 +114,7 @@ impl Job {
             images: t.images,
             size: (None, None),
             tar_index: Some(t.tar_index),
-            history: Vec::new(),
+            ..Job::default()
         }
     }
 }
@@ -129,12 +139,42 @@ pub trait Intent {
     }
 }
 
-/// Runs a subcommand: its batch, its dry run, or one generation.
+/// Runs a subcommand: its batch, its dry run, a `--repeat`, or one generation.
 pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
     let c = intent.common();
     if let Some(path) = &c.batch {
         return crate::batch::run(c, path, global);
     }
+    if let Some(png) = &c.run.repeat {
+        return repeat(png, c, global);
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    run(intent, global, &argv, None)
+}
+
+/// `--repeat PNG`: the recorded command run again in its folder, into this run's output.
+fn repeat(png: &Path, c: &Common, global: &Global) -> Result<Outcome> {
+    let record = RunRecord::read(png)?;
+    record.check_inputs()?;
+    let output = c.output.as_deref().context("missing -o/--output")?;
+    let args = crate::record::repeat_args(&record, output)?;
+    let intent = crate::cli::intent_from_args(args.clone())?;
+    std::env::set_current_dir(&record.cwd)
+        .with_context(|| format!("{}: the folder the image was made in", record.cwd.display()))?;
+    let only = (record.count > 1).then_some(record.index);
+    let outcome = run(intent.as_ref(), global, &args, only)?;
+    Ok(outcome)
+}
+
+/// One generation (or its dry run) of `intent`, `argv` the command line that asked for it;
+/// with `only`, of an `-n` group only that image is written (to the output as named).
+fn run(
+    intent: &dyn Intent,
+    global: &Global,
+    argv: &[String],
+    only: Option<usize>,
+) -> Result<Outcome> {
+    let c = intent.common();
     let (cfg, config_name) = c.source.load()?;
     let (noise, seed) = noise(c);
     let job = intent.job(seed.unwrap_or(c.seed), &cfg)?;
@@ -144,7 +184,10 @@ pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let output = c.output.as_deref().context("missing -o/--output")?;
-    check_outputs(intent, output)?;
+    let targets = targets(c, output, only)?;
+    for t in &targets {
+        check_outputs(intent, &t.output)?;
+    }
     let mut phases = Phases::default();
     let model = crate::model_source::load_model(
         &cfg,
@@ -152,6 +195,7 @@ pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
         &c.load,
         global,
         &ace::pipeline::request_prompts(&request, &cfg)?,
+        &c.run.lora_list(),
         &mut phases,
     )?;
     let generator = Generator {
@@ -160,12 +204,64 @@ pub fn execute(intent: &dyn Intent, global: &Global) -> Result<Outcome> {
         global,
         config_name: &config_name,
     };
-    let ran = generator.generate(&request, seed, output, &mut phases)?;
-    intent.finished(&job, output, seed)?;
-    if c.json && output.as_os_str() != "-" {
-        println!("{}", ran.summary);
+    let mut inputs = intent.inputs()?;
+    inputs.extend(common_inputs(intent)?);
+    let run = Run {
+        request: &request,
+        targets,
+        command: RunRecord::command_of(argv),
+        inputs,
+        only,
+    };
+    let ran = generator.generate(&run, &mut phases)?;
+    if let ([one], [target]) = (ran.as_slice(), run.targets.as_slice()) {
+        intent.finished(&job, &target.output, target.seed)?;
+        if c.json && target.output.as_os_str() != "-" {
+            println!("{}", one.summary);
+        }
+    } else if c.json {
+        for r in &ran {
+            println!("{}", r.summary);
+        }
     }
     Ok(Outcome::Success)
+}
+
+/// The images a run makes: one per `-n`, seeds `--seed` upwards, outputs numbered beside
+/// `output` when there are several; with `only`, the group is made again for that one image,
+/// which goes to `output` itself.
+pub fn targets(c: &Common, output: &Path, only: Option<usize>) -> Result<Vec<Target>> {
+    let n = c.run.count;
+    if n == 0 {
+        bail!("-n 0 makes no image");
+    }
+    if n > 1 && c.noise.is_some() {
+        bail!("-n {n} needs a seed per image: --noise gives one starting noise");
+    }
+    if n > 1 && only.is_none() && !ace::output::Target::of(output).is_file() {
+        bail!(
+            "-n {n} writes {n} files: -o must name a file, not {}",
+            output.display()
+        );
+    }
+    let (noise, seed) = noise(c);
+    Ok((0..n)
+        .map(|i| {
+            let (noise, seed) = match seed {
+                Some(s) => (Noise::Seed(s + i as u64), Some(s + i as u64)),
+                None => (noise.clone(), None),
+            };
+            let output = match only {
+                Some(_) => output.to_path_buf(),
+                None => crate::generate_output::numbered(output, i, n),
+            };
+            Target {
+                seed,
+                noise,
+                output,
+            }
+        })
+        .collect())
 }
 
 /// Checks, before any work, that a job's outputs (`output` and `--save-latent`) can be
@@ -189,7 +285,7 @@ pub fn check_outputs(intent: &dyn Intent, output: &Path) -> Result<()> {
 
 /// The files the shared options read: the history file and its images and masks, the noise
 /// file.
-fn common_inputs(intent: &dyn Intent) -> Result<Vec<PathBuf>> {
+pub fn common_inputs(intent: &dyn Intent) -> Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
     if let Some(h) = intent.history() {
         paths.extend(crate::generate_inputs::history_paths(h)?);
@@ -223,6 +319,17 @@ pub fn request(intent: &dyn Intent, cfg: &AceConfig, job: &Job, noise: Noise) ->
         c.guide_rescale.unwrap_or(defaults.guide_rescale),
     )?;
     let (height, width) = job.size;
+    // A subcommand's own choice counts among its images, after the history; --tar-index
+    // counts history first; by default the first image being edited is the target.
+    let tar_index = job
+        .tar_index
+        .map(|i| history.len() + i)
+        .or(c.tar_index)
+        .unwrap_or(history.len());
+    let mut finish = job.finish;
+    if c.run.keep_size {
+        finish.keep_size = Some(c.run.resize_filter);
+    }
     Ok(Request {
         instruction: job.instruction.clone(),
         images: job.images.clone(),
@@ -235,7 +342,13 @@ pub fn request(intent: &dyn Intent, cfg: &AceConfig, job: &Job, noise: Noise) ->
         steps: c.steps.unwrap_or(defaults.sample_steps),
         guidance,
         noise,
-        tar_index: job.tar_index.unwrap_or(c.tar_index),
+        tar_index,
+        sampler: SamplerSettings {
+            kind: c.run.sampler,
+            strength: c.run.strength,
+        },
+        init: job.init.clone(),
+        finish,
     })
 }
 

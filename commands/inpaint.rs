@@ -9,10 +9,10 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The image to repaint.
-    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["batch", "repeat"])]
     pub image: Option<PathBuf>,
     /// The region to repaint (white, above 128).
-    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["batch", "repeat"])]
     pub mask: Option<PathBuf>,
     /// What the region shows (text-guided inpainting); without it the region is filled to fit.
     #[arg(long, value_name = "TEXT")]
@@ -20,6 +20,13 @@ pub struct Args {
     /// The instruction as given, instead of a phrasing from presets/tasks.yaml.
     #[arg(long, value_name = "TEXT")]
     pub instruction: Option<String>,
+    /// Write the model's whole output instead of keeping every pixel outside the mask (and
+    /// the image's size) as they were.
+    #[arg(long)]
+    pub no_paste_back: bool,
+    /// Feather the pasted-back seam over this many pixels inside the mask.
+    #[arg(long, value_name = "PX", default_value_t = 4.0)]
+    pub mask_blur: f32,
     #[command(flatten)]
     pub history: HistoryArg,
     #[command(flatten)]
@@ -43,7 +50,10 @@ impl Intent for Args {
         let (image_path, mask_path) = (need(&self.image, "--image")?, need(&self.mask, "--mask")?);
         let image = ace::imageio::load_rgb(image_path)?;
         let mask = read_mask(mask_path)?;
-        Ok(Job::from_task(ace::tasks::inpaint::job(
+        if !(self.mask_blur.is_finite() && self.mask_blur >= 0.0) {
+            anyhow::bail!("invalid --mask-blur {} (pixels, 0 or more)", self.mask_blur);
+        }
+        let mut job = Job::from_task(ace::tasks::inpaint::job(
             image,
             &image_path.display().to_string(),
             mask,
@@ -51,6 +61,10 @@ impl Intent for Args {
             self.prompt.as_deref(),
             seed,
             self.instruction.as_deref(),
-        )?))
+        )?);
+        if !self.no_paste_back {
+            job.finish.paste_back = Some(self.mask_blur);
+        }
+        Ok(job)
     }
 }

@@ -23,13 +23,13 @@ pub enum Op {
 #[derive(Debug, clap::Args)]
 pub struct Decouple {
     /// The picture to split.
-    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["batch", "repeat"])]
     pub image: Option<PathBuf>,
     /// The subject's region (white).
     #[arg(long, value_name = "FILE")]
     pub mask: Option<PathBuf>,
     /// Which layer to produce.
-    #[arg(long, value_name = "PART", value_parser = ["subject", "background"], required_unless_present = "batch")]
+    #[arg(long, value_name = "PART", value_parser = ["subject", "background"], required_unless_present_any = ["batch", "repeat"])]
     pub part: Option<String>,
     /// The subject's name ("the dog").
     #[arg(long, value_name = "TEXT")]
@@ -37,6 +37,11 @@ pub struct Decouple {
     /// The instruction as given, instead of a phrasing from presets/tasks.yaml.
     #[arg(long, value_name = "TEXT")]
     pub instruction: Option<String>,
+    /// Write the layer as RGBA: its alpha is --mask (at the output's size) or, without one,
+    /// keyed from the plain background the subject is painted on (choose a format with
+    /// alpha: png, webp, tif).
+    #[arg(long)]
+    pub alpha: bool,
     #[command(flatten)]
     pub history: HistoryArg,
     #[command(flatten)]
@@ -46,13 +51,13 @@ pub struct Decouple {
 #[derive(Debug, clap::Args)]
 pub struct Fuse {
     /// The background layer ({image}; the output has its size).
-    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["batch", "repeat"])]
     pub background: Option<PathBuf>,
     /// A subject layer ({image1}, {image2}, ...); repeat for several.
     #[arg(
         long = "subject",
         value_name = "FILE",
-        required_unless_present = "batch"
+        required_unless_present_any = ["batch", "repeat"]
     )]
     pub subjects: Vec<PathBuf>,
     /// What the fused picture shows.
@@ -90,6 +95,7 @@ impl Intent for Args {
     }
 
     fn job(&self, seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {
+        let alpha = matches!(&self.op, Op::Decouple(d) if d.alpha);
         let task = match &self.op {
             Op::Decouple(d) => {
                 let mask_name = d.mask.as_ref().map(|m| m.display().to_string());
@@ -124,6 +130,8 @@ impl Intent for Args {
                 )?
             }
         };
-        Ok(Job::from_task(task))
+        let mut job = Job::from_task(task);
+        job.finish.alpha = alpha;
+        Ok(job)
     }
 }

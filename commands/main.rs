@@ -7,6 +7,7 @@
 mod analyze;
 mod analyze_ace;
 mod analyze_ops;
+mod argv;
 mod batch;
 mod cache;
 mod cli;
@@ -25,7 +26,9 @@ mod manpages;
 mod model;
 mod model_source;
 mod outpaint;
+mod record;
 mod reference;
+mod run_options;
 mod signals;
 mod train;
 mod ui;
@@ -44,6 +47,8 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
+    // First of all, so that a signal is a clean stop from the earliest moment it can be.
+    signals::install();
     let cli = match cli::Cli::try_parse_args() {
         Ok(cli) => cli,
         // Help and version go to stdout as clap writes them; a usage error is one line.
@@ -60,7 +65,6 @@ fn main() -> ExitCode {
     // Every command's working set is a repeating pattern of large buffers (activations,
     // images): keep freed ones for reuse rather than page-faulting them in afresh.
     ace::memory::keep_freed_blocks();
-    signals::install();
     let result = cli::run(cli);
     // A run that finished its work succeeded even if a signal came late; one that stopped
     // (or failed because it was stopped) reports the signal.

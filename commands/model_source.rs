@@ -125,13 +125,14 @@ pub fn model_files(
 /// Loads the model of `cfg` (weights under `model_dir`, given with `dir_flag`) for a run that
 /// needs `prompts`: first the text phase, which encodes them and the image indicators (T5
 /// weights opened only for prompts the cache lacks, and let go of afterwards), then the DiT and
-/// the VAE. Each is one of `phases`.
+/// the VAE (`loras` folded into the DiT). Each is one of `phases`.
 pub fn load_model(
     cfg: &AceConfig,
     (model_dir, dir_flag): (Option<&Path>, &str),
     opts: &LoadOptions,
     global: &Global,
     prompts: &[String],
+    loras: &ace::pipeline::Loras,
     phases: &mut Phases,
 ) -> Result<Ace> {
     let files = model_files(cfg, model_dir, dir_flag)?;
@@ -185,7 +186,7 @@ pub fn load_model(
         }
     };
     let model = phases.run("load", || {
-        Ace::load(cfg, &files, &device, dtype, text, &mut progress)
+        Ace::load(cfg, &files, &device, dtype, text, loras, &mut progress)
     })?;
     if let Some(Some(b)) = bar {
         b.finish_and_clear();

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[command(group = clap::ArgGroup::new("extend").multiple(true))]
 pub struct Args {
     /// The image to extend.
-    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["batch", "repeat"])]
     pub image: Option<PathBuf>,
     /// Pixels to add on the left.
     #[arg(long, value_name = "PX", group = "extend")]
@@ -70,7 +70,7 @@ impl Intent for Args {
         Ok(self.image.iter().cloned().collect())
     }
 
-    fn job(&self, seed: u64, cfg: &AceConfig) -> anyhow::Result<Job> {
+    fn job(&self, seed: u64, _cfg: &AceConfig) -> anyhow::Result<Job> {
         let extend = match (self.ratio, self.scale) {
             (Some((w, h)), _) => Extend::Ratio(w, h),
             (None, Some(f)) => Extend::Scale(f),
@@ -83,14 +83,16 @@ impl Intent for Args {
         };
         let path = need(&self.image, "--image")?;
         let image = ace::imageio::load_rgb(path)?;
-        Ok(Job::from_task(ace::tasks::outpaint::job(
+        let mut job = Job::from_task(ace::tasks::outpaint::job(
             &image,
             &path.display().to_string(),
             extend,
-            cfg.max_seq_len()?,
             self.prompt.as_deref(),
             seed,
             self.instruction.as_deref(),
-        )?))
+        )?);
+        // The output has the canvas's exact size, the photo in it unchanged.
+        job.finish.paste_back = Some(0.0);
+        Ok(job)
     }
 }

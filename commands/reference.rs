@@ -16,10 +16,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "image")]
     pub mask: Option<PathBuf>,
     /// A reference ({image1}, {image2}, ...; for a series {image}, {image1}, ...); repeat.
-    #[arg(long = "ref", value_name = "FILE", required_unless_present = "batch")]
+    #[arg(long = "ref", value_name = "FILE", required_unless_present_any = ["batch", "repeat"])]
     pub refs: Vec<PathBuf>,
     /// What the reference gives: style, face, tryon, subject, multi, or series.
-    #[arg(long, value_name = "KIND", required_unless_present = "batch",
+    #[arg(long, value_name = "KIND", required_unless_present_any = ["batch", "repeat"],
           value_parser = clap::builder::PossibleValuesParser::new(ace::tasks::reference::KINDS))]
     pub kind: Option<String>,
     /// What the result shows.

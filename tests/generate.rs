@@ -66,6 +66,9 @@ fn case_args(case: &serde_json::Value, dir: &Path) -> Vec<String> {
         let file = dir.join("history.json");
         std::fs::write(&file, serde_json::to_string(&entries).unwrap()).unwrap();
         args.extend(["--history".into(), file.display().to_string()]);
+        // The reference's TAR_INDEX 0 (the first history image); ace's default is the image
+        // being edited.
+        args.extend(["--tar-index".into(), "0".into()]);
     }
     let noise = s(&case["init_noise"]);
     args.extend([

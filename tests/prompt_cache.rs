@@ -33,7 +33,7 @@ fn model_copy(dir: &Path) -> PathBuf {
 }
 
 /// `ace edit` of the astronaut on the tiny model with `cache` as ACE_CACHE_DIR; returns the
-/// JSON summary, the PNG bytes and stderr.
+/// JSON summary, the image's pixels and stderr.
 fn edit(
     config: &Path,
     cache: &Path,
@@ -59,7 +59,9 @@ fn edit(
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "{stderr}");
     let summary = serde_json::from_slice(&output.stdout).unwrap();
-    (summary, std::fs::read(out).unwrap(), stderr)
+    // The pixels: the PNG's record says how the run was asked for, which differs by run.
+    let pixels = image::open(out).unwrap().to_rgb8().into_raw();
+    (summary, pixels, stderr)
 }
 
 fn encoded(summary: &serde_json::Value) -> (u64, u64, u64) {

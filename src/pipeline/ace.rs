@@ -8,7 +8,7 @@ use crate::model::checkpoint;
 use crate::model::dit::{DitAce, Sample};
 use crate::model::text::{Clean, PromptCache, TextEmbedder};
 use crate::model::vae::AutoencoderKl;
-use crate::sampler::{Ddim, Guidance, LinearSchedule};
+use crate::sampler::{plan as plan_sampler, Guidance, LinearSchedule, SamplerSettings};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
@@ -47,7 +47,17 @@ pub struct Request {
     pub noise: Noise,
     /// Which input (history included) gives the output its size and mask.
     pub tar_index: usize,
+    /// The sampler, and how much of the way from noise it goes (`--strength`).
+    pub sampler: SamplerSettings,
+    /// For text-to-image with a strength below 1: the picture to start from (`--init-image`),
+    /// resized to the output size. An edit starts from its target input instead.
+    pub init: Option<RgbImage>,
+    /// What is done to the image before it is written ([`super::finish`]).
+    pub finish: super::Finish,
 }
+
+/// Most tokens one DiT forward of `-n` images takes at once (the batch is split beyond it).
+pub const MAX_BATCH_TOKENS: usize = 8192;
 
 /// Per-step progress: step index (from 0), number of steps.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
@@ -85,13 +95,48 @@ impl Generated {
 /// the tokenizer and opens the T5 only for prompts it has not encoded yet.
 pub struct Ace {
     cfg: AceConfig,
-    dit: DitAce,
+    files: ModelFiles,
+    identity: std::sync::OnceLock<std::collections::BTreeMap<String, String>>,
+    /// The DiT with the LoRA adapters folded into it; replaced when a run asks for others.
+    dit: std::sync::RwLock<AdaptedDit>,
     text: TextEmbedder,
     vae: AutoencoderKl,
     text_position_embeddings: Tensor,
     schedule: LinearSchedule,
     device: Device,
     dtype: DType,
+}
+
+/// LoRA adapters to apply: each file with its factor.
+pub type Loras = [(std::path::PathBuf, f64)];
+
+/// The DiT as loaded, with the adapters folded into it (`None` only while they change).
+struct AdaptedDit {
+    model: Option<DitAce>,
+    loras: Vec<(std::path::PathBuf, f64)>,
+}
+
+/// The DiT of `cfg` from `files`, with `loras` folded in; `loaded` hears the bytes read.
+fn load_dit(
+    cfg: &AceConfig,
+    files: &ModelFiles,
+    device: &Device,
+    dtype: DType,
+    loras: &Loras,
+    loaded: &mut dyn FnMut(u64),
+) -> Result<AdaptedDit> {
+    let dit_cfg = cfg.dit_config()?;
+    let tensors = checkpoint::load_observed(&files.dit, device, loaded)?;
+    let mut tensors = crate::model::dit::layout::convert(tensors, &dit_cfg, &files.dit)?;
+    for (path, factor) in loras {
+        crate::model::lora::LoraFile::open(path)?.apply(&mut tensors, *factor)?;
+    }
+    Ok(AdaptedDit {
+        model: Some(DitAce::from_checkpoint(
+            &dit_cfg, tensors, &files.dit, device, dtype,
+        )?),
+        loras: loras.to_vec(),
+    })
 }
 
 /// The text embedder of a config: the T5 tokenizer, where the encoder is, its weight dtype
@@ -156,15 +201,16 @@ pub fn encode_prompts_first(
 }
 
 impl Ace {
-    /// Loads the DiT and the VAE from `files` in `dtype`; `text` is the run's text embedder
-    /// (what it has encoded already is not encoded again). `progress` hears the bytes read so
-    /// far and in all.
+    /// Loads the DiT (with `loras` folded in) and the VAE from `files` in `dtype`; `text` is
+    /// the run's text embedder (what it has encoded already is not encoded again). `progress`
+    /// hears the bytes read so far and in all.
     pub fn load(
         cfg: &AceConfig,
         files: &ModelFiles,
         device: &Device,
         dtype: DType,
         text: TextEmbedder,
+        loras: &Loras,
         progress: Progress,
     ) -> Result<Self> {
         let text_position_embeddings = text_position_embeddings(cfg, &text)?
@@ -184,20 +230,91 @@ impl Ace {
             device,
             dtype,
         )?;
-        let dit_tensors = checkpoint::load_observed(&files.dit, device, &mut loaded)?;
-        let dit =
-            DitAce::from_checkpoint(&cfg.dit_config()?, dit_tensors, &files.dit, device, dtype)?;
+        let dit = load_dit(cfg, files, device, dtype, loras, &mut loaded)?;
         let ns = &cfg.model.diffusion.noise_scheduler;
         Ok(Self {
             schedule: LinearSchedule::new(ns.num_timesteps, ns.beta_min, ns.beta_max)?,
             cfg: cfg.clone(),
-            dit,
+            files: files.clone(),
+            identity: std::sync::OnceLock::new(),
+            dit: std::sync::RwLock::new(dit),
             text,
             vae,
             text_position_embeddings,
             device: device.clone(),
             dtype,
         })
+    }
+
+    /// Folds `loras` into the DiT instead of the adapters it has (none at first): the DiT is
+    /// read again from its file (the page cache holds it) and adapted, the old weights let go
+    /// of first so that the two are never in memory together. Nothing happens when they are
+    /// the ones it has. When the new adapters cannot be applied, the old ones are put back and
+    /// the error says why.
+    pub fn use_loras(&self, loras: &Loras) -> Result<()> {
+        let poisoned = || Error::invalid("model", "a run failed while changing the LoRA adapters");
+        let mut dit = self.dit.write().map_err(|_| poisoned())?;
+        if dit.model.is_some() && dit.loras == loras {
+            return Ok(());
+        }
+        let previous = std::mem::take(&mut dit.loras);
+        dit.model = None;
+        let load = |l: &Loras| {
+            load_dit(
+                &self.cfg,
+                &self.files,
+                &self.device,
+                self.dtype,
+                l,
+                &mut |_| {},
+            )
+        };
+        match load(loras) {
+            Ok(fresh) => *dit = fresh,
+            Err(e) => {
+                *dit = load(&previous)?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The LoRA adapters folded into the DiT now.
+    pub fn loras(&self) -> Vec<(std::path::PathBuf, f64)> {
+        self.dit.read().map(|d| d.loras.clone()).unwrap_or_default()
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of the DiT and the VAE.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Per component (`dit`, `vae`, `text_encoder`), the SHA-256 identity of its weight files
+    /// ([`crate::model::identity`]), remembered in ace's cache when it can be; computed once.
+    pub fn identity(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        if let Some(id) = self.identity.get() {
+            return Ok(id.clone());
+        }
+        let memo = crate::cache::root().ok().map(|r| r.join("identity"));
+        if let Some(dir) = &memo {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut out = std::collections::BTreeMap::new();
+        for (name, path) in [
+            ("dit", &self.files.dit),
+            ("vae", &self.files.vae),
+            ("text_encoder", &self.files.text_encoder),
+        ] {
+            let files = checkpoint::weight_files(path)?;
+            let id = crate::model::identity::weights_identity(&files, memo.as_deref())?;
+            out.insert(name.to_string(), id);
+        }
+        Ok(self.identity.get_or_init(|| out).clone())
     }
 
     /// The text embedder (its report says what the T5 did).
@@ -233,27 +350,88 @@ impl Ace {
     /// Runs one request; `progress` is called after each sampling step. Stops with an error
     /// between steps when cancellation is requested.
     pub fn generate(&self, req: &Request, progress: Progress) -> Result<Generated> {
+        let mut all = self.generate_many(req, std::slice::from_ref(&req.noise), progress)?;
+        Ok(all.remove(0))
+    }
+
+    /// Runs one request once per starting noise (`-n`): the edit images and prompts are
+    /// prepared once, and the images are sampled together through the DiT, in groups whose
+    /// tokens fit [`MAX_BATCH_TOKENS`]. `progress` hears every step of every group.
+    pub fn generate_many(
+        &self,
+        req: &Request,
+        noises: &[Noise],
+        progress: Progress,
+    ) -> Result<Vec<Generated>> {
         let plan = Plan::new(req, &self.cfg, &self.device)?;
-        let (frames, encode) = crate::memory::measure(|| self.edit_frames(&plan));
-        let (edit_frames, edit_masks) = frames?;
-        let (x, sampling) =
-            crate::memory::measure(|| self.sample(req, &plan, &edit_frames, &edit_masks, progress));
-        let x = x?;
+        let (frames, encode) = crate::memory::measure(|| -> Result<_> {
+            let (edit_frames, edit_masks) = self.edit_frames(&plan)?;
+            let source = self.source_latent(req, &plan, &edit_frames)?;
+            Ok((edit_frames, edit_masks, source))
+        });
+        let (edit_frames, edit_masks, source) = frames?;
+        let (latents, sampling) = crate::memory::measure(|| {
+            self.sample(
+                req,
+                &plan,
+                &edit_frames,
+                &edit_masks,
+                source.as_ref(),
+                noises,
+                progress,
+            )
+        });
+        let latents = latents?;
         // The sampling's activations will not come back: hand their pages to the kernel
         // before the decoder's full-resolution ones are made.
         crate::memory::release_freed();
-        let (image, decode) =
-            crate::memory::measure(|| crate::memory::returning_freed(|| self.decode(&x)));
-        Ok(Generated {
-            image: image?,
-            latent: x,
-            prompts: plan.prompts,
-            phases: vec![
-                ("vae_encode", encode),
-                ("sampling", sampling),
-                ("decode", decode),
-            ],
-        })
+        let (images, decode) = crate::memory::measure(|| {
+            crate::memory::returning_freed(|| -> Result<Vec<Tensor>> {
+                latents.iter().map(|x| self.decode(x)).collect()
+            })
+        });
+        let phases = vec![
+            ("vae_encode", encode),
+            ("sampling", sampling),
+            ("decode", decode),
+        ];
+        Ok(images?
+            .into_iter()
+            .zip(latents)
+            .map(|(image, latent)| Generated {
+                image,
+                latent,
+                prompts: plan.prompts.clone(),
+                phases: phases.clone(),
+            })
+            .collect())
+    }
+
+    /// The clean latent sampling starts from when the strength is below 1: the init image's,
+    /// else the target input's.
+    fn source_latent(
+        &self,
+        req: &Request,
+        plan: &Plan,
+        edit_frames: &[Tensor],
+    ) -> Result<Option<Tensor>> {
+        if !req.sampler.from_image() {
+            return Ok(None);
+        }
+        if let Some(init) = &req.init {
+            let (h, w) = plan.target_size;
+            let resized = super::resize_bicubic(init, w as u32, h as u32);
+            let prepared =
+                super::prepare_image(&resized, None, "", usize::MAX, "init image", &self.device)?;
+            return Ok(Some(self.encode_image(&prepared)?));
+        }
+        match plan.target_from {
+            Some(i) => Ok(Some(edit_frames[i].clone())),
+            None => Err(Error::invalid(
+                "strength",
+                "below 1 starts from a picture: give an input image (or --init-image)",
+            )),
+        }
     }
 
     /// The edit images' latents and their masks at latent size.
@@ -268,23 +446,34 @@ impl Ace {
         Ok((frames, masks))
     }
 
-    /// The target latent sampled with guided DDIM from the request's noise.
+    /// The target latents, one per noise, sampled with the request's sampler and guidance.
+    #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
         req: &Request,
         plan: &Plan,
         edit_frames: &[Tensor],
         edit_masks: &[Tensor],
+        source: Option<&Tensor>,
+        noises: &[Noise],
         progress: Progress,
-    ) -> Result<Tensor> {
+    ) -> Result<Vec<Tensor>> {
+        let guard = self.dit.read().map_err(|_| {
+            Error::invalid("model", "a run failed while changing the LoRA adapters")
+        })?;
+        let dit = guard
+            .model
+            .as_ref()
+            .ok_or_else(|| Error::invalid("model", "the DiT is not loaded"))?;
         let factor = self.cfg.model.size_factor;
         let target_hw = plan.target_size;
         let target_mask = mask_to_latent(&plan.target_mask, factor)?;
-        let channels = self.dit.config().in_channels;
+        let channels = dit.config().in_channels;
         let latent_shape = [channels, target_hw.0 / factor, target_hw.1 / factor];
 
         let mut all_prompts = plan.contexts.clone();
-        if req.guidance.needs_unconditional() {
+        let guided = req.guidance.needs_unconditional();
+        if guided {
             all_prompts.extend(plan.negative_contexts.iter().cloned());
         }
         let states = self.encode_prompts(&all_prompts)?;
@@ -293,43 +482,71 @@ impl Ace {
         };
         let cond_contexts = lookup(&plan.contexts);
         let uncond_contexts = lookup(&plan.negative_contexts);
-
-        let ddim = Ddim::new(&self.schedule, req.steps)?;
-        let mut x = req.noise.sample(&latent_shape, &self.device)?;
         let masks: Vec<Tensor> = std::iter::once(&target_mask)
             .chain(edit_masks.iter())
             .cloned()
             .collect();
+        // Frame 0 of each sample is replaced at every step; the edit frames stay.
+        let placeholder = Tensor::zeros(&latent_shape[..], DType::F32, &self.device)?;
         let sample = |contexts: &[Tensor]| Sample {
-            frames: std::iter::once(x.clone())
+            frames: std::iter::once(placeholder.clone())
                 .chain(edit_frames.iter().cloned())
                 .collect(),
             masks: masks.clone(),
             contexts: contexts.to_vec(),
         };
-        let mut batch = vec![sample(&cond_contexts)];
-        if req.guidance.needs_unconditional() {
-            batch.push(sample(&uncond_contexts));
-        }
-        // Edit images, contexts and their keys and values are the same at every step.
-        let prepared = self.dit.prepare(&batch, &self.text_position_embeddings)?;
-        for i in 0..ddim.steps() {
-            if crate::cancel::requested() {
-                return Err(Error::invalid("run", "interrupted"));
+        let per_image = if guided { 2 } else { 1 };
+        let tokens = per_image * plan.tokens(factor * dit.config().patch_size);
+        let group = (MAX_BATCH_TOKENS / tokens.max(1)).clamp(1, noises.len().max(1));
+        let mut latents = Vec::with_capacity(noises.len());
+        for chunk in noises.chunks(group) {
+            let mut batch = Vec::with_capacity(chunk.len() * per_image);
+            for _ in chunk {
+                batch.push(sample(&cond_contexts));
+                if guided {
+                    batch.push(sample(&uncond_contexts));
+                }
             }
-            let target = x.to_dtype(self.dtype)?;
-            let out = self.dit.forward_prepared(
-                &prepared,
-                &vec![target; prepared.len()],
-                &vec![ddim.model_timestep(i); prepared.len()],
-            )?;
-            let cond = out[0].to_dtype(DType::F32)?;
-            let uncond = out.get(1).map(|u| u.to_dtype(DType::F32)).transpose()?;
-            let eps = req.guidance.combine(&cond, uncond.as_ref())?;
-            x = ddim.step(i, &x, &eps)?;
-            progress(i, ddim.steps());
+            // Edit images, contexts and their keys and values are the same at every step.
+            let prepared = dit.prepare(&batch, &self.text_position_embeddings)?;
+            let mut samplers = chunk
+                .iter()
+                .map(|n| plan_sampler(req.sampler, &self.schedule, req.steps, n.stream_seed()))
+                .collect::<Result<Vec<_>>>()?;
+            let mut xs = chunk
+                .iter()
+                .zip(&samplers)
+                .map(|(n, s)| s.start(&n.sample(&latent_shape, &self.device)?, source))
+                .collect::<Result<Vec<_>>>()?;
+            let steps = samplers[0].steps();
+            for i in steps.clone() {
+                if crate::cancel::requested() {
+                    return Err(Error::invalid("run", "interrupted"));
+                }
+                let mut targets = Vec::with_capacity(batch.len());
+                for (x, s) in xs.iter().zip(&samplers) {
+                    let input = s.model_input(i, x)?.to_dtype(self.dtype)?;
+                    targets.extend(std::iter::repeat_n(input, per_image));
+                }
+                let t = vec![samplers[0].timestep(i); batch.len()];
+                let out = dit.forward_prepared(&prepared, &targets, &t)?;
+                for (k, (x, s)) in xs.iter_mut().zip(samplers.iter_mut()).enumerate() {
+                    let cond = out[k * per_image].to_dtype(DType::F32)?;
+                    let uncond = if guided {
+                        Some(out[k * per_image + 1].to_dtype(DType::F32)?)
+                    } else {
+                        None
+                    };
+                    let eps = req.guidance.combine(&cond, uncond.as_ref())?;
+                    *x = s.step(i, x, &eps)?;
+                }
+                progress(i - steps.start, steps.len());
+            }
+            for (x, s) in xs.into_iter().zip(&samplers) {
+                latents.push(s.finish(x)?);
+            }
         }
-        Ok(x)
+        Ok(latents)
     }
 
     /// The image `[3, H, W]` in [0, 1] of a final latent, as the reference decodes it.

@@ -2,6 +2,7 @@
 //! and noise the DiT samples from, and from the final latent to the output image.
 
 mod ace;
+pub mod finish;
 mod noise;
 mod plan;
 mod prepare;
@@ -10,8 +11,9 @@ mod resize;
 
 pub use ace::{
     encode_prompts_first, text_embedder, text_position_embeddings, Ace, Generated, InputImage,
-    Progress, Request, Turn,
+    Loras, Progress, Request, Turn,
 };
+pub use finish::{Finish, ResizeFilter};
 pub use noise::Noise;
 pub use plan::{request_prompts, Plan, PlannedFrame};
 pub use prepare::{budget_size, luma_pil, mask_to_latent, prepare_image, PreparedImage};

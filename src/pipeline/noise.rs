@@ -41,6 +41,15 @@ impl Noise {
         }
     }
 
+    /// The seed of the other random draws of a run from this noise (a stochastic sampler's):
+    /// its own seed's next stream, or a fixed one for noise from a file.
+    pub fn stream_seed(&self) -> u64 {
+        match self {
+            Noise::Seed(seed) => seed.wrapping_add(0x9E37_79B9_7F4A_7C15),
+            Noise::File { .. } => 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
     /// The noise for a latent of `shape` (`[C, h, w]`), float32 on `device`.
     pub fn sample(&self, shape: &[usize], device: &Device) -> Result<Tensor> {
         match self {

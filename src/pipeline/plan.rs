@@ -147,6 +147,18 @@ impl Plan {
         })
     }
 
+    /// The DiT's tokens of one sample: the target frame's and every input frame's patches of
+    /// `patch` pixels a side.
+    pub fn tokens(&self, patch: usize) -> usize {
+        let patches = |(h, w): (usize, usize)| (h / patch.max(1)) * (w / patch.max(1));
+        patches(self.target_size)
+            + self
+                .frames
+                .iter()
+                .map(|f| f.prepared.size().map_or(0, patches))
+                .sum::<usize>()
+    }
+
     /// The plan as one JSON document: the output size, every frame's size after the token
     /// budget, its mask (pixel count, bounding box) and how many masked pixels are black (all of
     /// them when the task blanks the mask), tasks, prompts and

@@ -75,6 +75,9 @@ fn request(
         guidance,
         noise: Noise::Seed(seed),
         tar_index: 0,
+        sampler: Default::default(),
+        init: None,
+        finish: Default::default(),
     }
 }
 

@@ -1,11 +1,11 @@
 //! Outpainting (appendix B.4): `{image}` on a larger canvas, extended by given borders, to an
-//! aspect ratio, or by a scale, with a mask that is white over the new area. The canvas is
-//! shrunk first when it would exceed the model's token budget (so the photo is not enlarged
-//! only to be reduced again), its aspect ratio stays within the pipeline's limit of 4, and the
-//! frame's task is `inpainting` so the new area is blank as in the reference.
+//! aspect ratio, or by a scale, with a mask that is white over the new area. The canvas has
+//! exactly the asked size (the pipeline brings it to the model's token budget, and the output
+//! is brought back to it with the photo pasted in unchanged, see `pipeline::finish`), its
+//! aspect ratio stays within the pipeline's limit of 4, and the frame's task is `inpainting`
+//! so the new area is blank as in the reference.
 
 use super::{input, instruction, TaskJob};
-use crate::pipeline::resize_bicubic;
 use crate::{Error, Result};
 use image::{GrayImage, RgbImage};
 
@@ -75,13 +75,8 @@ pub fn borders(extend: Extend, w: u32, h: u32) -> Result<(u32, u32, u32, u32)> {
     Ok(b)
 }
 
-/// The canvas and its mask (255 over the new area) for `image` extended by `extend`, shrunk to
-/// `max_seq_len` 16x16 patches when larger.
-pub fn canvas(
-    image: &RgbImage,
-    extend: Extend,
-    max_seq_len: usize,
-) -> Result<(RgbImage, GrayImage)> {
+/// The canvas and its mask (255 over the new area) for `image` extended by `extend`.
+pub fn canvas(image: &RgbImage, extend: Extend) -> Result<(RgbImage, GrayImage)> {
     let (w, h) = image.dimensions();
     let (l, r, t, b) = borders(extend, w, h)?;
     let sum = |parts: [u32; 3]| parts.iter().map(|&v| u64::from(v)).sum::<u64>();
@@ -95,24 +90,10 @@ pub fn canvas(
             format!("a {cw}x{ch} canvas is longer than {MAX_ASPECT}:1 (the model's limit)"),
         ));
     }
-    let patches = f64::from(cw) / 16.0 * f64::from(ch) / 16.0;
-    let s = (max_seq_len as f64 / patches).sqrt().min(1.0);
-    let scaled = |v: u32| ((f64::from(v) * s).round() as u32).max(1);
-    let (sw, sh) = (scaled(w), scaled(h));
-    let (sl, st) = (
-        (f64::from(l) * s).round() as u32,
-        (f64::from(t) * s).round() as u32,
-    );
-    let (scw, sch) = (scaled(cw).max(sw + sl), scaled(ch).max(sh + st));
-    let photo = if s < 1.0 {
-        resize_bicubic(image, sw, sh)
-    } else {
-        image.clone()
-    };
-    let mut out = RgbImage::new(scw, sch);
-    image::imageops::replace(&mut out, &photo, i64::from(sl), i64::from(st));
-    let mask = GrayImage::from_fn(scw, sch, |x, y| {
-        let inside = x >= sl && x < sl + sw && y >= st && y < st + sh;
+    let mut out = RgbImage::new(cw, ch);
+    image::imageops::replace(&mut out, image, i64::from(l), i64::from(t));
+    let mask = GrayImage::from_fn(cw, ch, |x, y| {
+        let inside = x >= l && x < l + w && y >= t && y < t + h;
         image::Luma([if inside { 0 } else { 255 }])
     });
     Ok((out, mask))
@@ -123,12 +104,11 @@ pub fn job(
     image: &RgbImage,
     name: &str,
     extend: Extend,
-    max_seq_len: usize,
     prompt: Option<&str>,
     seed: u64,
     explicit: Option<&str>,
 ) -> Result<TaskJob> {
-    let (canvas, mask) = canvas(image, extend, max_seq_len)?;
+    let (canvas, mask) = canvas(image, extend)?;
     Ok(TaskJob {
         instruction: instruction(TASK, &[("caption", prompt)], seed, explicit)?,
         images: vec![input(name, canvas, Some(mask), super::inpaint::TASK)],
@@ -164,7 +144,7 @@ mod tests {
             top: 0,
             bottom: 16,
         };
-        let (c, m) = canvas(&img, ext, 1024).unwrap();
+        let (c, m) = canvas(&img, ext).unwrap();
         assert_eq!(c.dimensions(), (48, 32));
         assert_eq!(c.get_pixel(16, 0), &image::Rgb([200, 10, 10]));
         assert_eq!(c.get_pixel(0, 0), &image::Rgb([0, 0, 0]));
@@ -180,19 +160,18 @@ mod tests {
     }
 
     #[test]
-    fn large_canvases_shrink_to_the_budget_and_long_ones_fail() {
-        let img = RgbImage::new(256, 256);
-        // 512x512 is 1024 patches; a budget of 256 halves each side.
-        let (c, m) = canvas(&img, Extend::Scale(2.0), 256).unwrap();
-        assert_eq!(c.dimensions(), (256, 256));
-        assert_eq!(m.pixels().filter(|p| p[0] == 0).count(), 128 * 128);
+    fn canvases_keep_the_exact_ratio_and_long_ones_fail() {
+        let img = RgbImage::new(600, 400);
+        let (c, m) = canvas(&img, Extend::Ratio(16.0, 9.0)).unwrap();
+        assert_eq!(c.dimensions(), (711, 400));
+        assert_eq!(m.pixels().filter(|p| p[0] == 0).count(), 600 * 400);
         let wide = Extend::Borders {
             left: 600,
             right: 600,
             top: 0,
             bottom: 0,
         };
-        assert!(canvas(&img, wide, 1024)
+        assert!(canvas(&RgbImage::new(256, 256), wide)
             .unwrap_err()
             .to_string()
             .contains("4:1"));

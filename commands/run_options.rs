@@ -1,0 +1,78 @@
+//! The run-time options of every generation subcommand that users of image tools reach for
+//! first: the sampler, `--strength` (start from an input, SDEdit), several images per call,
+//! the output kept at the input's size, LoRA adapters applied at load, and re-running a job
+//! from the settings a PNG of ace records.
+
+use ace::pipeline::ResizeFilter;
+use ace::sampler::SamplerKind;
+use std::path::PathBuf;
+
+/// A LoRA adapter file and the factor it is applied with (`FILE[:SCALE]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LoraArg {
+    pub path: PathBuf,
+    pub scale: f64,
+}
+
+impl std::str::FromStr for LoraArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some((path, scale)) = s.rsplit_once(':') {
+            if let Ok(scale) = scale.parse::<f64>() {
+                if !scale.is_finite() {
+                    return Err(format!("{s}: the scale must be a finite number"));
+                }
+                return Ok(LoraArg {
+                    path: path.into(),
+                    scale,
+                });
+            }
+        }
+        Ok(LoraArg {
+            path: s.into(),
+            scale: 1.0,
+        })
+    }
+}
+
+impl RunOptions {
+    /// The LoRA adapters as the model takes them.
+    pub fn lora_list(&self) -> Vec<(PathBuf, f64)> {
+        self.loras
+            .iter()
+            .map(|l| (l.path.clone(), l.scale))
+            .collect()
+    }
+}
+
+/// How a generation samples and what it writes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOptions {
+    /// Sampler: ddim (the reference's, the default).
+    #[arg(long, value_name = "NAME", default_value = "ddim")]
+    pub sampler: SamplerKind,
+    /// Start from the first input image's latent noised this far, 0 < S <= 1 (SDEdit: the last
+    /// floor(steps * S) steps run); 1 starts from pure noise.
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    pub strength: f64,
+    /// Write N images, seeds SEED..SEED+N-1, named STEM-0001.EXT, STEM-0002.EXT, ...; they are
+    /// sampled together through the DiT as far as memory allows.
+    #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 1)]
+    pub count: usize,
+    /// Return the output at the target input's exact size (the model works at its token
+    /// budget's size), resized back with --resize-filter.
+    #[arg(long)]
+    pub keep_size: bool,
+    /// Filter of --keep-size: lanczos3 (default), bicubic, bilinear or nearest.
+    #[arg(long, value_name = "FILTER", default_value = "lanczos3")]
+    pub resize_filter: ResizeFilter,
+    /// LoRA adapters applied to the DiT at load, FILE[:SCALE] (repeatable): an `ace train`
+    /// LoRA checkpoint (folder or lora.safetensors), or a PEFT / scepter (swift) adapter
+    /// folder or file; the weight files are not changed.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    pub loras: Vec<LoraArg>,
+    /// Run again the job that made PNG (its command line, folder and seed, recorded in the
+    /// file), after checking that its inputs are the same files; -o names the new output.
+    #[arg(long, value_name = "PNG")]
+    pub repeat: Option<PathBuf>,
+}
