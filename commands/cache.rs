@@ -40,17 +40,17 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
                 })
                 .collect();
             if json {
-                println!("{}", serde_json::json!({ "folder": dir, "parts": parts }));
+                crate::ui::print_line(serde_json::json!({ "folder": dir, "parts": parts }))?;
             } else {
-                println!("{}", dir.display());
+                crate::ui::print_line(dir.display())?;
                 for p in &parts {
-                    println!(
+                    crate::ui::print_line(format_args!(
                         "  {:<10} {:>8} files {:>12}  {}",
                         p["name"].as_str().unwrap_or_default(),
                         p["files"],
                         crate::ui::human_bytes(p["bytes"].as_u64().unwrap_or(0)),
                         p["holds"].as_str().unwrap_or_default()
-                    );
+                    ))?;
                 }
             }
         }

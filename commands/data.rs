@@ -171,11 +171,17 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
 }
 
 /// Reports the counts: JSON on stdout with `--json`, else `line` as an informational line.
-fn summary(json: &JsonFlag, global: &Global, value: serde_json::Value, line: String) {
+fn summary(
+    json: &JsonFlag,
+    global: &Global,
+    value: serde_json::Value,
+    line: String,
+) -> std::io::Result<()> {
     if json.json {
-        println!("{value}");
+        ui::print_line(value)
     } else {
         ui::info(global, line);
+        Ok(())
     }
 }
 
@@ -214,7 +220,7 @@ fn run_masks(a: MasksArgs, global: &Global) -> anyhow::Result<Outcome> {
             a.output.display(),
             a.seed
         ),
-    );
+    )?;
     Ok(if skipped > 0 {
         Outcome::Interrupted
     } else {
@@ -315,7 +321,7 @@ fn run_pairs(a: PairsArgs, global: &Global) -> anyhow::Result<Outcome> {
             mined.sets.len(),
             s.rows_in_sets
         ),
-    );
+    )?;
     Ok(outcome)
 }
 
@@ -344,7 +350,7 @@ fn run_instructions(a: InstructionsArgs, global: &Global) -> anyhow::Result<Outc
              image, {} lacking a slot the task needs",
             s.kept, s.sets_skipped, s.bad_lines, s.missing_file, s.missing_slot
         ),
-    );
+    )?;
     Ok(if s.problems.is_empty() {
         Outcome::Success
     } else {
@@ -386,7 +392,7 @@ fn run_lowlevel(a: LowlevelArgs, global: &Global) -> anyhow::Result<Outcome> {
              dropped: {} unreadable images",
             s.images, s.pairs, s.regional, s.computed, s.reused, s.failed
         ),
-    );
+    )?;
     Ok(if s.skipped > 0 {
         Outcome::Interrupted
     } else if s.failed > 0 {

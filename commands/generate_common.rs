@@ -180,7 +180,7 @@ fn run(
     let job = intent.job(seed.unwrap_or(c.seed), &cfg)?;
     let request = request(intent, &cfg, &job, noise)?;
     if c.dry_run {
-        println!("{}", serde_json::to_string_pretty(&plan(&request, &cfg)?)?);
+        crate::ui::print_line(serde_json::to_string_pretty(&plan(&request, &cfg)?)?)?;
         return Ok(Outcome::Success);
     }
     let output = c.output.as_deref().context("missing -o/--output")?;
@@ -217,11 +217,11 @@ fn run(
     if let ([one], [target]) = (ran.as_slice(), run.targets.as_slice()) {
         intent.finished(&job, &target.output, target.seed)?;
         if c.json && target.output.as_os_str() != "-" {
-            println!("{}", one.summary);
+            crate::ui::print_line(&one.summary)?;
         }
     } else if c.json {
         for r in &ran {
-            println!("{}", r.summary);
+            crate::ui::print_line(&r.summary)?;
         }
     }
     Ok(Outcome::Success)
@@ -314,6 +314,7 @@ pub fn request(intent: &dyn Intent, cfg: &AceConfig, job: &Job, noise: Noise) ->
         history.extend(read_history(p)?);
     }
     let defaults = &cfg.default_paras.input;
+    let configured = defaults.sampler_settings()?;
     let guidance = Guidance::new(
         c.guide_scale.unwrap_or(defaults.guide_scale),
         c.guide_rescale.unwrap_or(defaults.guide_rescale),
@@ -344,7 +345,8 @@ pub fn request(intent: &dyn Intent, cfg: &AceConfig, job: &Job, noise: Noise) ->
         noise,
         tar_index,
         sampler: SamplerSettings {
-            kind: c.run.sampler,
+            kind: c.run.sampler.unwrap_or(configured.kind),
+            spacing: c.run.schedule.unwrap_or(configured.spacing),
             strength: c.run.strength,
         },
         init: job.init.clone(),

@@ -278,6 +278,7 @@ impl Generator<'_> {
             guide_scale: request.guidance.scale,
             guide_rescale: request.guidance.rescale,
             sampler: request.sampler.kind.name().to_string(),
+            schedule: request.sampler.spacing.name().to_string(),
             strength: request.sampler.strength,
             width: image.width(),
             height: image.height(),

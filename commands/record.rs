@@ -4,6 +4,7 @@
 //! identities, every input and mask by path and SHA-256, the LoRAs. `--repeat FILE` runs the
 //! recorded command again, after checking that its inputs are still the same files.
 
+use ace::sampler::Spacing;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,9 @@ pub struct RunRecord {
     pub guide_scale: f64,
     pub guide_rescale: f64,
     pub sampler: String,
+    /// The sigma spacing (`--schedule`); records older than it used the default.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
     pub strength: f64,
     pub width: u32,
     pub height: u32,
@@ -76,6 +80,10 @@ pub struct RunRecord {
     /// With `-n`: how many images were sampled together, and which this one is (from 0).
     pub count: usize,
     pub index: usize,
+}
+
+fn default_schedule() -> String {
+    Spacing::Default.name().to_string()
 }
 
 /// The flags of a run that say where and how its output goes, not what it is.
@@ -109,10 +117,11 @@ impl RunRecord {
         }
         let seed = self.seed.map_or_else(|| "-1".into(), |s| s.to_string());
         text.push_str(&format!(
-            "\nSteps: {}, Sampler: {}, CFG scale: {}, CFG rescale: {}, Seed: {seed}, Size: {}x{}, \
+            "\nSteps: {}, Sampler: {}, Schedule type: {}, CFG scale: {}, CFG rescale: {}, Seed: {seed}, Size: {}x{}, \
              Model: {}, Denoising strength: {}, Version: {}",
             self.steps,
             self.sampler,
+            self.schedule,
             self.guide_scale,
             self.guide_rescale,
             self.width,

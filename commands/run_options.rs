@@ -4,7 +4,7 @@
 //! from the settings a PNG of ace records.
 
 use ace::pipeline::ResizeFilter;
-use ace::sampler::SamplerKind;
+use ace::sampler::{SamplerKind, Spacing};
 use std::path::PathBuf;
 
 /// A LoRA adapter file and the factor it is applied with (`FILE[:SCALE]`).
@@ -48,9 +48,14 @@ impl RunOptions {
 /// How a generation samples and what it writes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
-    /// Sampler: ddim (the reference's, the default).
-    #[arg(long, value_name = "NAME", default_value = "ddim")]
-    pub sampler: SamplerKind,
+    /// Sampler: ddim (the reference's), euler, euler_ancestral or dpmpp_2m; the default is the
+    /// config's DEFAULT_PARAS.INPUT.SAMPLER (ddim in the official configs).
+    #[arg(long, value_name = "NAME")]
+    pub sampler: Option<SamplerKind>,
+    /// Sigma spacing of the k-diffusion samplers: default (the DDIM timesteps) or karras; the
+    /// default is the config's DEFAULT_PARAS.INPUT.SCHEDULE (default).
+    #[arg(long, value_name = "NAME")]
+    pub schedule: Option<Spacing>,
     /// Start from the first input image's latent noised this far, 0 < S <= 1 (SDEdit: the last
     /// floor(steps * S) steps run); 1 starts from pure noise.
     #[arg(long, value_name = "S", default_value_t = 1.0)]

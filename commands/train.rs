@@ -144,7 +144,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
             "plot": summary.plot,
             "moved_aside": summary.moved_aside,
         });
-        println!("{doc}");
+        crate::ui::print_line(doc)?;
     } else {
         crate::ui::info(
             global,
@@ -157,7 +157,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<Outcome> {
             ),
         );
         if let Some(c) = &checkpoint {
-            println!("{c}");
+            crate::ui::print_line(c)?;
         }
     }
     Ok(outcome)

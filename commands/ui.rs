@@ -1,6 +1,7 @@
 //! What the commands show a person on standard error: informational lines (only on a terminal
 //! or with `-v`, never with `-q`), the one progress bar style every command uses, and errors as
-//! one line each (a cause already quoted by its context is not repeated).
+//! one line each (a cause already quoted by its context is not repeated); and the one way a
+//! result line goes to standard output.
 
 use crate::cli::Global;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -10,6 +11,13 @@ use std::io::IsTerminal;
 /// a terminal. Scripts read the same facts from `--json`.
 pub fn info_enabled(global: &Global) -> bool {
     !global.quiet && (global.verbose > 0 || std::io::stderr().is_terminal())
+}
+
+/// Writes one line to standard output (results, JSON lines). Unlike `println!` it returns the
+/// error of a reader that went away (`ace ... --json | head -1`), which `main` ends quietly on.
+pub fn print_line(line: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}")
 }
 
 /// Prints an informational line (`ace: ...`) when [`info_enabled`].

@@ -387,3 +387,93 @@ fn several_images_per_call_and_repeat_from_the_png() {
         "{params}"
     );
 }
+
+/// Every sampler through one `--batch` (the model loads once): deterministic per seed, and the
+/// deterministic ones closing in, as their steps grow, on the result they all approximate (the
+/// probability-flow ODE's, which a 200-step DDIM run stands for here); the 50-step DDIM run is
+/// on the way there too. Euler on the DDIM timesteps is DDIM itself.
+#[test]
+fn samplers_are_deterministic_and_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    let latent = |name: &str| dir.path().join(format!("{name}.safetensors"));
+    let mut job = |name: &str, sampler: &str, schedule: &str, steps: usize, seed: u64| {
+        let line = serde_json::json!({
+            "instruction": "a red fox in the snow",
+            "seed": seed,
+            "steps": steps,
+            "sampler": sampler,
+            "schedule": schedule,
+            "width": 64,
+            "height": 64,
+            "save_latent": latent(name),
+            "output": dir.path().join(format!("{name}.png")),
+        });
+        lines.push_str(&format!("{line}\n"));
+    };
+    job("ddim-200", "ddim", "default", 200, 5);
+    job("ddim-50", "ddim", "default", 50, 5);
+    job("ddim-10", "ddim", "default", 10, 5);
+    let deterministic = [
+        ("euler", "default"),
+        ("euler", "karras"),
+        ("dpmpp_2m", "default"),
+        ("dpmpp_2m", "karras"),
+    ];
+    for (sampler, schedule) in deterministic {
+        for steps in [10, 20, 40] {
+            job(
+                &format!("{sampler}-{schedule}-{steps}"),
+                sampler,
+                schedule,
+                steps,
+                5,
+            );
+        }
+    }
+    job("ancestral-a", "euler_ancestral", "karras", 10, 5);
+    job("ancestral-b", "euler_ancestral", "karras", 10, 5);
+    job("ancestral-c", "euler_ancestral", "karras", 10, 6);
+    job("dpmpp_2m-again", "dpmpp_2m", "karras", 10, 5);
+    let jobs = dir.path().join("jobs.jsonl");
+    std::fs::write(&jobs, lines).unwrap();
+    let output = ace()
+        .args(["generate", "--batch"])
+        .arg(&jobs)
+        .arg("--config")
+        .arg(fixtures().join("model/ace_tiny.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let get = |name: &str| saved_latent(&latent(name));
+    let limit = get("ddim-200");
+    let scale = rms(&limit, &vec![0.0; limit.len()]);
+    let distance = |name: &str| rms(&get(name), &limit) / scale;
+    assert_eq!(get("ancestral-a"), get("ancestral-b"));
+    assert_ne!(get("ancestral-a"), get("ancestral-c"));
+    assert_eq!(get("dpmpp_2m-again"), get("dpmpp_2m-karras-10"));
+    let ddim_50 = distance("ddim-50");
+    assert!(ddim_50 < distance("ddim-10"));
+    for (sampler, schedule) in deterministic {
+        let d: Vec<f64> = [10, 20, 40]
+            .iter()
+            .map(|steps| distance(&format!("{sampler}-{schedule}-{steps}")))
+            .collect();
+        eprintln!("{sampler} {schedule}: relative distance to DDIM-200 at 10/20/40 steps {d:.4?}, DDIM-50 {ddim_50:.4}");
+        assert!(d[0] > d[1] && d[1] > d[2], "{sampler} {schedule}: {d:?}");
+        assert!(
+            d[2] < 2.0 * ddim_50,
+            "{sampler} {schedule}: {d:?} vs {ddim_50}"
+        );
+    }
+    let ddim_10 = get("ddim-10");
+    let euler_10 = get("euler-default-10");
+    assert!(
+        rms(&ddim_10, &euler_10) < 1e-4 * scale,
+        "euler on the DDIM timesteps is DDIM"
+    );
+}

@@ -132,11 +132,8 @@ impl AceConfig {
             message,
         };
         let m = &self.model;
-        if self.default_paras.input.sampler.to_lowercase() != "ddim" {
-            return Err(bad(format!(
-                "SAMPLER '{}' is not supported (only ddim)",
-                self.default_paras.input.sampler
-            )));
+        if let Err(e) = self.default_paras.input.sampler_settings() {
+            return Err(bad(format!("DEFAULT_PARAS.INPUT: {e}")));
         }
         if m.diffusion.prediction_type != "eps" {
             return Err(bad(format!(
@@ -257,9 +254,12 @@ mod tests {
         );
         let text = std::fs::read_to_string(tiny_yaml())
             .unwrap()
-            .replace("SAMPLER: ddim", "SAMPLER: dpmpp");
+            .replace("SAMPLER: ddim", "SAMPLER: plms");
         let err = AceConfig::parse(&text, "x.yaml", Path::new(".")).unwrap_err();
-        assert!(err.to_string().contains("only ddim"), "{err}");
+        assert!(
+            err.to_string().contains("DEFAULT_PARAS.INPUT") && err.to_string().contains("dpmpp_2m"),
+            "{err}"
+        );
         let text = std::fs::read_to_string(tiny_yaml())
             .unwrap()
             .replace("NAME: DiTACE", "NAME: DiTPlus");

@@ -17,6 +17,9 @@ pub struct DefaultParas {
 pub struct InputDefaults {
     #[serde(rename = "SAMPLER", default = "default_sampler")]
     pub sampler: String,
+    /// ace's own: the sigma spacing of a k-diffusion sampler (`default` or `karras`).
+    #[serde(rename = "SCHEDULE", default = "default_schedule")]
+    pub schedule: String,
     #[serde(rename = "SAMPLE_STEPS", default = "default_sample_steps")]
     pub sample_steps: usize,
     #[serde(rename = "GUIDE_SCALE", default = "default_guide_scale")]
@@ -33,6 +36,7 @@ impl Default for InputDefaults {
     fn default() -> Self {
         Self {
             sampler: default_sampler(),
+            schedule: default_schedule(),
             sample_steps: default_sample_steps(),
             guide_scale: default_guide_scale(),
             guide_rescale: default_guide_rescale(),
@@ -42,8 +46,24 @@ impl Default for InputDefaults {
     }
 }
 
+impl InputDefaults {
+    /// The sampler and spacing a run uses when the command line names neither, at strength 1.
+    pub fn sampler_settings(&self) -> crate::Result<crate::sampler::SamplerSettings> {
+        let settings = crate::sampler::SamplerSettings {
+            kind: self.sampler.parse()?,
+            spacing: self.schedule.parse()?,
+            strength: 1.0,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
 fn default_sampler() -> String {
     "ddim".into()
+}
+fn default_schedule() -> String {
+    "default".into()
 }
 fn default_sample_steps() -> usize {
     20

@@ -4,6 +4,7 @@
 //! moves on. DDIM (the reference's, bit for bit) works on the VP latent; the k-diffusion style
 //! samplers work on the VE latent `x0 + sigma eps` and show the model `x / sqrt(1 + sigma^2)`.
 
+use super::k_diffusion::{sigmas, KSampler, Method, Spacing};
 use super::{Ddim, LinearSchedule};
 use crate::{Error, Result};
 use candle_core::Tensor;
@@ -15,11 +16,22 @@ pub enum SamplerKind {
     /// The reference's DDIM, eta 0, trailing timesteps.
     #[default]
     Ddim,
+    /// Euler's method on the probability-flow ODE (k-diffusion `sample_euler`).
+    Euler,
+    /// Euler with fresh noise each step (k-diffusion `sample_euler_ancestral`, eta 1).
+    EulerAncestral,
+    /// DPM-Solver++(2M), second order multistep (k-diffusion `sample_dpmpp_2m`).
+    DpmPp2m,
 }
 
 impl SamplerKind {
     /// Every sampler by its name.
-    pub const ALL: &'static [(&'static str, SamplerKind)] = &[("ddim", SamplerKind::Ddim)];
+    pub const ALL: &'static [(&'static str, SamplerKind)] = &[
+        ("ddim", SamplerKind::Ddim),
+        ("euler", SamplerKind::Euler),
+        ("euler_ancestral", SamplerKind::EulerAncestral),
+        ("dpmpp_2m", SamplerKind::DpmPp2m),
+    ];
 
     pub fn name(self) -> &'static str {
         Self::ALL
@@ -43,10 +55,12 @@ impl std::str::FromStr for SamplerKind {
     }
 }
 
-/// How a run samples: the sampler and how much of the way from noise it goes.
+/// How a run samples: the sampler, its sigma spacing and how much of the way from noise it goes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplerSettings {
     pub kind: SamplerKind,
+    /// The sigma spacing of the k-diffusion samplers (DDIM keeps the reference's timesteps).
+    pub spacing: Spacing,
     /// In (0, 1]: 1 starts from pure noise; below 1 starts from an input's latent noised to
     /// `strength` of the way (the last `floor(steps * strength)` steps run).
     pub strength: f64,
@@ -56,14 +70,26 @@ impl Default for SamplerSettings {
     fn default() -> Self {
         Self {
             kind: SamplerKind::Ddim,
+            spacing: Spacing::Default,
             strength: 1.0,
         }
     }
 }
 
 impl SamplerSettings {
-    /// Checks the strength.
+    /// Checks the strength, and that a spacing other than the default comes with a sampler
+    /// that uses it.
     pub fn validate(&self) -> Result<()> {
+        if self.kind == SamplerKind::Ddim && self.spacing != Spacing::Default {
+            return Err(Error::invalid(
+                "schedule",
+                format!(
+                    "'{}' needs a k-diffusion sampler (euler, euler_ancestral, dpmpp_2m); \
+                     ddim keeps the reference's timesteps",
+                    self.spacing.name()
+                ),
+            ));
+        }
         if !(self.strength > 0.0 && self.strength <= 1.0) {
             return Err(Error::invalid(
                 "strength",
@@ -119,15 +145,23 @@ pub fn plan(
     steps: usize,
     seed: u64,
 ) -> Result<Box<dyn Sampler>> {
-    let _ = seed;
     settings.validate()?;
     let first = first_step(steps, settings.strength)?;
-    Ok(match settings.kind {
-        SamplerKind::Ddim => Box::new(DdimSampler {
-            plan: Ddim::new(schedule, steps)?,
-            first,
-        }),
-    })
+    let method = match settings.kind {
+        SamplerKind::Ddim => {
+            return Ok(Box::new(DdimSampler {
+                plan: Ddim::new(schedule, steps)?,
+                first,
+            }))
+        }
+        SamplerKind::Euler => Method::Euler,
+        SamplerKind::EulerAncestral => Method::EulerAncestral,
+        SamplerKind::DpmPp2m => Method::DpmPp2m,
+    };
+    let sigmas = sigmas(schedule, steps, settings.spacing)?;
+    Ok(Box::new(KSampler::new(
+        method, schedule, sigmas, first, seed,
+    )))
 }
 
 /// DDIM as the reference runs it.
@@ -176,6 +210,7 @@ impl Sampler for DdimSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampler::Spacing;
     use candle_core::Device;
 
     #[test]
@@ -218,5 +253,47 @@ mod tests {
         assert!(sampler.start(&noise, None).is_err());
         assert_eq!("DDIM".parse::<SamplerKind>().unwrap(), SamplerKind::Ddim);
         assert!("plms".parse::<SamplerKind>().is_err());
+    }
+
+    /// Runs every step of `settings` from `noise` with a made-up eps model.
+    fn sample(settings: SamplerSettings, seed: u64) -> Vec<f32> {
+        let schedule = LinearSchedule::official();
+        let dev = Device::Cpu;
+        let noise = Tensor::new(&[0.8f32, -1.2, 0.1, 0.5], &dev).unwrap();
+        let mut sampler = plan(settings, &schedule, 6, seed).unwrap();
+        let mut x = sampler.start(&noise, None).unwrap();
+        for i in sampler.steps() {
+            let input = sampler.model_input(i, &x).unwrap();
+            let t = f64::from(sampler.timestep(i)) / 1000.0;
+            let eps = ((input.sin().unwrap() * 0.9).unwrap() + t).unwrap();
+            x = sampler.step(i, &x, &eps).unwrap();
+        }
+        sampler.finish(x).unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn every_sampler_is_deterministic_per_seed_and_only_ancestral_draws_noise() {
+        for (name, kind) in SamplerKind::ALL {
+            for spacing in [Spacing::Default, Spacing::Karras] {
+                let settings = SamplerSettings {
+                    kind: *kind,
+                    spacing,
+                    strength: 1.0,
+                };
+                if *kind == SamplerKind::Ddim && spacing == Spacing::Karras {
+                    assert!(settings.validate().is_err(), "ddim keeps its timesteps");
+                    continue;
+                }
+                let a = sample(settings, 7);
+                assert!(a.iter().all(|v| v.is_finite()), "{name}");
+                assert_eq!(a, sample(settings, 7), "{name} {spacing:?}");
+                let other_seed = sample(settings, 8);
+                assert_eq!(
+                    a != other_seed,
+                    *kind == SamplerKind::EulerAncestral,
+                    "{name} {spacing:?}"
+                );
+            }
+        }
     }
 }

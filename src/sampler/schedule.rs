@@ -84,6 +84,33 @@ impl LinearSchedule {
             f32::INFINITY
         }
     }
+
+    /// The fractional timestep whose [`ve_sigma`](Self::ve_sigma) is `sigma` (its inverse:
+    /// linear in log-sigma between the neighbouring integer timesteps), clamped to the
+    /// schedule's ends.
+    pub fn timestep_of_ve_sigma(&self, sigma: f32) -> f32 {
+        let log = |t: usize| self.ve_sigma(t as f32).ln();
+        let target = sigma.ln();
+        let last = self.sigmas.len() - 1;
+        if target <= log(0) {
+            return 0.0;
+        }
+        if target >= log(last) {
+            return last as f32;
+        }
+        // ve_sigma grows with t: the first integer timestep at or above the target.
+        let (mut lo, mut hi) = (0usize, last);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if log(mid) < target {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let (a, b) = (log(lo), log(hi));
+        lo as f32 + if b > a { (target - a) / (b - a) } else { 0.0 }
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +125,15 @@ mod tests {
         assert!((s.alpha_bar(999) - 0.006_35).abs() < 2e-5);
         assert!((s.sigma(999) - 0.999_979_8).abs() < 1e-7);
         assert!(LinearSchedule::new(1, 0.1, 0.2).is_err());
+    }
+
+    #[test]
+    fn timestep_of_ve_sigma_inverts_it() {
+        let s = LinearSchedule::official();
+        for t in [0.0f32, 3.5, 250.0, 600.25, 998.0] {
+            let back = s.timestep_of_ve_sigma(s.ve_sigma(t));
+            assert!((back - t).abs() < 1e-2, "{t} -> {back}");
+        }
     }
 
     #[test]
