@@ -5,7 +5,8 @@
 //! times. Last, one guided sampling step (conditional and negative pass) as two separate
 //! forwards (the baseline) and prepared and batched, with the ratio. Runs under
 //! `cargo bench --bench dit_forward`; two threads unless RAYON_NUM_THREADS says otherwise;
-//! ACE_BENCH_REFERENCE=0 skips the reference.
+//! ACE_BENCH_REFERENCE=0 skips the reference. The reference also runs in bf16 under
+//! `torch.autocast` (bf16 weights), the fastest way PyTorch runs it on a CPU.
 
 mod common;
 
@@ -29,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "2");
     }
+    common::print_machine();
     // As `ace` does (src/memory.rs).
     ace::memory::keep_freed_blocks();
     let cfg: Config = serde_yaml::from_str(
@@ -38,10 +40,10 @@ fn main() -> anyhow::Result<()> {
     // The reference runs first, in a fresh process on an idle machine: whatever the first run
     // leaves behind (page cache, fragmented memory) counts against ace, not against it.
     let threads = candle_core::utils::get_num_threads();
-    let theirs = if std::env::var("ACE_BENCH_REFERENCE").as_deref() != Ok("0") {
-        reference(threads)?
+    let (theirs, theirs_bf16) = if std::env::var("ACE_BENCH_REFERENCE").as_deref() != Ok("0") {
+        (reference(threads, false)?, reference(threads, true)?)
     } else {
-        None
+        (None, None)
     };
     let dev = Device::Cpu;
     let start = Instant::now();
@@ -95,7 +97,13 @@ fn main() -> anyhow::Result<()> {
     );
     if let Some(theirs) = theirs {
         println!(
-            "ace / reference wall time: {:.2} (goal <= 0.8)",
+            "ace f32 / reference f32 wall time: {:.2} (goal <= 0.8)",
+            secs / theirs
+        );
+    }
+    if let Some(theirs) = theirs_bf16 {
+        println!(
+            "ace f32 / reference bf16 autocast wall time: {:.2}",
             secs / theirs
         );
     }
@@ -137,17 +145,22 @@ fn guided_step(dit: &DitAce, cond: &Sample, tpe: &Tensor) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Runs the PyTorch reference on the same forward, prints its numbers and returns its wall
-/// time (`None` when it cannot run here).
-fn reference(threads: usize) -> anyhow::Result<Option<f64>> {
+/// Runs the PyTorch reference on the same forward (in f32, or in bf16 under autocast), prints
+/// its numbers and returns its wall time (`None` when it cannot run here).
+fn reference(threads: usize, bf16: bool) -> anyhow::Result<Option<f64>> {
     let threads = threads.to_string();
-    let Some(v) = common::run_reference("bench_dit_reference.py", &["--threads", &threads])? else {
+    let mut args = vec!["--threads", &threads];
+    if bf16 {
+        args.push("--bf16");
+    }
+    let Some(v) = common::run_reference("bench_dit_reference.py", &args)? else {
         return Ok(None);
     };
     let theirs = v["seconds"].as_f64().unwrap_or(f64::NAN);
     println!(
-        "reference (scepter ACE, PyTorch {} threads): {theirs:.2} s wall, {:.2} s CPU, peak RSS \
-         {:.0} MiB",
+        "reference (scepter ACE, PyTorch {}, {} threads): {theirs:.2} s wall, {:.2} s CPU, peak \
+         RSS {:.0} MiB",
+        v["dtype"].as_str().unwrap_or("f32"),
         v["threads"],
         v["cpu_seconds"].as_f64().unwrap_or(f64::NAN),
         v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),

@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         println!("fullsize: run with `cargo bench --bench fullsize`");
         return Ok(());
     }
-    println!("cpu: {}", common::cpu_description());
+    common::print_machine();
     let snapshot = match std::env::var_os("ACE_BENCH_SNAPSHOT") {
         Some(dir) => PathBuf::from(dir),
         None => ace::cache::root()?.join("bench/ACE-0.6B-512px-random"),

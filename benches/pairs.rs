@@ -19,6 +19,7 @@ fn main() -> ace::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    common::print_machine();
     let start = Instant::now();
     let mut data = vec![0f32; rows * DIM];
     data.par_chunks_mut(CHUNK_ROWS * DIM)

@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         println!("samplers: run with `cargo bench --bench samplers`");
         return Ok(());
     }
-    println!("cpu: {}", common::cpu_description());
+    common::print_machine();
     let seeds: u64 = env_or("ACE_BENCH_SEEDS", 8);
     let size: usize = env_or("ACE_BENCH_SIZE", 256);
     let work = tempfile::tempdir()?;

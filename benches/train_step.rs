@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         println!("train_step: run with `cargo bench --bench train_step`");
         return Ok(());
     }
+    common::print_machine();
     let threads = candle_core::utils::get_num_threads();
     let reference = std::env::var("ACE_BENCH_REFERENCE").as_deref() != Ok("0");
     for size in ["tiny", "full"] {

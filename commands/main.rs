@@ -62,6 +62,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.global);
+    #[cfg(feature = "openblas")]
+    log::info!("matrix products: {}", ace::kernels::blas_core());
     // Every command's working set is a repeating pattern of large buffers (activations,
     // images): keep freed ones for reuse rather than page-faulting them in afresh.
     ace::memory::keep_freed_blocks();

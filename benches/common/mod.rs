@@ -57,6 +57,13 @@ pub fn cpu_description() -> String {
     )
 }
 
+/// The machine a bench ran on, its first lines: the CPU, and the kernels of the products.
+pub fn print_machine() {
+    println!("cpu: {}", cpu_description());
+    #[cfg(feature = "openblas")]
+    println!("products: {}", ace::kernels::blas_core());
+}
+
 /// Runs `scripts/SCRIPT ARGS` with python3 and parses the JSON line it prints last; `None`
 /// (with a line saying why) when it cannot run here, e.g. without torch or scepter.
 pub fn run_reference(script: &str, args: &[&str]) -> anyhow::Result<Option<serde_json::Value>> {

@@ -13,10 +13,14 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 pub use activation::Activation;
+#[cfg(feature = "openblas")]
+pub use blas_core::{blas_core, BlasCore};
 
 mod activation;
 #[cfg(feature = "openblas")]
 mod attention;
+#[cfg(feature = "openblas")]
+mod blas_core;
 #[cfg(feature = "openblas")]
 pub mod blocks;
 #[cfg(feature = "openblas")]
