@@ -26,6 +26,7 @@ mod model;
 mod model_source;
 mod outpaint;
 mod reference;
+mod serve;
 mod signals;
 mod train;
 mod ui;

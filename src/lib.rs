@@ -24,6 +24,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod sampler;
+pub mod serve;
 pub mod tasks;
 pub mod textfile;
 pub mod train;
