@@ -1,11 +1,12 @@
 //! `ace serve`: loads the model once and serves the chat page and the HTTP API
-//! (`ace::serve`) until SIGINT or SIGTERM, which stop it cleanly (exit 0). Prints
-//! `ace: serving on http://ADDRESS` once it listens, and one line per request unless `-q`.
+//! (`ace::serve`) until SIGINT, SIGTERM or SIGHUP stops it cleanly (exit status 130, 143, 129,
+//! as for every command). Prints `ace: serving on http://ADDRESS` once it listens, and one line
+//! per request unless `-q`.
 
 use crate::cli::Global;
 use crate::model_source::{LoadOptions, ModelSource, Phases};
 use crate::Outcome;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -63,7 +64,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         (args.source.model_dir.as_deref(), "--model-dir"),
         &args.load,
         global,
-        &[cfg.model.default_n_prompt.clone()],
+        std::slice::from_ref(&cfg.model.default_n_prompt),
         &mut Phases::default(),
     )?;
     let options = ace::serve::Options {
@@ -88,8 +89,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         // Said even with -q: it is how a script learns the port.
         eprintln!("ace: serving on http://{addr}");
         log::info!("data folder {}", data_dir.display());
-    })
-    .with_context(|| "ace serve")?;
-    crate::ui::info(global, "stopped");
-    Ok(Outcome::Success)
+    })?;
+    // The server only returns once a signal asked it to stop.
+    Ok(Outcome::Interrupted)
 }

@@ -106,11 +106,9 @@ mod tests {
         });
         assert!(!requested());
         let t = token.clone();
-        assert!(
-            !std::thread::spawn(move || with_token(&other, || requested()))
-                .join()
-                .unwrap()
-        );
+        assert!(!std::thread::spawn(move || with_token(&other, requested))
+            .join()
+            .unwrap());
         assert!(t.is_cancelled());
     }
 }

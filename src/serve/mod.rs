@@ -131,15 +131,17 @@ pub fn run(
     let store = store::Store::open(&options.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Image decoding and file work: bounded, so a burst of requests cannot take the memory.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(addr))
-        .map_err(|e| Error::io(format!("{addr}"), e))?;
+        .map_err(|e| Error::io(format!("listening on {addr}"), e))?;
     let local = listener
         .local_addr()
-        .map_err(|e| Error::io(format!("{addr}"), e))?;
+        .map_err(|e| Error::io(format!("listening on {addr}"), e))?;
     let app = Arc::new(App {
         queue: Arc::new(queue::Queue::new(options.queue)),
         store: store.clone(),
@@ -179,7 +181,7 @@ pub fn run(
     queue.close();
     runtime.shutdown_timeout(Duration::from_secs(1));
     let joined = worker.join();
-    served.map_err(|e| Error::io(format!("{local}"), e))?;
+    served.map_err(|e| Error::io(format!("serving on {local}"), e))?;
     joined.map_err(|_| Error::invalid("model worker", "stopped by a panic"))?;
     Ok(())
 }

@@ -89,9 +89,12 @@ impl Settings {
             }
         }
         self.guidance(cfg)?;
-        if let (Some(w), Some(h)) = (self.width, self.height) {
-            crate::limits::check_size("size", w as u64, h as u64)?;
-        }
+        let d = &cfg.default_paras.input;
+        let (w, h) = (
+            self.width.unwrap_or(d.output_width),
+            self.height.unwrap_or(d.output_height),
+        );
+        crate::limits::check_size("size", w as u64, h as u64)?;
         Ok(())
     }
 

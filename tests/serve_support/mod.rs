@@ -123,6 +123,18 @@ impl Server {
         }
     }
 
+    /// Waits (at most 10 s) for a log line that contains `text`; all lines so far.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log_lines().join("\n");
+            if log.contains(text) || start.elapsed() > Duration::from_secs(10) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The log lines so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
