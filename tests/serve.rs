@@ -544,7 +544,7 @@ fn cancel_stops_jobs_and_a_full_queue_answers_429() {
     let mut client =
         std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
     let head = format!(
-        "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n",
         body.len()
     );
@@ -682,12 +682,23 @@ fn paths_that_leave_the_data_folder_are_refused() {
     ] {
         let answer = raw(
             &server.base,
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
         );
         let status = answer.split_whitespace().nth(1).unwrap_or_default();
         assert!(status == "400" || status == "404", "{path}: {answer}");
         assert!(!answer.contains("secret\""), "{answer}");
     }
+    // Pages of other sites reach loopback too: their writes, and other host names, are refused.
+    let evil = [("Origin", "http://evil.example")];
+    let r = post_json(&server.url("/ace/sessions"), &json!({"id": "evil"}), &evil);
+    assert_openai_error(&r, 403, None);
+    assert!(!data.join("sessions/evil.jsonl").exists());
+    let answer = raw(
+        &server.base,
+        "GET /ace/sessions HTTP/1.1\r\nHost: rebound.example:80\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+
     // A file name in an upload never names a file.
     post_json(&server.url("/ace/sessions"), &json!({"id": "u"}), &[]);
     let r = post_form(

@@ -2,12 +2,15 @@
 //! address needs a token: anyone who reaches the port could otherwise use the model and read
 //! every chat. With a token, every endpoint but the health check asks for it, as
 //! `Authorization: Bearer TOKEN` (what OpenAI clients send as their API key) or, for a browser,
-//! as the cookie that opening `/?token=TOKEN` once sets.
+//! as the cookie that opening `/?token=TOKEN` once sets. Pages of other sites the user visits
+//! reach loopback too: a request that changes something from another origin is refused, and
+//! without a token only loopback host names are served, so that a name made to resolve to
+//! 127.0.0.1 (DNS rebinding) cannot read the chats.
 
 use super::error::ApiError;
 use super::AppState;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -102,10 +105,59 @@ fn url_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The middleware: passes requests with the token (and the health check), answers 401 to the
-/// others. A page opened with `?token=` gets the cookie.
+/// A header's text.
+fn header_text(req: &Request, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Whether a request that may change something (not GET or HEAD) comes from a page of another
+/// origin than this server (as its `Host`, or a proxy's `X-Forwarded-Host`, names it).
+fn cross_origin_write(req: &Request) -> bool {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return false;
+    }
+    let Some(origin) = header_text(req, header::ORIGIN) else {
+        return false;
+    };
+    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    let forwarded = header::HeaderName::from_static("x-forwarded-host");
+    ![header_text(req, header::HOST), header_text(req, forwarded)]
+        .into_iter()
+        .flatten()
+        .any(|h| h.eq_ignore_ascii_case(origin_host))
+}
+
+/// Whether the `Host` header names this machine's loopback (`localhost`, `127.x.y.z`, `[::1]`).
+fn loopback_host(req: &Request) -> bool {
+    let Some(host) = header_text(req, header::HOST) else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The middleware: refuses writes from other origins, and names other than loopback without a
+/// token; with a token, passes requests that carry it (and the health check) and answers 401
+/// to the others. A page opened with `?token=` gets the cookie.
 pub async fn check(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if cross_origin_write(&req) {
+        return ApiError::forbidden("a request from a page of another origin").into_response();
+    }
     let Some(token) = app.options.token.as_deref() else {
+        if !loopback_host(&req) {
+            return ApiError::forbidden(
+                "without --token only loopback host names (localhost, 127.0.0.1, [::1]) are \
+                 served",
+            )
+            .into_response();
+        }
         return next.run(req).await;
     };
     if req.uri().path() == HEALTH || presented(&req).iter().any(|t| same(t, token)) {
@@ -135,6 +187,50 @@ mod tests {
         assert!(bind_address("0.0.0.0", 0, Some("")).is_err());
         assert!(bind_address("0.0.0.0", 0, Some("s3cret")).is_ok());
         assert!(bind_address("127.0.0.1", 0, Some("two words")).is_err());
+    }
+
+    fn request(method: &str, headers: &[(&str, &str)]) -> Request {
+        let mut b = Request::builder().method(method).uri("/ace/sessions");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn other_origins_and_other_names_are_told_apart() {
+        let host = ("host", "127.0.0.1:8080");
+        let same = request("POST", &[host, ("origin", "http://127.0.0.1:8080")]);
+        assert!(!cross_origin_write(&same));
+        let evil = request("POST", &[host, ("origin", "http://evil.example")]);
+        assert!(cross_origin_write(&evil));
+        assert!(!cross_origin_write(&request(
+            "GET",
+            &[host, ("origin", "http://evil.example")]
+        )));
+        assert!(!cross_origin_write(&request("POST", &[host])));
+        let proxied = request(
+            "POST",
+            &[
+                host,
+                ("x-forwarded-host", "ace.example"),
+                ("origin", "https://ace.example"),
+            ],
+        );
+        assert!(!cross_origin_write(&proxied));
+        for ok in [
+            "localhost:1",
+            "127.0.0.1",
+            "127.3.2.1:80",
+            "[::1]:8080",
+            "LOCALHOST",
+        ] {
+            assert!(loopback_host(&request("GET", &[("host", ok)])), "{ok}");
+        }
+        for bad in ["evil.example:8080", "10.0.0.1", "localhost.evil.example"] {
+            assert!(!loopback_host(&request("GET", &[("host", bad)])), "{bad}");
+        }
+        assert!(!loopback_host(&request("GET", &[])));
     }
 
     #[test]

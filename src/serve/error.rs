@@ -81,6 +81,11 @@ impl ApiError {
         }
     }
 
+    /// 403: a request refused whoever sends it (another origin, another host name).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "invalid_request_error", message)
+    }
+
     /// 429: the queue is full; try again in `retry_after` seconds.
     pub fn queue_full(waiting: usize, retry_after: u64) -> Self {
         ApiError {

@@ -222,6 +222,16 @@ impl<W> Job<W> {
         }
     }
 
+    /// Lets go of the PNGs the job made, once its caller has them (they are not kept in memory
+    /// for the jobs remembered).
+    pub fn release_images(&self) {
+        if let Some(Event::Done { output }) = self.state().events.last_mut() {
+            for image in &mut output.images {
+                image.png = Arc::default();
+            }
+        }
+    }
+
     /// Waits until the job is over and returns how it ended.
     pub async fn finished(&self) -> Result<Output, ApiError> {
         let mut rx = self.subscribe();
@@ -319,6 +329,28 @@ mod tests {
         assert!(matches!(job.next(names.len()), Next::End));
         assert!(job.outcome().unwrap().is_ok());
         assert_eq!(job.describe()["status"], "done");
+    }
+
+    #[test]
+    fn images_are_let_go_once_taken() {
+        let job = Job::new(new_id(), "images", ());
+        let image = OutputImage {
+            url: "/ace/images/x.png".into(),
+            seed: 1,
+            width: 1,
+            height: 1,
+            png: Arc::new(vec![1, 2, 3]),
+        };
+        job.push(Event::Done {
+            output: Output {
+                images: vec![image],
+                ..Output::default()
+            },
+        });
+        let taken = job.outcome().unwrap().unwrap();
+        job.release_images();
+        assert_eq!(taken.images[0].png.len(), 3);
+        assert!(job.outcome().unwrap().unwrap().images[0].png.is_empty());
     }
 
     #[test]

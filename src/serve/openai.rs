@@ -129,6 +129,7 @@ async fn run(
         .submit(Job::new(jobs::new_id(), "images", Work::Images(work)))?;
     let mut guard = CancelOnDrop(app, &job.id, true);
     let outcome = tokio::time::timeout(app.options.timeout, job.finished()).await;
+    job.release_images();
     let output = match outcome {
         Ok(result) => {
             guard.2 = false;

@@ -10,6 +10,9 @@ use crate::tasks::session::{self, SessionTurn};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// How long the OpenAI endpoints' images stay fetchable by URL.
+pub const IMAGE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Longest session id.
 const MAX_ID_LEN: usize = 64;
 
@@ -190,6 +193,25 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the OpenAI endpoints' images older than [`IMAGE_LIFETIME`] (their URLs expire,
+    /// as OpenAI's do).
+    pub fn prune_images(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.images) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > IMAGE_LIFETIME);
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// The file of an OpenAI endpoint's image `name` (`[A-Za-z0-9_-]+.png`, checked).
     pub fn image(&self, name: &str) -> ApiResult<PathBuf> {
         match name.strip_suffix(".png") {
@@ -226,6 +248,27 @@ mod tests {
             assert!(store.image(bad).is_err(), "{bad:?}");
         }
         assert!(store.image("abc-1.png").unwrap().starts_with(dir.path()));
+    }
+
+    #[test]
+    fn images_past_their_lifetime_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (old, new) = (
+            store.image("old.png").unwrap(),
+            store.image("new.png").unwrap(),
+        );
+        std::fs::write(&old, b"x").unwrap();
+        std::fs::write(&new, b"x").unwrap();
+        let long_ago = std::time::SystemTime::now() - IMAGE_LIFETIME * 2;
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        store.prune_images();
+        assert!(!old.exists() && new.exists());
     }
 
     #[test]

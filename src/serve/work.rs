@@ -167,6 +167,7 @@ fn images(model: &Ace, store: &Store, job: &Job<Work>, w: ImagesWork) -> ApiResu
         let image = output_image(rgb, format!("/ace/images/{name}"), seed)?;
         if w.keep {
             crate::output::write(&store.image(&name)?, &image.png)?;
+            store.prune_images();
         }
         output.images.push(image);
     }
@@ -283,12 +284,14 @@ fn turn(model: &Ace, store: &Store, job: &Job<Work>, w: TurnWork) -> ApiResult<O
     let rgb = generate(model, job, &request, (0, 1), &mut model_seconds)?;
     let index = turns.len();
     let url = format!("/ace/sessions/{}/turns/{index}/image", w.session);
-    let image = output_image(rgb, url, seed)?;
+    let mut image = output_image(rgb, url, seed)?;
     let output = store.save(
         &w.session,
         &format!("out-{}.png", &job.id[..12]),
         &image.png,
     )?;
+    // Served from the file from now on.
+    image.png = Arc::default();
     let record = SessionTurn {
         inputs,
         masks,
