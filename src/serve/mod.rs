@@ -1,6 +1,7 @@
 //! `ace serve`: one loaded model behind the paper's chat bot (appendix G.2) in the browser and
-//! an HTTP API for scripts. The model runs on one worker thread, fed by a bounded queue; the
-//! HTTP side (axum on tokio) only parses, checks, queues and reports. The API speaks the OpenAI
+//! an HTTP API for scripts. The model runs jobs one at a time on the thread that loaded it, fed
+//! by a bounded queue; the HTTP side (axum on tokio, on threads of its own) only parses,
+//! checks, queues and reports. The API speaks the OpenAI
 //! Images API (`/v1/images/generations`, `/v1/images/edits`) so that existing clients work
 //! unchanged, and ACE's own endpoints (`/ace/...`) for chats, jobs, progress and the model.
 //! Chats are session files of `ace edit --session` under the data folder.
@@ -149,41 +150,51 @@ pub fn run(
         options,
         log,
     });
-    let worker = {
-        let queue = app.queue.clone();
-        std::thread::Builder::new()
-            .name("ace-model".into())
-            .spawn(move || {
-                while let Some(job) = queue.next() {
-                    let seconds = work::run(&model, &store, &job);
-                    queue.finished(seconds);
-                }
-            })
-            .map_err(|e| Error::io("model worker thread", e))?
-    };
     ready(local);
     let queue = app.queue.clone();
-    let closing = queue.clone();
-    let served = runtime.block_on(async move {
-        let stop = async move {
-            stop_requested().await;
-            closing.close();
-        };
-        let server = axum::serve(listener, router(app)).with_graceful_shutdown(stop);
-        tokio::select! {
-            r = std::future::IntoFuture::into_future(server) => r,
-            () = async {
-                stop_requested().await;
-                tokio::time::sleep(DRAIN_TIMEOUT).await;
-            } => Ok(()),
-        }
-    });
-    queue.close();
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    let joined = worker.join();
+    let http = std::thread::Builder::new()
+        .name("ace-http".into())
+        .spawn(move || {
+            // However the server ends, even by a panic, the model's loop ends with it.
+            let _close = CloseOnDrop(app.queue.clone());
+            let (closing, routes) = (app.queue.clone(), router(app.clone()));
+            let served = runtime.block_on(async move {
+                let stop = async move {
+                    stop_requested().await;
+                    closing.close();
+                };
+                let server = axum::serve(listener, routes).with_graceful_shutdown(stop);
+                tokio::select! {
+                    r = std::future::IntoFuture::into_future(server) => r,
+                    () = async {
+                        stop_requested().await;
+                        tokio::time::sleep(DRAIN_TIMEOUT).await;
+                    } => Ok(()),
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            served
+        })
+        .map_err(|e| Error::io("HTTP thread", e))?;
+    // The model stays on the thread that loaded it (where a GPU context is current).
+    while let Some(job) = queue.next() {
+        let seconds = work::run(&model, &store, &job);
+        queue.finished(seconds);
+    }
+    let served = http
+        .join()
+        .map_err(|_| Error::invalid("HTTP thread", "stopped by a panic"))?;
     served.map_err(|e| Error::io(format!("serving on {local}"), e))?;
-    joined.map_err(|_| Error::invalid("model worker", "stopped by a panic"))?;
     Ok(())
+}
+
+/// Closes the queue when dropped.
+struct CloseOnDrop(Arc<queue::Queue<work::Work>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Returns once a stop was asked for (a signal, [`crate::cancel::request`]).
