@@ -701,6 +701,18 @@ fn paths_that_leave_the_data_folder_are_refused() {
 
     // A file name in an upload never names a file.
     post_json(&server.url("/ace/sessions"), &json!({"id": "u"}), &[]);
+    // A turn refused for its mask writes nothing.
+    let r = post_form(
+        &server.url("/ace/sessions/u/turns"),
+        &[
+            Part::Text("instruction", "x {image}".into()),
+            Part::File("image", "a.png".into(), astronaut()),
+            Part::File("mask", "m.png".into(), white_box(8, 8, (0, 0, 4, 4))),
+        ],
+        &[],
+    );
+    assert_openai_error(&r, 400, Some("mask"));
+    assert!(!data.join("sessions/u").exists());
     let r = post_form(
         &server.url("/ace/sessions/u/turns"),
         &[

@@ -162,26 +162,22 @@ fn save_uploads(
             ),
         ));
     }
-    let tag = &job_id[..12];
-    let mut sizes = Vec::new();
-    let mut image_paths = Vec::new();
-    for (k, bytes) in images.iter().enumerate() {
-        let img = upload::decode(bytes, &format!("image[{k}]"))?;
-        sizes.push((img.width(), img.height()));
-        image_paths.push(
-            app.store
-                .save(id, &format!("in-{tag}-{k}.png"), &upload::png(&img)?)?,
-        );
-    }
-    let mut mask_paths = Vec::new();
+    // Everything is checked before anything is written.
+    let decoded = images
+        .iter()
+        .enumerate()
+        .map(|(k, bytes)| upload::decode(bytes, &format!("image[{k}]")))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let mut checked = Vec::with_capacity(masks.len());
     for (k, bytes) in masks.iter().enumerate() {
         if bytes.is_empty() {
-            mask_paths.push(None);
+            checked.push(None);
             continue;
         }
         let name = format!("mask[{k}]");
         let mask = upload::ace_mask(&upload::decode(bytes, &name)?);
-        if let Some(&(w, h)) = sizes.get(k) {
+        if let Some(img) = decoded.get(k) {
+            let (w, h) = (img.width(), img.height());
             if mask.dimensions() != (w, h) {
                 return Err(ApiError::bad_param(
                     "mask",
@@ -199,13 +195,28 @@ fn save_uploads(
                 "selects no pixel (white marks the region)",
             ));
         }
-        let png = upload::png(&image::DynamicImage::ImageLuma8(mask))?;
-        mask_paths.push(Some(app.store.save(
-            id,
-            &format!("mask-{tag}-{k}.png"),
-            &png,
-        )?));
+        checked.push(Some(mask));
     }
+    let tag = &job_id[..12];
+    let image_paths = decoded
+        .iter()
+        .enumerate()
+        .map(|(k, img)| {
+            app.store
+                .save(id, &format!("in-{tag}-{k}.png"), &upload::png(img)?)
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let mask_paths = checked
+        .into_iter()
+        .enumerate()
+        .map(|(k, mask)| {
+            mask.map(|m| {
+                let png = upload::png(&image::DynamicImage::ImageLuma8(m))?;
+                app.store.save(id, &format!("mask-{tag}-{k}.png"), &png)
+            })
+            .transpose()
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     Ok((image_paths, mask_paths))
 }
 
