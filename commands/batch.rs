@@ -230,7 +230,9 @@ fn run_job(
         common::check_outputs(intent, &t.output)?;
     }
     let prepare = start.elapsed().as_secs_f64();
-    generator.model.use_loras(&jc.run.lora_list())?;
+    generator
+        .model
+        .use_loras(&crate::run_options::lora_list(&jc.run.loras))?;
     let job_generator = Generator {
         common: jc,
         ..*generator

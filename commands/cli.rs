@@ -4,7 +4,7 @@
 use crate::generate_common::{self, Intent};
 use crate::{
     analyze, cache, completions, control, data, edit, eval, generate, inpaint, layer, model,
-    outpaint, reference, train, Outcome,
+    outpaint, reference, serve, train, Outcome,
 };
 use clap::{Parser, Subcommand};
 
@@ -66,6 +66,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Fetch the official model snapshots.
     Model(model::Args),
+    /// Serve a chat page and an HTTP API (OpenAI Images API, sessions, jobs) on one loaded model.
+    Serve(serve::Args),
     /// Show or empty ace's cache (prompt embeddings, weight identities, extracted inputs).
     Cache(cache::Args),
     /// Print a shell completion script.
@@ -101,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Train(args) => train::run(args, &cli.global),
         Command::Eval(args) => eval::run(args, &cli.global),
         Command::Model(args) => model::run(args, &cli.global),
+        Command::Serve(args) => serve::run(args, &cli.global),
         Command::Cache(args) => cache::run(args, &cli.global),
         Command::Completions(args) => completions::run(args),
     }

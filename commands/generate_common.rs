@@ -195,7 +195,7 @@ fn run(
         &c.load,
         global,
         &ace::pipeline::request_prompts(&request, &cfg)?,
-        &c.run.lora_list(),
+        &crate::run_options::lora_list(&c.run.loras),
         &mut phases,
     )?;
     let generator = Generator {

@@ -3,7 +3,7 @@
 //! standard input (once per run). A mask must have its image's size and select something
 //! (pixels above 128), in every subcommand.
 
-use ace::pipeline::{luma_pil, InputImage, Turn};
+use ace::pipeline::{InputImage, Turn};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -32,26 +32,12 @@ pub fn need<'a, T>(value: &'a Option<T>, flag: &str) -> Result<&'a T> {
 
 /// Reads a mask as the reference does (PIL's `convert("L")`).
 pub fn read_mask(path: &Path) -> Result<image::GrayImage> {
-    Ok(luma_pil(&ace::imageio::load_rgb(path)?))
+    Ok(ace::tasks::read_mask(path)?)
 }
 
 /// Reads an input image with its optional mask (checked against the image).
 pub fn read_input(image: &Path, mask: Option<&Path>, task: &str) -> Result<InputImage> {
-    let rgb = ace::imageio::load_rgb(image)?;
-    let mask = match mask {
-        Some(path) => {
-            let m = read_mask(path)?;
-            ace::tasks::check_mask(&m, &rgb, &path.display().to_string())?;
-            Some(m)
-        }
-        None => None,
-    };
-    Ok(InputImage {
-        name: image.display().to_string(),
-        image: rgb,
-        mask,
-        task: task.to_string(),
-    })
+    Ok(ace::tasks::read_input(image, mask, task)?)
 }
 
 /// Reads the images given with their positional masks and tasks.

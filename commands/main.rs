@@ -29,6 +29,7 @@ mod outpaint;
 mod record;
 mod reference;
 mod run_options;
+mod serve;
 mod signals;
 mod train;
 mod ui;

@@ -38,13 +38,13 @@ mod tests {
         (
             "ACE_MODEL_DIR",
             "Default of --model-dir (and --ace-model-dir): a downloaded model snapshot.",
-            &["generate", "edit", "control", "inpaint", "outpaint", "layer", "reference", "analyze", "model"],
+            &["generate", "edit", "control", "inpaint", "outpaint", "layer", "reference", "analyze", "model", "serve"],
         ),
         (
             "HF_HOME, HF_ENDPOINT",
             "The Hugging Face cache that hf:// weights and hub model ids are found in, and the hub \
              that `ace model download` fetches from.",
-            &["generate", "edit", "control", "inpaint", "outpaint", "layer", "reference", "analyze", "model", "eval", "data", "train"],
+            &["generate", "edit", "control", "inpaint", "outpaint", "layer", "reference", "analyze", "model", "eval", "data", "train", "serve"],
         ),
         (
             "ACE_CACHE_DIR, XDG_CACHE_HOME",
@@ -55,7 +55,18 @@ mod tests {
         (
             "LD_LIBRARY_PATH",
             "Where a CUDA build looks for libcuda.so.1 and the CUDA 13 libraries (--device cuda).",
-            &["generate", "edit", "control", "inpaint", "outpaint", "layer", "reference", "analyze", "eval", "train"],
+            &["generate", "edit", "control", "inpaint", "outpaint", "layer", "reference", "analyze", "eval", "train", "serve"],
+        ),
+        (
+            "ACE_TOKEN",
+            "Default of --token: the bearer token every request but GET /ace/health must carry.",
+            &["serve"],
+        ),
+        (
+            "ACE_DATA_DIR, XDG_DATA_HOME",
+            "Default of --data-dir: ACE_DATA_DIR, else $XDG_DATA_HOME/ace/serve, else \
+             ~/.local/share/ace/serve.",
+            &["serve"],
         ),
     ];
 
@@ -90,7 +101,14 @@ mod tests {
                 "reference",
                 "edit",
                 "data",
+                "serve",
             ],
+        ),
+        (
+            "DATA_DIR/sessions/ID.jsonl, DATA_DIR/sessions/ID/, DATA_DIR/images/",
+            "The chats of `ace serve` as `ace edit --session` files (one turn per line), their \
+             uploads and outputs, and the images of its OpenAI endpoints.",
+            &["serve"],
         ),
     ];
 

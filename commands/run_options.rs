@@ -35,14 +35,9 @@ impl std::str::FromStr for LoraArg {
     }
 }
 
-impl RunOptions {
-    /// The LoRA adapters as the model takes them.
-    pub fn lora_list(&self) -> Vec<(PathBuf, f64)> {
-        self.loras
-            .iter()
-            .map(|l| (l.path.clone(), l.scale))
-            .collect()
-    }
+/// LoRA adapters as the model takes them.
+pub fn lora_list(loras: &[LoraArg]) -> Vec<(PathBuf, f64)> {
+    loras.iter().map(|l| (l.path.clone(), l.scale)).collect()
 }
 
 /// How a generation samples and what it writes.

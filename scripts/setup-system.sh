@@ -2,7 +2,7 @@
 # Installs what building ace needs from Debian's packages when it is missing: system OpenCV
 # (4.6 on Debian 12), clang/libclang for the opencv crate's binding generator and OpenBLAS for
 # the CPU matrix products (the default `openblas` feature).
-# chromium (headless) checks the HTML report of `ace eval` in the tests.
+# chromium (headless) checks the HTML report of `ace eval` and the chat page of `ace serve` in the tests.
 set -euo pipefail
 need=()
 for pkg in libopencv-dev clang libclang-dev pkg-config libopenblas-dev chromium; do

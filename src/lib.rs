@@ -2,8 +2,9 @@
 //!
 //! The library holds everything that computes: image input/output, the low-level visual
 //! analysis operations of the paper (appendix B.2), the ACE model core (DiT, T5 text encoder,
-//! VAE, sampler) and the pipeline that turns instructions and images into frames. The `ace`
-//! binary in `commands/` is a thin layer of argument parsing over this crate.
+//! VAE, sampler), the pipeline that turns instructions and images into frames, and the HTTP
+//! server of `ace serve` over a loaded model. The `ace` binary in `commands/` is a thin layer
+//! of argument parsing over this crate.
 
 pub mod analyze;
 pub mod batch;
@@ -24,6 +25,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod sampler;
+pub mod serve;
 pub mod tasks;
 pub mod textfile;
 pub mod train;

@@ -22,6 +22,7 @@ use crate::{Error, Result};
 use image::{GrayImage, RgbImage};
 use rand::SeedableRng;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// What a task family produces: the instruction, the input images (`{image}` first) and which
 /// of them the output takes its size and mask from.
@@ -76,6 +77,25 @@ pub fn input(name: &str, image: RgbImage, mask: Option<GrayImage>, task: &str) -
         mask,
         task: task.to_string(),
     }
+}
+
+/// Reads a mask as the reference does (PIL's `convert("L")`).
+pub fn read_mask(path: &Path) -> Result<GrayImage> {
+    Ok(crate::pipeline::luma_pil(&crate::imageio::load_rgb(path)?))
+}
+
+/// Reads an input image with its optional mask (checked against the image) and task.
+pub fn read_input(image: &Path, mask: Option<&Path>, task: &str) -> Result<InputImage> {
+    let rgb = crate::imageio::load_rgb(image)?;
+    let mask = match mask {
+        Some(path) => {
+            let m = read_mask(path)?;
+            check_mask(&m, &rgb, &path.display().to_string())?;
+            Some(m)
+        }
+        None => None,
+    };
+    Ok(input(&image.display().to_string(), rgb, mask, task))
 }
 
 /// Checks that a mask selects something (pixels above 128, as the pipeline reads it) and has

@@ -80,13 +80,17 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|e| Error::io(path, e))
 }
 
-/// Appends `turn` to the session file (rewritten atomically).
-pub fn append(path: &Path, turn: &SessionTurn) -> Result<()> {
-    let mut text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::io(path, e)),
-    };
+/// The session file's text ("" when it does not exist yet).
+fn read_text(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// `text` with `turn` as its last line.
+fn push_turn(mut text: String, turn: &SessionTurn) -> Result<String> {
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
@@ -94,7 +98,28 @@ pub fn append(path: &Path, turn: &SessionTurn) -> Result<()> {
         serde_json::to_string(turn).map_err(|e| Error::invalid("session turn", e.to_string()))?;
     text.push_str(&line);
     text.push('\n');
+    Ok(text)
+}
+
+/// Appends `turn` to the session file (rewritten atomically).
+pub fn append(path: &Path, turn: &SessionTurn) -> Result<()> {
+    let text = push_turn(read_text(path)?, turn)?;
     crate::output::write(path, text.as_bytes())
+}
+
+/// Replaces the last turn of the session file by `turn` (rewritten atomically): the same turn
+/// made again, e.g. with another seed.
+pub fn replace_last(path: &Path, turn: &SessionTurn) -> Result<()> {
+    let text = read_text(path)?;
+    let kept: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let Some((_, earlier)) = kept.split_last() else {
+        return Err(Error::invalid(
+            "session",
+            format!("{}: has no turn to replace", path.display()),
+        ));
+    };
+    let earlier: String = earlier.iter().map(|l| format!("{l}\n")).collect();
+    crate::output::write(path, push_turn(earlier, turn)?.as_bytes())
 }
 
 #[cfg(test)]
@@ -129,6 +154,12 @@ mod tests {
         let h = history(&turns);
         assert_eq!(h[1].image, PathBuf::from("/b.png"));
         assert_eq!(h[0].instruction, "turn {image} into pixel art");
+        replace_last(&path, &turn("/b.png", "/d.png", "add a red hat to {image}")).unwrap();
+        let turns = read(&path).unwrap();
+        assert_eq!(turns.len(), 2);
+        assert_eq!(turns[1].output, PathBuf::from("/d.png"));
+        assert_eq!(turns[0].output, PathBuf::from("/b.png"));
+        assert!(replace_last(&dir.path().join("none.jsonl"), &turns[0]).is_err());
         std::fs::write(&path, "{oops\n").unwrap();
         assert!(read(&path).unwrap_err().to_string().contains("line 1"));
     }
