@@ -232,7 +232,7 @@ fn run_job(
     let prepare = start.elapsed().as_secs_f64();
     generator
         .model
-        .use_loras(&crate::run_options::lora_list(&jc.run.loras))?;
+        .use_loras(&ace::model::lora::LoraSpec::list(&jc.run.loras))?;
     let job_generator = Generator {
         common: jc,
         ..*generator

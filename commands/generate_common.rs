@@ -195,7 +195,7 @@ fn run(
         &c.load,
         global,
         &ace::pipeline::request_prompts(&request, &cfg)?,
-        &crate::run_options::lora_list(&c.run.loras),
+        &ace::model::lora::LoraSpec::list(&c.run.loras),
         &mut phases,
     )?;
     let generator = Generator {

@@ -3,42 +3,10 @@
 //! the output kept at the input's size, LoRA adapters applied at load, and re-running a job
 //! from the settings a PNG of ace records.
 
+use ace::model::lora::LoraSpec;
 use ace::pipeline::ResizeFilter;
 use ace::sampler::{SamplerKind, Spacing};
 use std::path::PathBuf;
-
-/// A LoRA adapter file and the factor it is applied with (`FILE[:SCALE]`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct LoraArg {
-    pub path: PathBuf,
-    pub scale: f64,
-}
-
-impl std::str::FromStr for LoraArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some((path, scale)) = s.rsplit_once(':') {
-            if let Ok(scale) = scale.parse::<f64>() {
-                if !scale.is_finite() {
-                    return Err(format!("{s}: the scale must be a finite number"));
-                }
-                return Ok(LoraArg {
-                    path: path.into(),
-                    scale,
-                });
-            }
-        }
-        Ok(LoraArg {
-            path: s.into(),
-            scale: 1.0,
-        })
-    }
-}
-
-/// LoRA adapters as the model takes them.
-pub fn lora_list(loras: &[LoraArg]) -> Vec<(PathBuf, f64)> {
-    loras.iter().map(|l| (l.path.clone(), l.scale)).collect()
-}
 
 /// How a generation samples and what it writes.
 #[derive(Debug, Clone, clap::Args)]
@@ -70,7 +38,7 @@ pub struct RunOptions {
     /// LoRA checkpoint (folder or lora.safetensors), or a PEFT / scepter (swift) adapter
     /// folder or file; the weight files are not changed.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
-    pub loras: Vec<LoraArg>,
+    pub loras: Vec<LoraSpec>,
     /// Run again the job that made PNG (its command line, folder and seed, recorded in the
     /// file), after checking that its inputs are the same files; -o names the new output.
     #[arg(long, value_name = "PNG")]

@@ -38,9 +38,15 @@ pub struct Args {
     /// cancelled and the call answered 504).
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub timeout: u64,
-    /// LoRA adapters folded into the DiT at load, FILE[:SCALE] (repeatable), as for `ace edit`.
+    /// LoRA adapters folded into the DiT for requests that name none, FILE[:SCALE]
+    /// (repeatable), as for `ace edit`.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
-    pub loras: Vec<crate::run_options::LoraArg>,
+    pub loras: Vec<ace::model::lora::LoraSpec>,
+    /// Folder of LoRA adapters (files or adapter folders) that requests may name in their
+    /// `lora` field, NAME[:SCALE]; the DiT is reloaded when a job's adapters differ from the
+    /// last job's.
+    #[arg(long, value_name = "DIR")]
+    pub lora_dir: Option<PathBuf>,
 }
 
 /// The device's kind, for `/ace/model`.
@@ -61,6 +67,11 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         Some(dir) => dir,
         None => ace::serve::store::default_dir()?,
     };
+    if let Some(dir) = &args.lora_dir {
+        if !dir.is_dir() {
+            anyhow::bail!("--lora-dir {}: not a folder", dir.display());
+        }
+    }
     let (cfg, config_name) = args.source.load()?;
     let model = crate::model_source::load_model(
         &cfg,
@@ -68,7 +79,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         &args.load,
         global,
         std::slice::from_ref(&cfg.model.default_n_prompt),
-        &crate::run_options::lora_list(&args.loras),
+        &ace::model::lora::LoraSpec::list(&args.loras),
         &mut Phases::default(),
     )?;
     let options = ace::serve::Options {
@@ -81,6 +92,10 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         model_name: config_name,
         device: device_name(&ace::device::open(global.device)?).to_string(),
         dtype: args.load.dtype.clone(),
+        loras: ace::serve::loras::LoraLibrary {
+            default: args.loras,
+            dir: args.lora_dir,
+        },
     };
     let log: Option<ace::serve::RequestLog> = if global.quiet {
         None

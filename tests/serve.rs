@@ -1,7 +1,8 @@
 //! `ace serve` through the real binary on the tiny fixture model: the OpenAI-shaped endpoints
 //! (generation and edit, `n` > 1, a mask), a two-turn chat through ACE's endpoints with its
 //! progress events in order and continued from the command line, cancelling, a full queue, the
-//! token off loopback, paths that try to leave the data folder, and a restart after SIGTERM.
+//! token off loopback, paths that try to leave the data folder, a restart after SIGTERM, and
+//! LoRA adapters and samplers chosen per request.
 
 mod serve_support;
 
@@ -796,4 +797,76 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn requests_choose_loras_from_the_lora_dir_and_samplers_as_the_command_line_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let loras = dir.path().join("loras");
+    std::fs::create_dir(&loras).unwrap();
+    write_lora(&loras.join("style.safetensors"));
+    std::fs::write(dir.path().join("outside.safetensors"), b"x").unwrap();
+    let lora_dir = loras.to_str().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--lora-dir", lora_dir]);
+    let model = get(&server.url("/ace/model"), &[]).json();
+    assert_eq!(model["loras"]["available"], json!(["style.safetensors"]));
+
+    let url = server.url("/v1/images/generations");
+    let ask = |extra: Value| {
+        let mut body = json!({
+            "prompt": "a red fox in the snow", "size": "64x48", "response_format": "b64_json",
+            "seed": 3, "steps": 2, "sampler": "euler", "schedule": "karras",
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let r = post_json(&url, &body, &[]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        b64(&r.json()["data"][0]).to_rgb8()
+    };
+    let plain = ask(json!({}));
+    let styled = ask(json!({"lora": ["style.safetensors:0.8"]}));
+    assert_ne!(plain, styled, "the adapter changes the image");
+    // The next job without one gets the plain model back.
+    assert_eq!(ask(json!({"lora": "none"})), plain);
+
+    // The same jobs on the command line give the same pixels.
+    let cli = |extra: &[&str], out: &Path| {
+        let status = ace_command(Path::new(env!("CARGO_BIN_EXE_ace")))
+            .args(["-q", "generate", "--config"])
+            .arg(tiny_config())
+            .args(["--instruction", "a red fox in the snow"])
+            .args([
+                "--width", "64", "--height", "48", "--seed", "3", "--steps", "2",
+            ])
+            .args(["--sampler", "euler", "--schedule", "karras"])
+            .args(extra)
+            .arg("-o")
+            .arg(out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        image::open(out).unwrap().to_rgb8()
+    };
+    let lora_arg = format!("{}:0.8", loras.join("style.safetensors").display());
+    let via_cli = cli(&["--lora", &lora_arg], &dir.path().join("cli-lora.png"));
+    assert_eq!(via_cli, styled);
+    assert_eq!(cli(&[], &dir.path().join("cli.png")), plain);
+
+    // Names only, inside the folder.
+    for bad in [
+        "../outside.safetensors",
+        "missing.safetensors",
+        "/etc/passwd",
+    ] {
+        let body = json!({"prompt": "x", "steps": 1, "lora": [bad]});
+        assert_openai_error(&post_json(&url, &body, &[]), 400, Some("lora"));
+    }
+    let form = [
+        Part::Text("prompt", "x".into()),
+        Part::Text("lora", "../outside.safetensors".into()),
+        Part::File("image", "a.png".into(), astronaut()),
+    ];
+    let edits = server.url("/v1/images/edits");
+    assert_openai_error(&post_form(&edits, &form, &[]), 400, Some("lora"));
 }

@@ -205,7 +205,10 @@ const OUTPUTS: &str = "[...document.querySelectorAll('img.output')].filter(i => 
 fn the_chat_page_works_in_a_headless_browser() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(&data, &[]);
+    let loras = dir.path().join("loras");
+    std::fs::create_dir(&loras).unwrap();
+    write_lora(&loras.join("style.safetensors"));
+    let server = Server::start(&data, &["-v", "--lora-dir", loras.to_str().unwrap()]);
     let mut b = Browser::launch();
     b.screen(1100, 820, false);
     b.call("Page.enable", json!({}));
@@ -286,7 +289,17 @@ fn the_chat_page_works_in_a_headless_browser() {
     };
     assert_eq!((at(0.3, 0.2), at(0.8, 0.9)), (255, 0));
 
-    // The second turn edits the first one's output.
+    // The second turn edits the first one's output, with another sampler and a LoRA adapter
+    // of the server's folder.
+    assert_eq!(
+        b.eval("[...document.querySelectorAll('#lora option')].map(o => o.value).join()"),
+        ",none,style.safetensors"
+    );
+    b.eval(
+        "document.getElementById('sampler').value = 'euler'; \
+         document.getElementById('lora').value = 'style.safetensors'; \
+         document.getElementById('lora_scale').value = '0.5'",
+    );
     b.type_into("#instruction", "add a hat to {image}");
     b.click("#send");
     b.wait_for(&format!("{OUTPUTS} === 2"), 120);
@@ -294,6 +307,9 @@ fn the_chat_page_works_in_a_headless_browser() {
     let chat = get(&server.url(&format!("/ace/sessions/{id}")), &[]).json();
     assert_eq!(chat["turns"].as_array().unwrap().len(), 2);
     assert_eq!(chat["turns"][1]["instruction"], "add a hat to {image}");
+    assert!(server
+        .wait_for_log("LoRA adapters now: [")
+        .contains("style.safetensors:0.5]"));
 
     // Retry the last turn: it is made again with another seed, not added.
     b.click("button.retry");

@@ -129,6 +129,42 @@ fn weights_in(dir: &Path) -> Result<PathBuf> {
         })
 }
 
+/// A LoRA adapter and the factor it is applied with, as users write it: `FILE[:SCALE]` (the
+/// scale 1 when left out).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LoraSpec {
+    pub path: PathBuf,
+    pub scale: f64,
+}
+
+impl std::str::FromStr for LoraSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Some((path, scale)) = s.rsplit_once(':') {
+            if let Ok(scale) = scale.parse::<f64>() {
+                if !scale.is_finite() {
+                    return Err(format!("{s}: the scale must be a finite number"));
+                }
+                return Ok(LoraSpec {
+                    path: path.into(),
+                    scale,
+                });
+            }
+        }
+        Ok(LoraSpec {
+            path: s.into(),
+            scale: 1.0,
+        })
+    }
+}
+
+impl LoraSpec {
+    /// The adapters as the model takes them ([`crate::pipeline::Loras`]).
+    pub fn list(specs: &[LoraSpec]) -> Vec<(PathBuf, f64)> {
+        specs.iter().map(|l| (l.path.clone(), l.scale)).collect()
+    }
+}
+
 impl LoraFile {
     /// Reads the adapters at `path` (a file, or a folder of one of the layouts).
     pub fn open(path: &Path) -> Result<Self> {

@@ -1,6 +1,6 @@
-//! What the server says about itself: the chat page, the health check, the loaded model and
-//! its defaults, the task phrasings the page offers as shortcuts, the OpenAI model list, and
-//! the JSON answers for unknown paths and methods.
+//! What the server says about itself: the chat page, the health check, the loaded model, its
+//! defaults and LoRA adapters, the task phrasings the page offers as shortcuts, the OpenAI
+//! model list, and the JSON answers for unknown paths and methods.
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
@@ -65,6 +65,13 @@ pub async fn model(State(app): State<AppState>) -> ApiResult<Json<Value>> {
             "max_body_bytes": super::MAX_BODY_BYTES,
             "queue": o.queue,
             "timeout_seconds": o.timeout.as_secs(),
+        },
+        "loras": {
+            "default": o.loras.default.iter().map(|l| json!({
+                "name": l.path.file_name().map(|n| n.to_string_lossy()),
+                "scale": l.scale,
+            })).collect::<Vec<_>>(),
+            "available": o.loras.available(),
         },
         "dit": cfg.model.diffusion_model,
     })))

@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod info;
 pub mod jobs;
+pub mod loras;
 pub mod openai;
 pub mod queue;
 pub mod requests;
@@ -59,6 +60,8 @@ pub struct Options {
     pub model_name: String,
     pub device: String,
     pub dtype: String,
+    /// The LoRA adapters of requests that name none, and those they may name.
+    pub loras: loras::LoraLibrary,
 }
 
 /// The request log: one call per answered request.
@@ -151,7 +154,7 @@ pub fn run(
         log,
     });
     ready(local);
-    let queue = app.queue.clone();
+    let (queue, loras) = (app.queue.clone(), app.options.loras.clone());
     let http = std::thread::Builder::new()
         .name("ace-http".into())
         .spawn(move || {
@@ -178,7 +181,7 @@ pub fn run(
         .map_err(|e| Error::io("HTTP thread", e))?;
     // The model stays on the thread that loaded it (where a GPU context is current).
     while let Some(job) = queue.next() {
-        let seconds = work::run(&model, &store, &job);
+        let seconds = work::run(&model, &store, &loras, &job);
         queue.finished(seconds);
     }
     let served = http

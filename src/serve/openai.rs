@@ -92,7 +92,7 @@ impl Common {
         };
         let size = self.size.as_deref().map(parse_size).transpose()?.flatten();
         let settings = self.settings;
-        settings.check(&app.cfg)?;
+        settings.check(&app.cfg, &app.options.loras)?;
         Ok((
             Call {
                 prompt,

@@ -263,7 +263,7 @@ pub async fn add_turn(
     for (name, value) in &form.texts {
         settings.set(name, value)?;
     }
-    settings.check(&app.cfg)?;
+    settings.check(&app.cfg, &app.options.loras)?;
     let instruction = form
         .text("instruction")
         .map(str::trim)
@@ -321,7 +321,7 @@ pub async fn retry(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("the body is not the JSON expected: {e}")))?
     };
-    body.settings.check(&app.cfg)?;
+    body.settings.check(&app.cfg, &app.options.loras)?;
     let (state, session) = (app.clone(), id.clone());
     let turns = blocking(move || state.store.turns(&session)).await?;
     if turns.is_empty() {

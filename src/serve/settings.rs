@@ -1,10 +1,13 @@
 //! The model settings a request may give (negative prompt, steps, guidance scale and rescale,
-//! seed, output size, target index, sampler and its schedule), read from JSON or from multipart text fields under the
-//! long-flag names of the command line, checked when the request arrives, and turned into the
-//! pipeline's [`Request`] with the config's defaults for what is left out, as the commands do.
+//! seed, output size, target index, sampler and its schedule, LoRA adapters), read from JSON
+//! or from multipart text fields under the long-flag names of the command line, checked when
+//! the request arrives, and turned into the pipeline's [`Request`] with the config's defaults
+//! for what is left out, as the commands do.
 
 use super::error::{ApiError, ApiResult};
+use super::loras::LoraLibrary;
 use crate::config::AceConfig;
+use crate::model::lora::LoraSpec;
 use crate::pipeline::{InputImage, Noise, Request, Turn};
 use crate::sampler::{Guidance, SamplerKind, SamplerSettings, Spacing};
 use serde::Deserialize;
@@ -33,6 +36,10 @@ pub struct Settings {
     pub sampler: Option<SamplerKind>,
     #[serde(default)]
     pub schedule: Option<Spacing>,
+    /// LoRA adapters by name in the server's `--lora-dir` (`NAME[:SCALE]`); `None` takes the
+    /// server's `--lora`, an empty list none.
+    #[serde(default, deserialize_with = "super::loras::deserialize")]
+    pub lora: Option<Vec<LoraSpec>>,
 }
 
 /// Parses a multipart text field's value.
@@ -44,7 +51,7 @@ fn parse<T: std::str::FromStr>(name: &str, value: &str) -> ApiResult<T> {
 }
 
 /// The multipart field names of the settings.
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "negative",
     "negative_prompt",
     "steps",
@@ -56,6 +63,7 @@ const FIELDS: [&str; 11] = [
     "tar_index",
     "sampler",
     "schedule",
+    "lora",
 ];
 
 impl Settings {
@@ -79,14 +87,24 @@ impl Settings {
             "height" => self.height = Some(parse(name, v)?),
             "sampler" => self.sampler = Some(parse(name, v)?),
             "schedule" => self.schedule = Some(parse(name, v)?),
+            // Repeated fields add up.
+            "lora" => {
+                let more = super::loras::split(v)
+                    .iter()
+                    .map(|item| parse(name, item))
+                    .collect::<ApiResult<Vec<LoraSpec>>>()?;
+                self.lora.get_or_insert_with(Vec::new).extend(more);
+            }
             _ => self.tar_index = Some(parse(name, v)?),
         }
         Ok(true)
     }
 
     /// Checks the values against `cfg` before the request is queued: steps within the noise
-    /// schedule, guidance values the sampler takes, a size within ace's limits.
-    pub fn check(&self, cfg: &AceConfig) -> ApiResult<()> {
+    /// schedule, guidance values the sampler takes, a size within ace's limits, LoRA adapters
+    /// the server has.
+    pub fn check(&self, cfg: &AceConfig, loras: &LoraLibrary) -> ApiResult<()> {
+        loras.resolve(self.lora.as_deref())?;
         let most = cfg.model.diffusion.noise_scheduler.num_timesteps;
         if let Some(steps) = self.steps {
             if steps == 0 || steps > most {
@@ -179,6 +197,15 @@ mod tests {
         assert!(s.set("seed", " 9 ").unwrap());
         assert!(s.set("width", "").unwrap());
         assert!(!s.set("instruction", "x").unwrap());
+        // Repeated LoRA fields add up; `none` asks for none.
+        assert!(s.set("lora", "a.safetensors:0.5, b").unwrap());
+        assert!(s.set("lora", "c").unwrap());
+        let scales: Vec<_> = s.lora.iter().flatten().map(|l| l.scale).collect();
+        assert_eq!(scales, [0.5, 1.0, 1.0]);
+        let mut none = Settings::default();
+        none.set("lora", "none").unwrap();
+        assert_eq!(none.lora, Some(Vec::new()));
+        assert!(s.set("lora", "a:nan").is_err());
         assert_eq!(
             s.set("steps", "many").unwrap_err().param.as_deref(),
             Some("steps")
@@ -212,9 +239,17 @@ mod tests {
                 height: Some(100_000),
                 ..Default::default()
             },
+            // This server has no LoRA folder.
+            Settings {
+                lora: Some(vec!["style.safetensors".parse().unwrap()]),
+                ..Default::default()
+            },
         ] {
-            assert_eq!(bad.check(&cfg).unwrap_err().status, 400, "{bad:?}");
+            let loras = LoraLibrary::default();
+            assert_eq!(bad.check(&cfg, &loras).unwrap_err().status, 400, "{bad:?}");
         }
-        assert!(Settings::default().check(&cfg).is_ok());
+        assert!(Settings::default()
+            .check(&cfg, &LoraLibrary::default())
+            .is_ok());
     }
 }

@@ -10,6 +10,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::jobs::{Event, Job, Output, OutputImage};
+use super::loras::LoraLibrary;
 use super::settings::Settings;
 use super::store::Store;
 use crate::pipeline::{Ace, InputImage, Request, Turn, MAX_INPUT_IMAGES};
@@ -61,18 +62,21 @@ pub struct TurnWork {
     pub retry: bool,
 }
 
-/// Runs `job` on `model`, recording its outcome as the job's final event; returns the seconds
-/// it ran.
-pub fn run(model: &Ace, store: &Store, job: &Job<Work>) -> f64 {
+/// Runs `job` on `model` with the LoRA adapters it asks for, recording its outcome as the job's
+/// final event; returns the seconds it ran.
+pub fn run(model: &Ace, store: &Store, loras: &LoraLibrary, job: &Job<Work>) -> f64 {
     let Some(work) = job.take_work() else {
         return 0.0;
     };
     job.push(Event::Started);
     let start = std::time::Instant::now();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::cancel::with_token(&job.token, || match work {
-            Work::Images(w) => images(model, store, job, w),
-            Work::Turn(w) => turn(model, store, job, w),
+        crate::cancel::with_token(&job.token, || {
+            use_loras(model, loras, &work)?;
+            match work {
+                Work::Images(w) => images(model, store, job, w),
+                Work::Turn(w) => turn(model, store, job, w),
+            }
         })
     }));
     let event = match result {
@@ -99,6 +103,37 @@ pub fn run(model: &Ace, store: &Store, job: &Job<Work>) -> f64 {
     );
     job.push(event);
     seconds
+}
+
+/// Folds the adapters `work` asks for into the model (nothing to do when the last job's were
+/// the same).
+fn use_loras(model: &Ace, loras: &LoraLibrary, work: &Work) -> ApiResult<()> {
+    let settings = match work {
+        Work::Images(w) => &w.settings,
+        Work::Turn(w) => &w.settings,
+    };
+    let wanted = loras.resolve(settings.lora.as_deref())?;
+    if model.loras() != wanted {
+        let names: Vec<String> = wanted
+            .iter()
+            .map(|(path, scale)| format!("{}:{scale}", path.display()))
+            .collect();
+        log::info!("LoRA adapters now: [{}]", names.join(", "));
+    }
+    model.use_loras(&wanted).map_err(|e| {
+        log::error!("{e}");
+        let names: Vec<String> = match &settings.lora {
+            Some(asked) => asked.iter().map(|l| l.path.display().to_string()).collect(),
+            None => vec!["the server's --lora".to_string()],
+        };
+        ApiError::bad_param(
+            "lora",
+            format!(
+                "{} cannot be applied to this model (the server's log says why)",
+                names.join(", ")
+            ),
+        )
+    })
 }
 
 /// Generates image `index` of `count` for `request`, each step a progress event; the seconds

@@ -307,3 +307,18 @@ pub fn png(img: image::DynamicImage) -> Vec<u8> {
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
 }
+
+/// A LoRA adapter for the tiny DiT's first attention query, in the bare file layout.
+pub fn write_lora(path: &Path) {
+    use candle_core::{Device, Tensor};
+    let a = Tensor::arange(0f32, 256.0, &Device::Cpu)
+        .and_then(|t| t.affine(1.0 / 256.0, -0.5))
+        .and_then(|t| t.reshape((4, 64)))
+        .unwrap();
+    let b = a.t().unwrap().contiguous().unwrap();
+    let tensors = std::collections::HashMap::from([
+        ("blocks.0.attn.q.lora_A.weight".to_string(), a),
+        ("blocks.0.attn.q.lora_B.weight".to_string(), b),
+    ]);
+    candle_core::safetensors::save(&tensors, path).unwrap();
+}
