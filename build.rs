@@ -1,5 +1,8 @@
-//! Links the system OpenBLAS when the `openblas` feature is on (see src/linalg.rs): pkg-config
-//! finds it where the distribution put it (Debian: `libopenblas-dev`).
+//! Links the system OpenBLAS when the `openblas` feature is on (see src/kernels/mod.rs):
+//! pkg-config finds it where the distribution put it (Debian: `libopenblas-dev`).
+//!
+//! With the `onednn` feature, compiles build/onednn_matmul.c (the bf16 products of
+//! src/kernels/bf16.rs) against the system oneDNN (Debian: `libdnnl-dev`) and links it.
 //!
 //! With the `cuda` feature and `ACE_CUDA_SHIM_LIBS` set (scripts/build-cuda.sh sets it), writes
 //! the CUDA shim (build/cuda_shim.rs) for the libraries it names, compiles it with the system C
@@ -21,12 +24,21 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build/cuda_shim.rs");
+    println!("cargo:rerun-if-changed=build/onednn_matmul.c");
     println!("cargo::rustc-check-cfg=cfg(ace_cuda_shim)");
     if std::env::var_os("CARGO_FEATURE_OPENBLAS").is_some() {
         if let Err(e) = pkg_config::Config::new().probe("openblas") {
             panic!(
                 "the `openblas` feature needs OpenBLAS (apt-get install libopenblas-dev), \
                  or build with --no-default-features: {e}"
+            );
+        }
+    }
+    if std::env::var_os("CARGO_FEATURE_ONEDNN").is_some() {
+        if let Err(e) = onednn() {
+            panic!(
+                "the `onednn` feature needs oneDNN (apt-get install libdnnl-dev), or build \
+                 without it (--no-default-features --features openblas): {e}"
             );
         }
     }
@@ -45,6 +57,20 @@ fn main() {
             }
         }
     }
+}
+
+/// Compiles the oneDNN bf16 product and links oneDNN.
+fn onednn() -> Result<(), cc::Error> {
+    cc::Build::new()
+        .file("build/onednn_matmul.c")
+        .opt_level(2)
+        .warnings(true)
+        .try_compile("ace_onednn_matmul")?;
+    println!("cargo:rustc-link-lib=dylib=dnnl");
+    // The OpenMP runtime oneDNN runs on (Debian's is built on GNU OpenMP), for its thread
+    // count: the runtime library itself, which every system with oneDNN has.
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
+    Ok(())
 }
 
 /// A variable of the environment, empty when unset.

@@ -6,7 +6,9 @@
 //! forwards (the baseline) and prepared and batched, with the ratio. Runs under
 //! `cargo bench --bench dit_forward`; two threads unless RAYON_NUM_THREADS says otherwise;
 //! ACE_BENCH_REFERENCE=0 skips the reference. The reference also runs in bf16 under
-//! `torch.autocast` (bf16 weights), the fastest way PyTorch runs it on a CPU.
+//! `torch.autocast` (bf16 weights), the fastest way PyTorch runs it on a CPU, and on a CPU with
+//! bf16 instructions ace's `--dtype bf16` forward (bf16 linear layers and self-attention
+//! products) runs beside it.
 
 mod common;
 
@@ -72,25 +74,9 @@ fn main() -> anyhow::Result<()> {
             .map(|_| Tensor::randn(0f32, 1.0, (CONTEXT_ROWS, cfg.y_channels), &dev))
             .collect::<candle_core::Result<_>>()?,
     };
-    let t = [500f32];
     let tpe = Tensor::randn(0f32, 1.0, (10, cfg.y_channels), &dev)?;
 
-    let start = Instant::now();
-    let cpu_start = cpu_seconds();
-    let out = dit.forward(std::slice::from_ref(&sample), &t, &tpe)?;
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_start;
-    let gflop = flops(&cfg) / 1e9;
-    println!(
-        "DiT forward, 512px edit ({FRAMES} frames x {} tokens, {CONTEXT_ROWS} context rows each), \
-         f32, {} threads: {secs:.2} s wall, {cpu:.2} s CPU (user+system), {gflop:.0} GFLOP, \
-         {:.1} GFLOP/s, peak RSS {} MiB, out {:?}",
-        (LATENT / 2) * (LATENT / 2),
-        candle_core::utils::get_num_threads(),
-        gflop / secs,
-        peak_rss_kib() / 1024,
-        out[0].dims(),
-    );
+    let secs = timed_forward(&dit, &sample, &tpe, "f32")?;
     println!(
         "peak RSS / weights: {:.2}",
         (peak_rss_kib() * 1024) as f64 / weight_bytes as f64
@@ -107,7 +93,52 @@ fn main() -> anyhow::Result<()> {
             secs / theirs
         );
     }
-    guided_step(&dit, &sample, &tpe)
+    guided_step(&dit, &sample, &tpe)?;
+    drop(dit);
+
+    // --dtype bf16: the same weights, the linear layers and the self-attention products in
+    // bf16 (src/model/cpu_bf16.rs).
+    if let Err(why) = ace::kernels::cpu_bf16_support() {
+        println!("bf16: not run ({why})");
+        return Ok(());
+    }
+    let weights = common::random_dit_weights(&cfg, &dev)?
+        .into_iter()
+        .collect();
+    let dit = DitAce::new(&cfg, ace::model::cpu_bf16::var_builder(weights)?)?;
+    let bf16 = timed_forward(&dit, &sample, &tpe, "--dtype bf16")?;
+    println!("ace bf16 / ace f32 wall time: {:.2}", bf16 / secs);
+    if let Some(theirs) = theirs_bf16 {
+        println!(
+            "ace bf16 / reference bf16 autocast wall time: {:.2} (goal <= 0.8)",
+            bf16 / theirs
+        );
+    }
+    Ok(())
+}
+
+/// Runs one forward of `sample`, prints its time, CPU time, GFLOP/s and peak RSS, and returns
+/// the wall seconds.
+fn timed_forward(dit: &DitAce, sample: &Sample, tpe: &Tensor, what: &str) -> anyhow::Result<f64> {
+    let cfg = dit.config();
+    let t = [500f32];
+    let start = Instant::now();
+    let cpu_start = cpu_seconds();
+    let out = dit.forward(std::slice::from_ref(sample), &t, tpe)?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_start;
+    let gflop = flops(cfg) / 1e9;
+    println!(
+        "DiT forward, 512px edit ({FRAMES} frames x {} tokens, {CONTEXT_ROWS} context rows each), \
+         {what}, {} threads: {secs:.2} s wall, {cpu:.2} s CPU (user+system), {gflop:.0} GFLOP, \
+         {:.1} GFLOP/s, peak RSS {} MiB, out {:?}",
+        (LATENT / 2) * (LATENT / 2),
+        candle_core::utils::get_num_threads(),
+        gflop / secs,
+        peak_rss_kib() / 1024,
+        out[0].dims(),
+    );
+    Ok(secs)
 }
 
 /// One guided sampling step (conditional and negative pass) two ways: each pass on its own with

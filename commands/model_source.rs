@@ -38,7 +38,9 @@ impl ModelSource {
 /// How the weights are used: the DiT's and VAE's dtype, the T5's, and the prompt cache.
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct LoadOptions {
-    /// Weight dtype of the DiT and the VAE: f32, bf16 or f16 (half precision needs a GPU).
+    /// Weight dtype of the DiT and the VAE: f32, bf16, f16 (a GPU only) or auto (bf16 on a CUDA
+    /// GPU or a CPU with AVX512-BF16/AMX, else f32). bf16 on the CPU: the DiT's linear layers
+    /// in bf16, the rest in f32.
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: String,
     /// Weight dtype of the T5 text encoder: f32, bf16 or f16 (default: the config's T5_DTYPE,
@@ -136,7 +138,6 @@ pub fn load_model(
     phases: &mut Phases,
 ) -> Result<Ace> {
     let files = model_files(cfg, model_dir, dir_flag)?;
-    let dtype = parse_dtype(&opts.dtype).context("--dtype")?;
     let text_dtype = opts
         .text_dtype
         .as_deref()
@@ -144,12 +145,7 @@ pub fn load_model(
         .transpose()
         .context("--text-dtype")?;
     let device = ace::device::open(global.device)?;
-    if device.is_cpu() && dtype != DType::F32 {
-        bail!(
-            "--dtype {} needs a GPU (the CPU backend has no half-precision matmul); use --dtype f32",
-            opts.dtype
-        );
-    }
+    let dtype = model_dtype(&opts.dtype, &device)?;
     let text = phases.run("text", || -> Result<_> {
         let text = text_embedder(
             cfg,
@@ -192,6 +188,41 @@ pub fn load_model(
         b.finish_and_clear();
     }
     Ok(model)
+}
+
+/// The DiT's and VAE's dtype for `--dtype NAME` on `device`. `auto` is bf16 where that is fast
+/// (a CUDA GPU, a CPU with bf16 instructions) and f32 elsewhere, with a warning on a CPU
+/// without them; an explicit bf16 on such a CPU, or f16 on any CPU, is an error.
+fn model_dtype(name: &str, device: &candle_core::Device) -> Result<DType> {
+    let cpu_bf16 = || ace::kernels::cpu_bf16_support();
+    if name.eq_ignore_ascii_case("auto") {
+        return Ok(if device.is_cuda() {
+            DType::BF16
+        } else if device.is_cpu() {
+            match cpu_bf16() {
+                Ok(()) => DType::BF16,
+                Err(why) => {
+                    log::warn!("--dtype auto: {why}; running in f32");
+                    DType::F32
+                }
+            }
+        } else {
+            DType::F32
+        });
+    }
+    let dtype = parse_dtype(name).context("--dtype")?;
+    if device.is_cpu() {
+        match dtype {
+            DType::F16 => bail!("--dtype {name} needs a GPU (on the CPU: bf16 or f32)"),
+            DType::BF16 => {
+                if let Err(why) = cpu_bf16() {
+                    bail!("--dtype {name} on the CPU: {why}; use --dtype f32 (or auto)")
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(dtype)
 }
 
 /// The config a --config file or --preset names (the default preset without either), and its

@@ -91,7 +91,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         timeout: std::time::Duration::from_secs(args.timeout.max(1)),
         model_name: config_name,
         device: device_name(&ace::device::open(global.device)?).to_string(),
-        dtype: args.load.dtype.clone(),
+        dtype: model.dtype().as_str().to_string(),
         loras: ace::serve::loras::LoraLibrary {
             default: args.loras,
             dir: args.lora_dir,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start on a fresh Debian machine: installs what the build needs (system OpenCV, clang,
-# OpenBLAS), builds the release binary, and runs the low-level analysis ops on the bundled
+# OpenBLAS, oneDNN), builds the release binary, and runs the low-level analysis ops on the bundled
 # sample photos.
 # Results land in out/<op>/; a JSON line per output is printed.
 set -euo pipefail

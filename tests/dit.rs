@@ -81,6 +81,17 @@ fn tiny_model_in_half_precision_is_close_to_the_reference() {
     assert_matches_the_reference_forward(DType::F16, 5e-3);
 }
 
+#[test]
+fn tiny_model_with_bf16_linear_layers_on_the_cpu_is_close_to_the_reference() {
+    // `--dtype bf16` on the CPU: linear weights in bf16 through oneDNN, the rest in f32.
+    if let Err(why) = ace::kernels::cpu_bf16_support() {
+        // The command line refuses bf16 here (tests/generate.rs checks the message).
+        assert!(why.contains("AVX512-BF16"), "{why}");
+        return;
+    }
+    assert_matches_the_reference_forward(DType::BF16, 1e-2);
+}
+
 /// The tiny model in `dtype` on the golden batch: each sample's output within `relative` of
 /// the largest reference value (at least 1).
 fn assert_matches_the_reference_forward(dtype: DType, relative: f32) {
@@ -93,7 +104,13 @@ fn assert_matches_the_reference_forward(dtype: DType, relative: f32) {
     )
     .unwrap();
     for (b, out) in outs.iter().enumerate() {
-        assert_eq!(out.dtype(), dtype);
+        // bf16 on the CPU computes in f32 from bf16 linear weights.
+        let computed = if dtype == DType::BF16 {
+            DType::F32
+        } else {
+            dtype
+        };
+        assert_eq!(out.dtype(), computed);
         let want = &golden[&format!("b{b}.out")];
         assert_eq!(out.dims(), want.dims());
         let err = max_abs_diff(&out.to_dtype(DType::F32).unwrap(), want);

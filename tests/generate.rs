@@ -165,9 +165,9 @@ fn whole_runs_match_the_reference() {
     eprintln!("{}", report.join("\n"));
 }
 
-#[test]
-fn bf16_text_encoder_stays_within_two_levels_of_the_f32_images() {
-    // T5_DTYPE bfloat16 (the released models' setting) against the reference's f32 images.
+/// Runs the seven cases with `extra` arguments: each image within 2/255 on average of the
+/// reference's f32 image.
+fn runs_stay_within_two_levels(extra: &[&str], what: &str) {
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
             .unwrap();
@@ -177,7 +177,8 @@ fn bf16_text_encoder_stays_within_two_levels_of_the_f32_images() {
         let name = case["name"].as_str().unwrap();
         let tensors = dir.path().join(format!("{name}.safetensors"));
         let mut args = case_args(case, dir.path());
-        args.extend(["--text-dtype".into(), "bf16".into(), "--save-latent".into()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.push("--save-latent".into());
         args.push(tensors.display().to_string());
         args.extend(["-o".into(), dir.path().join("x.png").display().to_string()]);
         ace().args(&args).assert().success();
@@ -193,12 +194,79 @@ fn bf16_text_encoder_stays_within_two_levels_of_the_f32_images() {
             .sum::<f32>()
             / img.len() as f32;
         report.push(format!(
-            "{name}: bf16 T5, image mean {:.3}/255",
+            "{name}: {what}, image mean {:.3}/255",
             mean * 255.0
         ));
         assert!(mean <= 2.0 / 255.0, "{}", report.join("\n"));
     }
     eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn bf16_text_encoder_stays_within_two_levels_of_the_f32_images() {
+    // T5_DTYPE bfloat16 (the released models' setting) against the reference's f32 images.
+    runs_stay_within_two_levels(&["--text-dtype", "bf16"], "bf16 T5");
+}
+
+/// The first case (text to image) with `--dtype DTYPE` into `dir/OUT`, oneDNN seeing the CPU
+/// as `isa` when given; not quiet, so that warnings show.
+fn first_case_in(dtype: &str, dir: &Path, out: &str, isa: Option<&str>) -> std::process::Output {
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
+            .unwrap();
+    let mut cmd = Command::cargo_bin("ace").unwrap();
+    cmd.env(
+        "ACE_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ace-cache"),
+    );
+    if let Some(isa) = isa {
+        cmd.env("ONEDNN_MAX_CPU_ISA", isa);
+    }
+    cmd.args(["--device", "cpu"])
+        .args(case_args(&cases["cases"][0], dir))
+        .args(["--dtype", dtype, "-o"])
+        .arg(dir.join(out));
+    cmd.output().unwrap()
+}
+
+#[test]
+fn bf16_dit_on_the_cpu_stays_within_two_levels_of_the_f32_images() {
+    match ace::kernels::cpu_bf16_support() {
+        Ok(()) => runs_stay_within_two_levels(&["--dtype", "bf16"], "bf16 DiT"),
+        // Without bf16 instructions the refusal is what there is to see.
+        Err(why) => {
+            let dir = tempfile::tempdir().unwrap();
+            let out = first_case_in("bf16", dir.path(), "x.png", None);
+            assert_eq!(out.status.code(), Some(2));
+            assert!(String::from_utf8_lossy(&out.stderr).contains(&why));
+        }
+    }
+}
+
+#[test]
+fn dtype_bf16_on_a_cpu_without_bf16_instructions_is_refused_and_auto_runs_f32() {
+    // oneDNN takes the CPU for one with AVX2 only.
+    let dir = tempfile::tempdir().unwrap();
+    let refused = first_case_in("bf16", dir.path(), "bf16.png", Some("AVX2"));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--dtype bf16 on the CPU: this CPU has neither AVX512-BF16 nor AMX"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!dir.path().join("bf16.png").exists());
+    let auto = first_case_in("auto", dir.path(), "auto.png", Some("AVX2"));
+    let err = String::from_utf8_lossy(&auto.stderr);
+    assert!(auto.status.success(), "{err}");
+    assert!(err.contains("--dtype auto: this CPU has neither"), "{err}");
+    assert!(first_case_in("f32", dir.path(), "f32.png", Some("AVX2"))
+        .status
+        .success());
+    assert_eq!(
+        image::open(dir.path().join("auto.png")).unwrap().to_rgb8(),
+        image::open(dir.path().join("f32.png")).unwrap().to_rgb8()
+    );
 }
 
 fn tiny_edit(out: &Path, instruction: &str, image: &Path) -> Command {

@@ -3,7 +3,7 @@
 //! probabilities in place and multiplied into the values, in parallel over heads and blocks.
 //! The full score matrix (64 Mi floats for one 2048-token sample of 16 heads) never exists.
 
-use super::exp::{exp, map_in_place};
+use super::exp::{exp, map_in_place, reduce};
 use super::sgemm::{gemm, readable, Operand};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -90,9 +90,18 @@ impl CustomOp3 for Attention {
                             self.scale as f32,
                             false,
                         )?;
-                        scores.chunks_mut(k_len.max(1)).for_each(softmax_in_place);
-                        let probs = Operand::row_major(rows, k_len);
-                        gemm(&scores, &probs, &v[v_at..], &ov, out, 1.0, false)
+                        let sums: Vec<f32> = scores
+                            .chunks_mut(k_len.max(1))
+                            .map(|row| unnormalised_softmax_in_place(row, 1.0))
+                            .collect();
+                        let weights = Operand::row_major(rows, k_len);
+                        gemm(&scores, &weights, &v[v_at..], &ov, out, 1.0, false)?;
+                        // Each output row divided by its sum: the softmax's division on
+                        // `v_dim` values rather than on `k_len` probabilities.
+                        for (row, sum) in out.chunks_mut(v_dim.max(1)).zip(&sums) {
+                            map_in_place(row, |x| x / sum);
+                        }
+                        Ok::<(), candle_core::Error>(())
                     })
             })?;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
@@ -153,10 +162,12 @@ impl Attention {
     }
 }
 
-/// `exp(x - max) / sum`, as candle's `softmax_last_dim`, with the vectorised [`exp`].
-fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    map_in_place(row, |x| exp(x - max));
-    let sum: f32 = row.iter().sum();
-    map_in_place(row, |x| x / sum);
+/// The softmax's numerators of `scale * row`, `exp(scale * (x - max))`, in place with the
+/// vectorised [`exp`] (`scale` > 0); returns their sum, which divides them into the softmax
+/// (candle's `softmax_last_dim` divides the row itself).
+pub(super) fn unnormalised_softmax_in_place(row: &mut [f32], scale: f64) -> f32 {
+    let scale = scale as f32;
+    let max = reduce(row, f32::NEG_INFINITY, |m, x| if x > m { x } else { m });
+    map_in_place(row, |x| exp(scale * (x - max)));
+    reduce(row, 0.0, |s, x| s + x)
 }

@@ -19,6 +19,8 @@ pub use blas_core::{blas_core, BlasCore};
 mod activation;
 #[cfg(feature = "openblas")]
 mod attention;
+#[cfg(feature = "onednn")]
+pub mod bf16;
 #[cfg(feature = "openblas")]
 mod blas_core;
 #[cfg(feature = "openblas")]
@@ -50,6 +52,20 @@ fn contiguous<'a, T: candle_core::WithDType>(
     }
 }
 
+/// Whether `--dtype bf16` runs on this CPU ([`bf16`]), or why not.
+pub fn cpu_bf16_support() -> std::result::Result<(), String> {
+    #[cfg(feature = "onednn")]
+    {
+        if bf16::cpu_has_bf16() {
+            Ok(())
+        } else {
+            Err("this CPU has neither AVX512-BF16 nor AMX instructions".into())
+        }
+    }
+    #[cfg(not(feature = "onednn"))]
+    Err("this build has no bf16 products on the CPU (built without the `onednn` feature)".into())
+}
+
 /// Whether a tensor is one for the CPU kernels here.
 fn on_cpu_f32(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
@@ -76,6 +92,10 @@ pub fn matmul_scaled(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
 
 /// `x @ w^T + bias` for `x [rows, in]`, `w [out, in]` (PyTorch `nn.Linear`).
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    #[cfg(feature = "onednn")]
+    if bf16::takes(x, w) {
+        return bf16::linear(x, w, bias);
+    }
     #[cfg(feature = "openblas")]
     if let Some(bias) = bias {
         if [x, w, bias].iter().all(|t| on_cpu_f32(t)) && x.rank() == 2 {
@@ -104,6 +124,20 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
         return attention::attention(q, k, v, scale, backward);
     }
     composed_attention(q, k, v, scale, MAX_SCORES)
+}
+
+/// [`attention`] with the two products in bf16 where [`bf16`] runs them (f32 tensors on the CPU,
+/// no gradient), else [`attention`]: the self-attention of a model whose linear layers are
+/// bf16 (`--dtype bf16` on the CPU), as autocast runs it.
+pub fn attention_bf16_products(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "onednn")]
+    if [q, k, v]
+        .iter()
+        .all(|t| on_cpu_f32(t) && t.rank() >= 2 && !t.track_op())
+    {
+        return bf16::attention(q, k, v, scale);
+    }
+    attention(q, k, v, scale)
 }
 
 /// [`attention`] from candle ops, queries in chunks so that at most `max_scores` scores exist

@@ -23,6 +23,11 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
 }
 
 impl Linear {
+    /// Whether the weight is stored in bf16 (`--dtype bf16`).
+    pub fn is_bf16(&self) -> bool {
+        self.weight.dtype() == candle_core::DType::BF16
+    }
+
     /// One layer whose output is the outputs of `layers` side by side (the query, key and value
     /// projections of one input as a single product); all take the same input and have biases.
     pub fn stacked(layers: &[Linear]) -> Result<Linear> {

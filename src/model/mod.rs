@@ -2,6 +2,7 @@
 //! loading of the official checkpoints in their release layouts.
 
 pub mod checkpoint;
+pub mod cpu_bf16;
 pub mod dit;
 pub mod identity;
 pub mod linear;

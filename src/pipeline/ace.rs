@@ -104,7 +104,11 @@ pub struct Ace {
     text_position_embeddings: Tensor,
     schedule: LinearSchedule,
     device: Device,
+    /// The weights' dtype (`--dtype`).
     dtype: DType,
+    /// The activations' and the VAE's: `dtype`, but f32 on the CPU (see
+    /// [`crate::model::cpu_bf16`]).
+    activations: DType,
 }
 
 /// LoRA adapters to apply: each file with its factor.
@@ -213,9 +217,15 @@ impl Ace {
         loras: &Loras,
         progress: Progress,
     ) -> Result<Self> {
+        // The dtype of the activations, and of the VAE: f32 on the CPU with bf16 weights.
+        let activations = if crate::model::cpu_bf16::applies(device, dtype) {
+            DType::F32
+        } else {
+            dtype
+        };
         let text_position_embeddings = text_position_embeddings(cfg, &text)?
             .to_device(device)?
-            .to_dtype(dtype)?;
+            .to_dtype(activations)?;
         let total = checkpoint::size_on_disk(&files.vae)? + checkpoint::size_on_disk(&files.dit)?;
         let mut done = 0u64;
         let mut loaded = |bytes: u64| {
@@ -228,7 +238,7 @@ impl Ace {
             vae_tensors,
             &files.vae,
             device,
-            dtype,
+            activations,
         )?;
         let dit = load_dit(cfg, files, device, dtype, loras, &mut loaded)?;
         let ns = &cfg.model.diffusion.noise_scheduler;
@@ -243,6 +253,7 @@ impl Ace {
             text_position_embeddings,
             device: device.clone(),
             dtype,
+            activations,
         })
     }
 
@@ -329,7 +340,7 @@ impl Ace {
 
     /// VAE encode of a prepared image, times SCALE_FACTOR: `[C, h, w]` float32.
     fn encode_image(&self, p: &PreparedImage) -> Result<Tensor> {
-        let x = p.pixels.unsqueeze(0)?.to_dtype(self.dtype)?;
+        let x = p.pixels.unsqueeze(0)?.to_dtype(self.activations)?;
         let z = self.vae.encode(&x)?.to_dtype(DType::F32)?.squeeze(0)?;
         Ok((z * self.cfg.model.scale_factor)?)
     }
@@ -342,7 +353,7 @@ impl Ace {
         let states = self.text.encode(&distinct)?;
         let states = states
             .into_iter()
-            .map(|t| t.to_device(&self.device)?.to_dtype(self.dtype))
+            .map(|t| t.to_device(&self.device)?.to_dtype(self.activations))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(distinct.into_iter().zip(states).collect())
     }
@@ -525,7 +536,7 @@ impl Ace {
                 }
                 let mut targets = Vec::with_capacity(batch.len());
                 for (x, s) in xs.iter().zip(&samplers) {
-                    let input = s.model_input(i, x)?.to_dtype(self.dtype)?;
+                    let input = s.model_input(i, x)?.to_dtype(self.activations)?;
                     targets.extend(std::iter::repeat_n(input, per_image));
                 }
                 let t = vec![samplers[0].timestep(i); batch.len()];
@@ -551,7 +562,7 @@ impl Ace {
 
     /// The image `[3, H, W]` in [0, 1] of a final latent, as the reference decodes it.
     fn decode(&self, x: &Tensor) -> Result<Tensor> {
-        let z = (x.unsqueeze(0)? / self.cfg.model.scale_factor)?.to_dtype(self.dtype)?;
+        let z = (x.unsqueeze(0)? / self.cfg.model.scale_factor)?.to_dtype(self.activations)?;
         let decoded = self.vae.decode(&z)?.to_dtype(DType::F32)?.squeeze(0)?;
         Ok((((decoded + 1.0)? / 2.0)? + self.cfg.model.decoder_bias / 255.0)?.clamp(0f32, 1f32)?)
     }

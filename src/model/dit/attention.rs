@@ -73,7 +73,13 @@ impl Attention {
         let q = rope.apply(&self.heads(&self.project_normed(&self.q, xs)?, batch)?)?;
         let k = rope.apply(&self.heads(&self.project_normed(&self.k, xs)?, batch)?)?;
         let v = self.heads(&self.v.forward(xs)?, batch)?;
-        let out = scaled_dot_product_attention(&q, &k, &v)?;
+        let out = if self.q.is_bf16() {
+            // Linear layers in bf16 on the CPU: the long-context products in bf16 too.
+            let head_dim = q.dim(candle_core::D::Minus1)?;
+            kernels::attention_bf16_products(&q, &k, &v, 1.0 / (head_dim as f64).sqrt())?
+        } else {
+            scaled_dot_product_attention(&q, &k, &v)?
+        };
         self.o.forward(&Self::merge_heads(&out)?)
     }
 

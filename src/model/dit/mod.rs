@@ -92,7 +92,8 @@ impl DitAce {
     }
 
     /// Loads a checkpoint in the ACE or PixArt-alpha layout (converted, then checked tensor by
-    /// tensor) and builds the model in `dtype` on `device`.
+    /// tensor) and builds the model in `dtype` on `device` (bf16 on the CPU: the linear weights
+    /// in bf16 and the model in f32, see [`crate::model::cpu_bf16`]).
     pub fn load(cfg: &Config, path: &Path, device: &Device, dtype: DType) -> Result<Self> {
         Self::from_checkpoint(cfg, checkpoint::load(path, device)?, path, device, dtype)
     }
@@ -108,6 +109,9 @@ impl DitAce {
         cfg.validate()?;
         let tensors = layout::convert(tensors, cfg, path)?;
         layout::check(&tensors, cfg, path)?;
+        if crate::model::cpu_bf16::applies(device, dtype) {
+            return Self::new(cfg, crate::model::cpu_bf16::var_builder(tensors)?);
+        }
         Self::new(cfg, VarBuilder::from_tensors(tensors, dtype, device))
     }
 
