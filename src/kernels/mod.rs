@@ -6,9 +6,9 @@
 //!
 //! Each entry point takes the fast path for f32 tensors on the CPU (with the default `openblas`
 //! feature) and candle's own ops everywhere else: other devices, other dtypes, builds without
-//! the feature (norms and activations need no BLAS and run in every build). The activations
-//! have no backward pass, so tensors that take part in a gradient computation go the composed
-//! way there; products, attention and norms have one.
+//! the feature (norms and activations need no BLAS and run in every build). Products,
+//! attention, norms and activations have backward passes of their own; `--dtype bf16` on the
+//! CPU adds the bf16 products of [`bf16`] (oneDNN, default `onednn` feature).
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -319,8 +319,13 @@ pub fn rope_interleaved(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tenso
 
 /// `act(xs)` elementwise, see [`Activation`].
 pub fn activate(xs: &Tensor, act: Activation) -> Result<Tensor> {
-    if on_cpu_f32(xs) && !xs.track_op() {
-        return xs.contiguous()?.apply_op1_no_bwd(&act);
+    if on_cpu_f32(xs) {
+        let xs = xs.contiguous()?;
+        return if xs.track_op() {
+            xs.apply_op1(act)
+        } else {
+            xs.apply_op1_no_bwd(&act)
+        };
     }
     match act {
         Activation::GeluTanh => xs.gelu(),

@@ -26,6 +26,168 @@ struct Moments {
     v: Tensor,
 }
 
+/// The constants of one update, as torch computes them in f64; each element's update uses them
+/// rounded to f32, as candle's scalar ops do.
+#[derive(Debug, Clone, Copy)]
+struct Update {
+    /// `1 - lr * weight_decay`.
+    decay: f64,
+    /// `1 - beta1`, torch's lerp weight.
+    keep1: f64,
+    beta2: f64,
+    /// `1 - beta2`.
+    keep2: f64,
+    /// `1 / sqrt(1 - beta2^t)`.
+    inv_bias_correction2_sqrt: f64,
+    eps: f64,
+    /// `lr / (1 - beta1^t)`.
+    step_size: f64,
+}
+
+impl Update {
+    /// One element: the parameter, its moments and gradient in; the new three out, with
+    /// candle's ops in the composed path's order (so both give the same bits).
+    #[inline(always)]
+    fn element(&self, p: f32, m: f32, v: f32, g: f32) -> (f32, f32, f32) {
+        let f = |x: f64| x as f32;
+        let decayed = p * f(self.decay);
+        // torch's lerp with weight < 0.5: m + w * (g - m).
+        let m = m + (g - m) * f(self.keep1);
+        let v = v * f(self.beta2) + (g * g) * f(self.keep2);
+        let denom = v.sqrt() * f(self.inv_bias_correction2_sqrt) + f(self.eps);
+        (decayed - (m / denom) * f(self.step_size), m, v)
+    }
+}
+
+/// The update through candle's ops (any device, any dtype): the moments' new values; the
+/// parameter is set in place.
+fn composed_update(var: &Var, g: &Tensor, state: &Moments, u: Update) -> Result<(Tensor, Tensor)> {
+    let p = var.as_tensor();
+    let decayed = (p.detach() * u.decay)?;
+    let m = (&state.m + ((g - &state.m)? * u.keep1)?)?;
+    let v = ((&state.v * u.beta2)? + (g.sqr()? * u.keep2)?)?;
+    let denom = ((v.sqrt()? * u.inv_bias_correction2_sqrt)? + u.eps)?;
+    let next = (decayed - ((&m / &denom)? * u.step_size)?)?;
+    var.set(&next)?;
+    Ok((m, v))
+}
+
+/// The update of an f32 parameter on the CPU in one parallel pass: the parameter in place (as
+/// `Var::set` writes it), the moments into new tensors (a checkpoint being written may hold the
+/// old ones). The composed path makes thirteen passes over each parameter, each on one thread
+/// into a new allocation.
+mod fused {
+    use super::{Moments, Update};
+    use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Storage, Tensor};
+    use rayon::prelude::*;
+    use std::sync::Mutex;
+
+    /// Elements per task.
+    const CHUNK: usize = 1 << 16;
+
+    /// Whether the parameter, its gradient and moments (none before the first step) are f32 on
+    /// the CPU, contiguous.
+    pub fn applies(p: &Tensor, g: &Tensor, state: Option<&Moments>) -> bool {
+        let ok = |t: &Tensor| {
+            matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous()
+        };
+        ok(p)
+            && ok(g)
+            && g.shape() == p.shape()
+            && state.is_none_or(|s| ok(&s.m) && ok(&s.v) && s.m.shape() == p.shape())
+    }
+
+    /// The in-place op on the parameter; the gradient and the moments are read beside it.
+    struct Step<'a> {
+        grad: &'a [f32],
+        /// The moments, `None` before the first step (zeros).
+        moments: Option<(&'a [f32], &'a [f32])>,
+        update: Update,
+        new_moments: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    }
+
+    impl InplaceOp1 for Step<'_> {
+        fn name(&self) -> &'static str {
+            "adamw-step"
+        }
+
+        fn cpu_fwd(&self, p: &mut CpuStorage, lp: &Layout) -> candle_core::Result<()> {
+            let CpuStorage::F32(p) = p else {
+                candle_core::bail!("adamw-step takes f32")
+            };
+            let Some((a, b)) = lp.contiguous_offsets() else {
+                candle_core::bail!("adamw-step takes contiguous tensors")
+            };
+            let p = &mut p[a..b];
+            let n = p.len();
+            let sizes_fit = self.grad.len() == n
+                && self
+                    .moments
+                    .is_none_or(|(m, v)| m.len() == n && v.len() == n);
+            if !sizes_fit {
+                candle_core::bail!("adamw-step: parameter, moments and gradient differ in size")
+            }
+            let (mut m_out, mut v_out) = (vec![0f32; n], vec![0f32; n]);
+            p.par_chunks_mut(CHUNK)
+                .zip(m_out.par_chunks_mut(CHUNK))
+                .zip(v_out.par_chunks_mut(CHUNK))
+                .enumerate()
+                .for_each(|(i, ((p, m_new), v_new))| {
+                    let at = i * CHUNK;
+                    for j in 0..p.len() {
+                        let k = at + j;
+                        let (m, v) = self.moments.map_or((0.0, 0.0), |(m, v)| (m[k], v[k]));
+                        let (pn, mn, vn) = self.update.element(p[j], m, v, self.grad[k]);
+                        (p[j], m_new[j], v_new[j]) = (pn, mn, vn);
+                    }
+                });
+            let mut out = self
+                .new_moments
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("adamw-step: poisoned".into()))?;
+            *out = Some((m_out, v_out));
+            Ok(())
+        }
+    }
+
+    /// The contiguous f32 values of a CPU storage.
+    fn values<'a>(s: &'a Storage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+        match (s, l.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
+            _ => candle_core::bail!("adamw-step takes contiguous f32 tensors on the CPU"),
+        }
+    }
+
+    /// Updates `p` in place; returns the new moments.
+    pub fn update(
+        p: &Tensor,
+        g: &Tensor,
+        state: Option<&Moments>,
+        update: Update,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (gs, gl) = g.storage_and_layout();
+        let locked = state.map(|s| (s.m.storage_and_layout(), s.v.storage_and_layout()));
+        let moments = match &locked {
+            Some(((ms, ml), (vs, vl))) => Some((values(ms, ml)?, values(vs, vl)?)),
+            None => None,
+        };
+        let step = Step {
+            grad: values(&gs, gl)?,
+            moments,
+            update,
+            new_moments: Mutex::new(None),
+        };
+        p.inplace_op1(&step)?;
+        let Some((m, v)) = step.new_moments.into_inner().ok().flatten() else {
+            candle_core::bail!("adamw-step produced no moments")
+        };
+        Ok((
+            Tensor::from_vec(m, p.shape(), &Device::Cpu)?,
+            Tensor::from_vec(v, p.shape(), &Device::Cpu)?,
+        ))
+    }
+}
+
 /// The optimizer and its state.
 #[derive(Debug, Clone)]
 pub struct AdamW {
@@ -91,20 +253,29 @@ impl AdamW {
             let Some(g) = grads.get(name) else { continue };
             let p = var.as_tensor();
             let g = g.to_dtype(p.dtype())?;
-            let state = match self.moments.remove(name) {
-                Some(s) => s,
-                None => Moments {
-                    m: p.zeros_like()?,
-                    v: p.zeros_like()?,
-                },
+            let state = self.moments.remove(name);
+            let update = Update {
+                decay: 1.0 - lr * weight_decay,
+                keep1: 1.0 - beta1,
+                beta2,
+                keep2: 1.0 - beta2,
+                inv_bias_correction2_sqrt: 1.0 / bias_correction2_sqrt,
+                eps,
+                step_size,
             };
-            let decayed = (p.detach() * (1.0 - lr * weight_decay))?;
-            // torch's lerp with weight < 0.5: m + w * (g - m).
-            let m = (&state.m + ((&g - &state.m)? * (1.0 - beta1))?)?;
-            let v = ((&state.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let denom = ((v.sqrt()? / bias_correction2_sqrt)? + eps)?;
-            let next = (decayed - ((&m / &denom)? * step_size)?)?;
-            var.set(&next)?;
+            let (m, v) = if fused::applies(p, &g, state.as_ref()) {
+                fused::update(p, &g, state.as_ref(), update)?
+            } else {
+                // Moments start at zero (torch's first step).
+                let state = match state {
+                    Some(s) => s,
+                    None => Moments {
+                        m: p.zeros_like()?,
+                        v: p.zeros_like()?,
+                    },
+                };
+                composed_update(var, &g, &state, update)?
+            };
             self.moments.insert(name.clone(), Moments { m, v });
         }
         Ok(())
@@ -216,6 +387,55 @@ mod tests {
             assert!((f64::from(*a) - b).abs() < 1e-6, "{p2:?}");
         }
         assert_eq!(opt.steps_done(), 2);
+    }
+
+    #[test]
+    fn the_fused_update_equals_the_composed_one() {
+        let dev = Device::Cpu;
+        let n = 200_003; // several tasks and a tail
+        let wave = |a: f64, b: f64| {
+            Tensor::arange(0f32, n as f32, &dev)
+                .unwrap()
+                .affine(a, b)
+                .unwrap()
+                .sin()
+                .unwrap()
+        };
+        let (p, g) = (wave(0.001, 0.2), wave(0.37, 1.0));
+        let state = Moments {
+            m: (wave(0.01, 0.0) * 0.1).unwrap(),
+            v: (wave(0.02, 0.5).sqr().unwrap() * 0.01).unwrap(),
+        };
+        let update = Update {
+            decay: 1.0 - 0.1 * 0.01,
+            keep1: 0.1,
+            beta2: 0.999,
+            keep2: 0.001,
+            inv_bias_correction2_sqrt: 1.0 / (1.0f64 - 0.999f64.powi(3)).sqrt(),
+            eps: 1e-8,
+            step_size: 0.1 / (1.0 - 0.9f64.powi(3)),
+        };
+        let fused_p = Var::from_tensor(&p).unwrap();
+        assert!(fused::applies(fused_p.as_tensor(), &g, Some(&state)));
+        let (fm, fv) = fused::update(fused_p.as_tensor(), &g, Some(&state), update).unwrap();
+        let composed_p = Var::from_tensor(&p).unwrap();
+        let (cm, cv) = composed_update(&composed_p, &g, &state, update).unwrap();
+        let values = |t: &Tensor| t.to_vec1::<f32>().unwrap();
+        assert_eq!(values(fused_p.as_tensor()), values(composed_p.as_tensor()));
+        assert_eq!(values(&fm), values(&cm));
+        assert_eq!(values(&fv), values(&cv));
+        // The old moments are left as they were.
+        assert_eq!(values(&state.m), values(&(wave(0.01, 0.0) * 0.1).unwrap()));
+        // The first step: no moments yet, as zeros.
+        let zeros = Moments {
+            m: p.zeros_like().unwrap(),
+            v: p.zeros_like().unwrap(),
+        };
+        let (fused_p, composed_p) = (Var::from_tensor(&p).unwrap(), Var::from_tensor(&p).unwrap());
+        let (fm, fv) = fused::update(fused_p.as_tensor(), &g, None, update).unwrap();
+        let (cm, cv) = composed_update(&composed_p, &g, &zeros, update).unwrap();
+        assert_eq!(values(fused_p.as_tensor()), values(composed_p.as_tensor()));
+        assert_eq!((values(&fm), values(&fv)), (values(&cm), values(&cv)));
     }
 
     #[test]
