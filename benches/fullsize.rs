@@ -7,8 +7,8 @@
 //! cached, the T5 never opened). Prints per phase (text, load, vae_encode, sampling, decode)
 //! seconds and peak RSS as ace reports them, the whole process's peak RSS (wait4), and warm
 //! against cold. `cargo bench --bench fullsize`; ACE_BENCH_STEPS (default 20) sets the
-//! sampling steps; ACE_BENCH_DROP_CACHES=1 empties the kernel's page cache before the cold
-//! run (root only). Needs about 13 GB of disk and, for the run itself, under 4 GiB of memory.
+//! sampling steps, ACE_BENCH_DTYPE (default f32) the DiT's `--dtype`;
+//! ACE_BENCH_DROP_CACHES=1 empties the kernel's page cache before the cold run (root only). Needs about 13 GB of disk and, for the run itself, under 4 GiB of memory.
 
 mod common;
 
@@ -76,6 +76,8 @@ fn main() -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     let steps = std::env::var("ACE_BENCH_STEPS").unwrap_or_else(|_| "20".into());
+    // The DiT's dtype (`--dtype`): f32, or bf16 on a CPU with bf16 instructions.
+    let dtype = std::env::var("ACE_BENCH_DTYPE").unwrap_or_else(|_| "f32".into());
     let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/astronaut.png");
     let work = tempfile::tempdir()?;
     let cache = work.path().join("cache");
@@ -94,6 +96,8 @@ fn main() -> anyhow::Result<()> {
                 "7",
                 "--steps",
                 &steps,
+                "--dtype",
+                &dtype,
                 "--json",
                 "-o",
             ])
@@ -109,7 +113,7 @@ fn main() -> anyhow::Result<()> {
     let cold = run(edit("cold.png"))?;
     let warm = run(edit("warm.png"))?;
     println!(
-        "ace edit, 512 px, {steps} steps, DiT f32, T5 bf16; cold = empty prompt cache, \
+        "ace edit, 512 px, {steps} steps, --dtype {dtype}, T5 bf16; cold = empty prompt cache, \
          warm = every prompt cached"
     );
     println!(

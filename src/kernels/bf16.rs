@@ -236,6 +236,12 @@ fn cpu(s: &candle_core::Storage) -> Result<&candle_core::CpuStorage> {
 mod tests {
     use super::*;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .unwrap()
+    }
+
     #[test]
     fn matches_the_f32_product_of_the_rounded_weights() {
         let dev = Device::Cpu;
@@ -282,14 +288,7 @@ mod tests {
             .unwrap()
             .broadcast_add(&bias)
             .unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-3, "{diff}");
         let none = linear(&x, &w, None).unwrap();
         assert_eq!(none.dims(), [m, n]);
@@ -328,14 +327,7 @@ mod tests {
         );
         let want = super::super::attention(&q16, &k16, &v16, 0.25).unwrap();
         assert_eq!(got.dims(), [1, 2, 150, 24]);
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         // The probabilities are rounded to bf16 before the second product (8 bits).
         assert!(diff < 1e-2, "{diff}");
     }

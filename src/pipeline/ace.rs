@@ -241,6 +241,11 @@ impl Ace {
             activations,
         )?;
         let dit = load_dit(cfg, files, device, dtype, loras, &mut loaded)?;
+        if crate::model::cpu_bf16::applies(device, dtype) {
+            // The f32 weights read from the checkpoint are gone, their bf16 copies stay: hand
+            // the freed half back rather than keep it for activations that never need it.
+            crate::memory::release_freed();
+        }
         let ns = &cfg.model.diffusion.noise_scheduler;
         Ok(Self {
             schedule: LinearSchedule::new(ns.num_timesteps, ns.beta_min, ns.beta_max)?,

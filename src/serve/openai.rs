@@ -269,12 +269,6 @@ pub async fn edits(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
-    let multipart = multipart.map_err(|e| {
-        ApiError::bad_request(format!(
-            "expected a multipart/form-data body: {}",
-            e.body_text()
-        ))
-    })?;
     let form = upload::read_form(multipart).await?;
     let mut common = Common::default();
     for (name, value) in &form.texts {

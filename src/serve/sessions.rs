@@ -252,12 +252,6 @@ pub async fn add_turn(
     Path(id): Path<String>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let multipart = multipart.map_err(|e| {
-        ApiError::bad_request(format!(
-            "expected a multipart/form-data body: {}",
-            e.body_text()
-        ))
-    })?;
     let form = upload::read_form(multipart).await?;
     let mut settings = Settings::default();
     for (name, value) in &form.texts {

@@ -6,6 +6,7 @@
 
 use super::error::{ApiError, ApiResult};
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::Multipart;
 use image::{DynamicImage, GrayImage};
 use std::path::Path;
@@ -64,8 +65,15 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
-/// Reads a whole multipart form: a part with a file name is a file, any other a text field.
-pub async fn read_form(mut multipart: Multipart) -> ApiResult<Form> {
+/// Reads a whole multipart form: a part with a file name is a file, any other a text field. A
+/// body that is not a multipart form is a 400.
+pub async fn read_form(multipart: Result<Multipart, MultipartRejection>) -> ApiResult<Form> {
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected a multipart/form-data body: {}",
+            e.body_text()
+        ))
+    })?;
     let mut form = Form::default();
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         if form.texts.len() + form.files.len() >= MAX_PARTS {
