@@ -259,8 +259,8 @@ fn run_pairs(a: PairsArgs, global: &Global) -> anyhow::Result<Outcome> {
             (emb, ids)
         }
         (None, Some(dir), Some(model)) => {
-            let clip_dir = ace::eval::locate::model_dir(model, "CLIP")?;
-            let clip = ace::eval::clip::Clip::load(&clip_dir, &candle_core::Device::Cpu)?;
+            let clip_dir = ace::model::vision::locate::model_dir(model, "CLIP")?;
+            let clip = ace::model::vision::clip::Clip::load(&clip_dir, &candle_core::Device::Cpu)?;
             let found = ace::inputs::expand(&[dir.to_string_lossy().into_owned()], true);
             let embedded = data::embed::clip_images(&found.inputs, &clip)?;
             for e in found.errors.iter().chain(&embedded.failures) {

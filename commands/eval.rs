@@ -103,12 +103,12 @@ pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
     let device = ace::device::open(global.device)?;
     let mut models = Models::default();
     if let Some(spec) = &args.clip_model {
-        let dir = eval::locate::model_dir(spec, "CLIP")?;
-        models.clip = Some(eval::clip::Clip::load(&dir, &device)?);
+        let dir = ace::model::vision::locate::model_dir(spec, "CLIP")?;
+        models.clip = Some(ace::model::vision::clip::Clip::load(&dir, &device)?);
     }
     if let Some(spec) = &args.dino_model {
-        let dir = eval::locate::model_dir(spec, "DINO")?;
-        models.dino = Some(eval::dino::Dino::load(&dir, &device)?);
+        let dir = ace::model::vision::locate::model_dir(spec, "DINO")?;
+        models.dino = Some(ace::model::vision::dino::Dino::load(&dir, &device)?);
     }
     if let (Some(detector), Some(embedder)) = (&args.face_detector, &args.face_model) {
         models.faces = Some(eval::faces::FaceModels::new(detector, embedder)?);

@@ -24,6 +24,7 @@ pub mod memory;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod resize;
 pub mod sampler;
 pub mod serve;
 pub mod tasks;

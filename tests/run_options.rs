@@ -75,7 +75,7 @@ fn input_latent(path: &Path, size: Option<(u32, u32)>) -> Vec<f32> {
     .unwrap();
     let mut img = rgb(path);
     if let Some((w, h)) = size {
-        img = ace::pipeline::resize_bicubic(&img, w, h);
+        img = ace::resize::resize_bicubic(&img, w, h);
     }
     let max = if size.is_some() {
         usize::MAX

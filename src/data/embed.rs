@@ -4,8 +4,8 @@
 //! silently dropped.
 
 use super::embeddings::Embeddings;
-use crate::eval::clip::Clip;
 use crate::inputs::Input;
+use crate::model::vision::clip::Clip;
 use crate::{Error, Result};
 use rayon::prelude::*;
 

@@ -8,7 +8,7 @@
 //! one network per thread.
 
 use crate::analyze::dnn::{self, ModelFiles};
-use crate::pipeline::resize_bicubic;
+use crate::resize::resize_bicubic;
 use crate::{Error, Result};
 use image::RgbImage;
 use std::path::Path;

@@ -6,23 +6,19 @@
 //! a sample whose files are missing or unreadable gets `None` for the metrics that need them
 //! and an error message, and is left out of those means.
 
-pub mod clip;
-pub mod dino;
 pub mod emu_edit;
 pub mod faces;
-pub mod locate;
 pub mod magicbrush;
 pub mod manifest;
 pub mod metrics;
 pub mod ocr;
-pub mod preprocess;
 pub mod report;
 pub mod results;
-pub mod vit;
 
 pub use manifest::Sample;
 pub use results::{Evaluation, Metric, SampleScores};
 
+use crate::model::vision::{clip, dino, preprocess};
 use crate::Result;
 use image::RgbImage;
 use metrics::cosine;

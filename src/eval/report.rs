@@ -15,7 +15,7 @@ pub fn thumbnail(img: &RgbImage, side: u32) -> Vec<u8> {
         ((f64::from(w) * scale).round() as u32).max(1),
         ((f64::from(h) * scale).round() as u32).max(1),
     );
-    let small = crate::pipeline::resize_bicubic(img, tw, th);
+    let small = crate::resize::resize_bicubic(img, tw, th);
     let mut out = Vec::new();
     let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85);
     // Encoding an in-memory RGB buffer into a Vec cannot fail; an empty thumbnail is shown

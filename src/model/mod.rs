@@ -1,5 +1,6 @@
-//! The ACE model core: the DiT (DiTACE), the T5 text encoder and tokenizer, the ldm VAE, and
-//! loading of the official checkpoints in their release layouts.
+//! The ACE model core: the DiT (DiTACE), the T5 text encoder and tokenizer, the ldm VAE, the
+//! image encoders that score and embed images (CLIP, DINO), and loading of the official
+//! checkpoints in their release layouts.
 
 pub mod checkpoint;
 pub mod cpu_bf16;
@@ -11,3 +12,4 @@ pub mod mapped;
 pub mod recorder;
 pub mod text;
 pub mod vae;
+pub mod vision;

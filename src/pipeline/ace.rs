@@ -436,7 +436,7 @@ impl Ace {
         }
         if let Some(init) = &req.init {
             let (h, w) = plan.target_size;
-            let resized = super::resize_bicubic(init, w as u32, h as u32);
+            let resized = crate::resize::resize_bicubic(init, w as u32, h as u32);
             let prepared =
                 super::prepare_image(&resized, None, "", usize::MAX, "init image", &self.device)?;
             return Ok(Some(self.encode_image(&prepared)?));

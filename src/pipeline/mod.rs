@@ -7,7 +7,6 @@ mod noise;
 mod plan;
 mod prepare;
 mod prompts;
-mod resize;
 
 pub use ace::{
     encode_prompts_first, text_embedder, text_position_embeddings, Ace, Generated, InputImage,
@@ -20,4 +19,3 @@ pub use prepare::{budget_size, luma_pil, mask_to_latent, prepare_image, Prepared
 pub use prompts::{
     check_references, frame_contexts, frame_prompts, negative_contexts, MAX_INPUT_IMAGES,
 };
-pub use resize::{resize_bicubic, resize_nearest};

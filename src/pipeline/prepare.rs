@@ -4,7 +4,7 @@
 //! (an empty mask means "everything"), pixels to [-1, 1] and, for inpainting tasks, the masked
 //! pixels blanked to -1.
 
-use super::resize::{resize_bicubic, resize_nearest};
+use crate::resize::{resize_bicubic, resize_nearest};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use image::{GrayImage, RgbImage};

@@ -195,7 +195,7 @@ fn images(model: &Ace, store: &Store, job: &Job<Work>, w: ImagesWork) -> ApiResu
         let mut rgb = generate(model, job, &request, (i, w.n), &mut output.model_seconds)?;
         if let Some((width, height)) = w.resize {
             if rgb.dimensions() != (width, height) {
-                rgb = crate::pipeline::resize_bicubic(&rgb, width, height);
+                rgb = crate::resize::resize_bicubic(&rgb, width, height);
             }
         }
         let name = format!("{}-{i}.png", job.id);

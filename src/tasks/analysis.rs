@@ -6,7 +6,8 @@
 use super::instruction;
 use crate::analyze::Operation;
 use crate::config::AceConfig;
-use crate::pipeline::{request_prompts, resize_bicubic, Ace, Noise, Request};
+use crate::pipeline::{request_prompts, Ace, Noise, Request};
+use crate::resize::resize_bicubic;
 use crate::sampler::Guidance;
 use crate::Result;
 use image::RgbImage;

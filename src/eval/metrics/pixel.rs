@@ -5,7 +5,7 @@
 //! window (σ = 1.5), K1 = 0.01, K2 = 0.03, over the valid window positions, averaged over the
 //! three channels.
 
-use crate::pipeline::resize_bicubic;
+use crate::resize::resize_bicubic;
 use image::RgbImage;
 
 /// The pixel scores of one pair.

@@ -121,7 +121,7 @@ impl Dino {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::clip::tests::{expected, fixture};
+    use crate::model::vision::clip::tests::{expected, fixture};
 
     #[test]
     fn tiny_dino_matches_transformers() {

@@ -277,7 +277,7 @@ pub(crate) mod tests {
     //! The tiny CLIP of tests/fixtures/eval-tiny reproduces transformers' token ids and
     //! embeddings (expected.safetensors).
     use super::*;
-    use crate::eval::preprocess::Preprocess;
+    use crate::model::vision::preprocess::Preprocess;
 
     pub(crate) fn expected(name: &str) -> Vec<f32> {
         let root =

@@ -3,7 +3,7 @@
 //! scale to [0, 1] and normalise per channel. CLIP resizes the short side to the crop size;
 //! DINO to ⌊crop × 256 / 224⌋ first.
 
-use crate::pipeline::resize_bicubic;
+use crate::resize::resize_bicubic;
 use image::RgbImage;
 
 /// CLIP's channel mean.
