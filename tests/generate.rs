@@ -1,24 +1,12 @@
 //! Whole runs of `ace generate` / `ace edit` on the tiny ACE model against the reference's
 //! outputs (tests/fixtures/ace-tiny/cases.json), and the CLI's error paths.
 
+mod tiny_support;
+
 use assert_cmd::Command;
 use candle_core::{Device, Tensor};
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ace-tiny")
-}
-
-fn ace() -> Command {
-    let mut cmd = Command::cargo_bin("ace").unwrap();
-    // Prompt embeddings are cached under the test's own folder, not in the user's home.
-    cmd.env(
-        "ACE_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ace-cache"),
-    );
-    cmd.args(["--device", "cpu", "-q"]);
-    cmd
-}
+use std::path::Path;
+use tiny_support::{ace, ace_with_warnings, cases, fixtures};
 
 fn load(path: &Path, name: &str) -> Vec<f32> {
     let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
@@ -92,9 +80,7 @@ fn case_args(case: &serde_json::Value, dir: &Path) -> Vec<String> {
 
 #[test]
 fn whole_runs_match_the_reference() {
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
-            .unwrap();
+    let cases = cases();
     let cases = cases["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 7);
     let dir = tempfile::tempdir().unwrap();
@@ -168,9 +154,7 @@ fn whole_runs_match_the_reference() {
 /// Runs the seven cases with `extra` arguments: each image within 2/255 on average of the
 /// reference's f32 image.
 fn runs_stay_within_two_levels(extra: &[&str], what: &str) {
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
-            .unwrap();
+    let cases = cases();
     let dir = tempfile::tempdir().unwrap();
     let mut report = Vec::new();
     for case in cases["cases"].as_array().unwrap() {
@@ -211,19 +195,12 @@ fn bf16_text_encoder_stays_within_two_levels_of_the_f32_images() {
 /// The first case (text to image) with `--dtype DTYPE` into `dir/OUT`, oneDNN seeing the CPU
 /// as `isa` when given; not quiet, so that warnings show.
 fn first_case_in(dtype: &str, dir: &Path, out: &str, isa: Option<&str>) -> std::process::Output {
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
-            .unwrap();
-    let mut cmd = Command::cargo_bin("ace").unwrap();
-    cmd.env(
-        "ACE_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ace-cache"),
-    );
+    let cases = cases();
+    let mut cmd = ace_with_warnings();
     if let Some(isa) = isa {
         cmd.env("ONEDNN_MAX_CPU_ISA", isa);
     }
-    cmd.args(["--device", "cpu"])
-        .args(case_args(&cases["cases"][0], dir))
+    cmd.args(case_args(&cases["cases"][0], dir))
         .args(["--dtype", dtype, "-o"])
         .arg(dir.join(out));
     cmd.output().unwrap()

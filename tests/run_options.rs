@@ -2,23 +2,11 @@
 //! model: `--strength`, sizes kept (`--keep-size`, inpainting's paste-back, outpainting's exact
 //! ratio), RGBA layers, `-n`, and `--repeat` from a PNG's record.
 
-use assert_cmd::Command;
+mod tiny_support;
+
 use image::{GenericImageView, RgbImage};
 use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ace-tiny")
-}
-
-fn ace() -> Command {
-    let mut cmd = Command::cargo_bin("ace").unwrap();
-    cmd.env(
-        "ACE_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ace-cache"),
-    );
-    cmd.args(["--device", "cpu", "-q"]);
-    cmd
-}
+use tiny_support::{ace, fixtures};
 
 /// `ace SUB ... --config tiny -o out` with `args` in between.
 fn run(sub: &[&str], args: &[&str], out: &Path) {

@@ -4,13 +4,12 @@
 //! blanking, outpaint canvases, instructions, image order), whole runs on the tiny model (one
 //! step, small images), and batches with shards, failures and resume.
 
+mod tiny_support;
+
 use assert_cmd::Command;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ace-tiny")
-}
+use std::path::Path;
+use tiny_support::{ace, cases, fixtures};
 
 fn input(name: &str) -> String {
     fixtures().join("inputs").join(name).display().to_string()
@@ -18,17 +17,6 @@ fn input(name: &str) -> String {
 
 fn config() -> String {
     fixtures().join("model/ace_tiny.yaml").display().to_string()
-}
-
-fn ace() -> Command {
-    let mut cmd = Command::cargo_bin("ace").unwrap();
-    // Prompt embeddings are cached under the test's own folder, not in the user's home.
-    cmd.env(
-        "ACE_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ace-cache"),
-    );
-    cmd.args(["--device", "cpu", "-q"]);
-    cmd
 }
 
 /// The tiny model's config with another MAX_SEQ_LEN (dry runs need no weights).
@@ -90,9 +78,7 @@ fn size(v: &Value) -> [usize; 2] {
 
 #[test]
 fn edit_dry_runs_match_the_reference_cases() {
-    let cases: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
-            .unwrap();
+    let cases = cases();
     for case in cases["cases"].as_array().unwrap() {
         let images = case["images"].as_array().unwrap();
         if images.is_empty() || !case["history"].as_array().unwrap().is_empty() {

@@ -3,25 +3,12 @@
 //! stopped with --max-steps (and one interrupted with Ctrl-C) and resumed reproduces the
 //! uninterrupted run exactly, LoRA training and merge-lora, and a bad config's error.
 
-use assert_cmd::Command;
+mod tiny_support;
+
 use serde_json::Value as Json;
 use serde_yaml::Value;
 use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ace-tiny")
-}
-
-fn ace() -> Command {
-    let mut cmd = Command::cargo_bin("ace").unwrap();
-    // Prompt embeddings are cached under the test's own folder, not in the user's home.
-    cmd.env(
-        "ACE_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ace-cache"),
-    );
-    cmd.args(["--device", "cpu", "-q"]);
-    cmd
-}
+use tiny_support::{ace, fixtures};
 
 const PHOTOS: [&str; 3] = ["astronaut", "chelsea", "coffee"];
 
