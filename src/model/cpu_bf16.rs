@@ -15,6 +15,16 @@ pub fn applies(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::BF16
 }
 
+/// The dtype a model loaded in `dtype` on `device` computes in: f32 where [`applies`], else
+/// `dtype` itself.
+pub fn activations(device: &Device, dtype: DType) -> DType {
+    if applies(device, dtype) {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
 /// Whether a tensor is a linear layer's weight.
 fn is_linear_weight(name: &str, t: &Tensor) -> bool {
     name.ends_with(".weight") && t.rank() == 2
@@ -59,7 +69,7 @@ pub fn var_builder(mut tensors: Tensors) -> Result<VarBuilder<'static>> {
     }
     Ok(VarBuilder::from_backend(
         Box::new(LinearWeightsInBf16(tensors)),
-        DType::F32,
+        activations(&Device::Cpu, DType::BF16),
         Device::Cpu,
     ))
 }
@@ -99,5 +109,7 @@ mod tests {
         assert!(vb.get((2, 3), "fc.weight").is_err());
         assert!(vb.get(3, "missing").is_err());
         assert!(applies(&dev, DType::BF16) && !applies(&dev, DType::F32));
+        assert_eq!(activations(&dev, DType::BF16), DType::F32);
+        assert_eq!(activations(&dev, DType::F16), DType::F16);
     }
 }

@@ -218,11 +218,7 @@ impl Ace {
         progress: Progress,
     ) -> Result<Self> {
         // The dtype of the activations, and of the VAE: f32 on the CPU with bf16 weights.
-        let activations = if crate::model::cpu_bf16::applies(device, dtype) {
-            DType::F32
-        } else {
-            dtype
-        };
+        let activations = crate::model::cpu_bf16::activations(device, dtype);
         let text_position_embeddings = text_position_embeddings(cfg, &text)?
             .to_device(device)?
             .to_dtype(activations)?;
