@@ -29,7 +29,9 @@ pub mod blocks;
 mod conv;
 mod exp;
 mod norm;
+pub mod param_grad;
 mod rope;
+mod row_sums;
 #[cfg(feature = "openblas")]
 mod sgemm;
 
@@ -50,6 +52,17 @@ fn contiguous<'a, T: candle_core::WithDType>(
         Ok(values) => Ok(&values[start..end]),
         Err(_) => candle_core::bail!("{op} takes {:?} tensors", T::DTYPE),
     }
+}
+
+/// Runs `f` on the elements of the f32 CPU tensor `t` (a contiguous copy first when it is not),
+/// for the backward passes; `op` names the op in the errors.
+fn read_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{op} takes CPU tensors")
+    };
+    f(contiguous::<f32>(op, cpu, layout)?)
 }
 
 /// Whether `--dtype bf16` runs on this CPU ([`bf16`]), or why not.
@@ -199,7 +212,6 @@ pub fn modulated_layer_norm(
     normed.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
 }
 
-/// RMSNorm over the last dimension, `x / sqrt(mean(x^2) + eps) * weight`, computed in f32.
 /// How a square 2D convolution reads its input `[B, C_in, H, W]`: nearest 2x upsampled first
 /// when `upsample`, at `y * stride - padding + ky`; it outputs `out_h x out_w`, reads outside
 /// the input being zeros (so the output may reach past the padded input, as the VAE's
@@ -275,6 +287,7 @@ pub fn group_norm(
     })())
 }
 
+/// RMSNorm over the last dimension, `x / sqrt(mean(x^2) + eps) * weight`, computed in f32.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if [xs, weight].iter().all(|t| on_cpu_f32(t)) {
         let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
@@ -437,8 +450,9 @@ mod tests {
     #[test]
     fn fused_norm_gradients_match_composed_ones() {
         let dev = Device::Cpu;
-        // A large common offset: the variance must not be taken as E[x^2] - E[x]^2.
-        let x = (Tensor::randn(0f32, 1.0, (5, 16), &dev).unwrap() + 3.0).unwrap();
+        // A large common offset: the variance must not be taken as E[x^2] - E[x]^2. 150 rows:
+        // the parameters' gradients sum three blocks of rows.
+        let x = (Tensor::randn(0f32, 1.0, (150, 16), &dev).unwrap() + 3.0).unwrap();
         let [shift, scale, weight] =
             [(1, 16), (1, 16), (16, 1)].map(|s| Tensor::randn(0f32, 1.0, s, &dev).unwrap());
         let weight = weight.flatten_all().unwrap();
@@ -513,6 +527,42 @@ mod tests {
             &[&x, &w, &b],
             1e-3,
         );
+    }
+
+    #[test]
+    fn registered_weights_gather_their_gradients_in_place() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (70, 6), &dev).unwrap();
+        let x2 = Tensor::randn(0f32, 1.0, (130, 6), &dev).unwrap();
+        let w = Var::randn(0f32, 1.0, (5, 6), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, 5, &dev).unwrap();
+        // The layer used twice; candle's gradients first, then the buffers'.
+        let loss = || {
+            let y = (linear(&x, &w, Some(&b))
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                + linear(&x2, &w, Some(&b)).unwrap().sum_all().unwrap())
+            .unwrap();
+            y.backward().unwrap()
+        };
+        let want = loss();
+        let buffers = [&w, &b].map(|v| param_grad::register(v.as_tensor()));
+        let got = loss();
+        assert!(got.get(w.as_tensor()).is_none() && got.get(b.as_tensor()).is_none());
+        for (buffer, v) in buffers.iter().zip([&w, &b]) {
+            let g = buffer.take(&dev).unwrap().unwrap();
+            let d = max_diff(&g, want.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-3, "{d}");
+        }
+        // The input's gradient still goes through candle.
+        let d = max_diff(
+            got.get(x.as_tensor()).unwrap(),
+            want.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-4, "{d}");
     }
 
     #[test]

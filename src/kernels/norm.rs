@@ -4,9 +4,12 @@
 //! tokens and, in training, keep every intermediate for the backward pass (their backward
 //! passes recompute the normalised values from the input); and the VAE's GroupNorm, whose
 //! composed form held four full-resolution temporaries at once besides being slow (the
-//! GroupNorm and swish before a convolution are fused into the convolution, `conv.rs`).
+//! GroupNorm and swish before a convolution are fused into the convolution, `conv.rs`). The
+//! backward passes are one parallel visit of each row too, recomputing its statistics from the
+//! input, with the parameters' gradients summed on the way (`row_sums`).
 
-use super::contiguous;
+use super::row_sums::map_rows_and_sum;
+use super::{contiguous, read_f32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -46,9 +49,7 @@ impl CustomOp3 for ModulatedLayerNorm {
         out.par_chunks_mut(dim)
             .zip(x.par_chunks(dim))
             .for_each(|(y, x)| {
-                let mean = x.iter().sum::<f32>() / dim as f32;
-                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-                let inv_std = 1.0 / (var + self.eps).sqrt();
+                let (mean, inv_std) = self.statistics(x);
                 for (((y, &x), &shift), &scale) in y.iter_mut().zip(x).zip(shift).zip(scale) {
                     *y = (x - mean) * inv_std * (1.0 + scale) + shift;
                 }
@@ -66,27 +67,53 @@ impl CustomOp3 for ModulatedLayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let x = x.detach();
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let inv_std = (centred.sqr()?.mean_keepdim(D::Minus1)? + f64::from(self.eps))?
-            .sqrt()?
-            .recip()?;
-        let y = centred.broadcast_mul(&inv_std)?;
-        let d = grad.broadcast_mul(&(scale.detach() + 1.0)?)?;
-        let dx = (d.broadcast_sub(&d.mean_keepdim(D::Minus1)?)?
-            - y.broadcast_mul(&(&d * &y)?.mean_keepdim(D::Minus1)?)?)?
-        .broadcast_mul(&inv_std)?;
+        let dim = x.dim(D::Minus1)?;
+        let name = self.name();
+        let (dx, sums) = read_f32(name, x, |xs| {
+            read_f32(name, grad, |g| {
+                read_f32(name, scale, |scale| {
+                    let mut dx = vec![0f32; xs.len()];
+                    let sums = map_rows_and_sum(&mut dx, dim, 2 * dim, |r, dx, acc| {
+                        let (x, g) = (&xs[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);
+                        let (mean, inv_std) = self.statistics(x);
+                        let (dshift, dscale) = acc.split_at_mut(dim);
+                        let (mut sum_d, mut sum_dy) = (0f32, 0f32);
+                        for i in 0..dim {
+                            let y = (x[i] - mean) * inv_std;
+                            let d = g[i] * (1.0 + scale[i]);
+                            sum_d += d;
+                            sum_dy += d * y;
+                            dshift[i] += g[i];
+                            dscale[i] += g[i] * y;
+                        }
+                        let (mean_d, mean_dy) = (sum_d / dim as f32, sum_dy / dim as f32);
+                        for i in 0..dim {
+                            let y = (x[i] - mean) * inv_std;
+                            dx[i] = (g[i] * (1.0 + scale[i]) - mean_d - y * mean_dy) * inv_std;
+                        }
+                    });
+                    Ok((dx, sums))
+                })
+            })
+        })?;
+        let (dshift, dscale) = sums.split_at(dim);
+        let dev = x.device();
         Ok((
-            Some(dx),
-            Some(sum_rows(grad)?.reshape(shift.shape())?),
-            Some(sum_rows(&(grad * y)?)?.reshape(scale.shape())?),
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_slice(dshift, shift.shape(), dev)?),
+            Some(Tensor::from_slice(dscale, scale.shape(), dev)?),
         ))
     }
 }
 
-/// Sums over every dimension but the last.
-fn sum_rows(t: &Tensor) -> Result<Tensor> {
-    t.reshape(((), t.dim(D::Minus1)?))?.sum(0)
+impl ModulatedLayerNorm {
+    /// Mean and `1 / sqrt(variance + eps)` of one row, two-pass as PyTorch.
+    fn statistics(&self, x: &[f32]) -> (f32, f32) {
+        let dim = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / dim;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
 }
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight` over the last dimension.
@@ -116,8 +143,7 @@ impl CustomOp2 for RmsNorm {
         out.par_chunks_mut(dim)
             .zip(x.par_chunks(dim))
             .for_each(|(y, x)| {
-                let mean_square = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-                let inv = 1.0 / (mean_square + self.eps).sqrt();
+                let inv = self.inverse_rms(x);
                 for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
                     *y = x * inv * w;
                 }
@@ -133,18 +159,43 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let x = x.detach();
-        let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + f64::from(self.eps))?
-            .sqrt()?
-            .recip()?;
-        let y = x.broadcast_mul(&inv)?;
-        let d = grad.broadcast_mul(&weight.detach())?;
-        let dx =
-            (&d - y.broadcast_mul(&(&d * &y)?.mean_keepdim(D::Minus1)?)?)?.broadcast_mul(&inv)?;
+        let dim = x.dim(D::Minus1)?;
+        let name = self.name();
+        let (dx, dweight) = read_f32(name, x, |xs| {
+            read_f32(name, grad, |g| {
+                read_f32(name, weight, |w| {
+                    let mut dx = vec![0f32; xs.len()];
+                    let dweight = map_rows_and_sum(&mut dx, dim, dim, |r, dx, dweight| {
+                        let (x, g) = (&xs[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);
+                        let inv = self.inverse_rms(x);
+                        let mut sum_dy = 0f32;
+                        for i in 0..dim {
+                            let y = x[i] * inv;
+                            sum_dy += g[i] * w[i] * y;
+                            dweight[i] += g[i] * y;
+                        }
+                        let mean_dy = sum_dy / dim as f32;
+                        for i in 0..dim {
+                            dx[i] = (g[i] * w[i] - x[i] * inv * mean_dy) * inv;
+                        }
+                    });
+                    Ok((dx, dweight))
+                })
+            })
+        })?;
+        let dev = x.device();
         Ok((
-            Some(dx),
-            Some(sum_rows(&(grad * y)?)?.reshape(weight.shape())?),
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dweight, weight.shape(), dev)?),
         ))
+    }
+}
+
+impl RmsNorm {
+    /// `1 / sqrt(mean(x^2) + eps)` of one row.
+    fn inverse_rms(&self, x: &[f32]) -> f32 {
+        let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+        1.0 / (mean_square + self.eps).sqrt()
     }
 }
 

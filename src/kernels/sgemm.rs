@@ -2,12 +2,15 @@
 //! split over candle's rayon pool instead (matrices of a batch, row blocks of each), so that
 //! the products and candle's own parallel ops share one set of threads.
 
+use super::param_grad::{self, GradBuffer};
+use super::row_sums;
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage,
+    Tensor,
 };
 use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
 use rayon::prelude::*;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 extern "C" {
     /// OpenBLAS's own thread count (not part of CBLAS).
@@ -278,17 +281,27 @@ fn products(
 
 /// `x @ w^T + bias` for `x [rows, in]`, `w [out, in]`, `bias [out]`, the bias written first
 /// and the product added onto it; with `backward` the op records itself for backpropagation
-/// (keeping x, w and bias only, not a biasless product as well).
+/// (keeping x, w and bias only, not a biasless product as well), and the gradients of a
+/// weight or bias registered in [`param_grad`] go to its buffer.
 pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor, backward: bool) -> Result<Tensor> {
-    let (x, w, bias) = (readable(x)?, readable(w)?, bias.contiguous()?);
     if backward {
-        x.apply_op3(&w, &bias, Linear)
+        let op = Linear {
+            weight_grad: param_grad::buffer_of(w),
+            bias_grad: param_grad::buffer_of(bias),
+        };
+        let (x, w, bias) = (readable(x)?, readable(w)?, bias.contiguous()?);
+        x.apply_op3(&w, &bias, op)
     } else {
-        x.apply_op3_no_bwd(&w, &bias, &Linear)
+        let (x, w, bias) = (readable(x)?, readable(w)?, bias.contiguous()?);
+        x.apply_op3_no_bwd(&w, &bias, &Linear::default())
     }
 }
 
-struct Linear;
+#[derive(Default)]
+struct Linear {
+    weight_grad: Option<Arc<GradBuffer>>,
+    bias_grad: Option<Arc<GradBuffer>>,
+}
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -327,21 +340,85 @@ impl CustomOp3 for Linear {
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
     }
 
-    /// `dx = g w`, `dw = g^T x`, `dbias = sum over rows of g`.
+    /// `dx = g w`, `dw = g^T x`, `dbias = sum over rows of g`; `dw` and `dbias` into their
+    /// buffers when registered.
     fn bwd(
         &self,
         x: &Tensor,
         w: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        Ok((
-            Some(matmul_scaled(grad, &w.detach(), 1.0)?),
-            Some(matmul_scaled(&grad.t()?, &x.detach(), 1.0)?),
-            Some(grad.sum(0)?),
-        ))
+        let grad = grad.contiguous()?;
+        let dx = matmul_scaled(&grad, &w.detach(), 1.0)?;
+        let dw = match &self.weight_grad {
+            Some(buffer) => {
+                buffer.add(|out, accumulate| product_into(&grad.t()?, x, accumulate, out))?;
+                None
+            }
+            None => Some(matmul_scaled(&grad.t()?, &x.detach(), 1.0)?),
+        };
+        let dbias = match &self.bias_grad {
+            Some(buffer) => {
+                buffer.add(|out, accumulate| column_sums_into(&grad, accumulate, out))?;
+                None
+            }
+            None => {
+                let mut sums = vec![0f32; bias.elem_count()];
+                column_sums_into(&grad, false, &mut sums)?;
+                Some(Tensor::from_vec(sums, bias.shape(), bias.device())?)
+            }
+        };
+        Ok((Some(dx), dw, dbias))
     }
+}
+
+/// The f32 values of a CPU storage, for the backward passes that write into buffers.
+fn cpu_f32(storage: &Storage) -> Result<&[f32]> {
+    match storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Ok(v),
+        _ => candle_core::bail!("openblas-linear backward takes f32 CPU tensors"),
+    }
+}
+
+/// `out = a @ b (+ out when accumulate)` for the matrices `a` and `b`, `out` row-major.
+fn product_into(a: &Tensor, b: &Tensor, accumulate: bool, out: &mut [f32]) -> Result<()> {
+    let (a, b) = (readable(a)?, readable(b)?);
+    let ((sa, la), (sb, lb)) = (a.storage_and_layout(), b.storage_and_layout());
+    let (Some(oa), Some(ob)) = (Operand::of(la), Operand::of(lb)) else {
+        candle_core::bail!("openblas-linear: operand strides BLAS cannot read")
+    };
+    if oa.batch != 1 || ob.batch != 1 || ob.rows != oa.cols || out.len() != oa.rows * ob.cols {
+        candle_core::bail!(
+            "openblas-linear: {:?} @ {:?} does not fit a buffer of {}",
+            la.dims(),
+            lb.dims(),
+            out.len()
+        )
+    }
+    products(cpu_f32(&sa)?, &oa, cpu_f32(&sb)?, &ob, 1.0, accumulate, out)
+}
+
+/// `out = column sums of the contiguous matrix g (+ out when accumulate)`.
+fn column_sums_into(g: &Tensor, accumulate: bool, out: &mut [f32]) -> Result<()> {
+    let (storage, layout) = g.storage_and_layout();
+    let (Some((start, end)), Ok((_, dim))) = (layout.contiguous_offsets(), g.dims2()) else {
+        candle_core::bail!("openblas-linear: bias gradient of {:?}", g.dims())
+    };
+    let rows = &cpu_f32(&storage)?[start..end];
+    if out.len() != dim {
+        candle_core::bail!(
+            "openblas-linear: {dim} columns into a buffer of {}",
+            out.len()
+        )
+    }
+    row_sums::sum_rows_with(rows.len() / dim.max(1), dim, out, accumulate, |r, acc| {
+        for (a, v) in acc.iter_mut().zip(&rows[r * dim..(r + 1) * dim]) {
+            *a += v;
+        }
+    });
+    Ok(())
 }
 
 /// `alpha * a @ b` over the batch, see [`products`].
