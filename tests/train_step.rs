@@ -114,8 +114,7 @@ fn one_training_step_matches_the_reference() {
         "loss before {got_before} vs {want_before}"
     );
 
-    let grads = before.backward().unwrap();
-    let named = weights.gradients(&grads);
+    let named = weights.backward(before).unwrap();
     let watched: Vec<String> = json["watched"]
         .as_array()
         .unwrap()

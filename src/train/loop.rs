@@ -244,8 +244,7 @@ impl Run<'_> {
             let value = f64::from(loss.to_scalar::<f32>()?);
             self.finite(value, "the loss")?;
             loss_sum += value;
-            let store = (loss / stage.accu_step as f64)?.backward()?;
-            for (name, g) in self.weights.gradients(&store) {
+            for (name, g) in self.weights.backward((loss / stage.accu_step as f64)?)? {
                 let sum = match grads.remove(&name) {
                     Some(acc) => (acc + g)?,
                     None => g,

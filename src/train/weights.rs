@@ -5,10 +5,10 @@
 //! training-specific code in the model.
 
 use super::lora::{Adapters, LoraSpec};
+use crate::kernels::param_grad::{self, GradBuffer};
 use crate::model::checkpoint;
 use crate::model::dit::{self, layout, DitAce};
 use crate::{Error, Result};
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -25,6 +25,9 @@ pub struct DitWeights {
     base: Arc<BTreeMap<String, Tensor>>,
     /// The trained weights by name: all of `base`, or the LoRA matrices.
     trainable: BTreeMap<String, Var>,
+    /// Where the linear layers' backward passes put the gradients of the trained weights
+    /// (the rest go to candle's gradient store).
+    grad_buffers: BTreeMap<String, Arc<GradBuffer>>,
     lora: Option<Arc<Adapters>>,
     device: Device,
 }
@@ -78,10 +81,15 @@ impl DitWeights {
                 (tracked, vars, None)
             }
         };
+        let grad_buffers = trainable
+            .iter()
+            .map(|(name, var)| (name.clone(), param_grad::register(var.as_tensor())))
+            .collect();
         Ok(Self {
             cfg: cfg.clone(),
             base: Arc::new(base),
             trainable,
+            grad_buffers,
             lora,
             device: device.clone(),
         })
@@ -96,18 +104,34 @@ impl DitWeights {
         &self.trainable
     }
 
-    /// The gradients of the trained weights in `store`, by name, detached: a gradient computed
-    /// from tracked tensors carries their graph (the whole forward pass), so anything built
-    /// from it (accumulated micro-batches, optimizer moments) would keep that graph alive.
-    pub fn gradients(&self, store: &GradStore) -> BTreeMap<String, Tensor> {
-        self.trainable
-            .iter()
-            .filter_map(|(name, var)| {
-                store
-                    .get(var.as_tensor())
-                    .map(|g| (name.clone(), g.detach()))
-            })
-            .collect()
+    /// Backpropagates `loss` and returns the gradients of the trained weights by name. The
+    /// loss is taken by value: candle keeps every intermediate of the forward pass alive for
+    /// as long as the loss tensor lives (its graph), so it goes as soon as the gradients are
+    /// out, before anything else (accumulation, the optimizer's moments) allocates. They come
+    /// detached: a gradient computed from tracked tensors carries their graph too.
+    pub fn backward(&self, loss: Tensor) -> Result<BTreeMap<String, Tensor>> {
+        // Whatever an abandoned backward pass left in the buffers is not this loss's.
+        for buffer in self.grad_buffers.values() {
+            buffer.take(&self.device)?;
+        }
+        let store = loss.backward()?;
+        drop(loss);
+        let mut grads = BTreeMap::new();
+        for (name, var) in &self.trainable {
+            let stored = store.get(var.as_tensor()).map(Tensor::detach);
+            let buffered = match self.grad_buffers.get(name) {
+                Some(buffer) => buffer.take(&self.device)?,
+                None => None,
+            };
+            let grad = match (stored, buffered) {
+                (Some(a), Some(b)) => Some((a + b)?),
+                (a, b) => a.or(b),
+            };
+            if let Some(grad) = grad {
+                grads.insert(name.clone(), grad);
+            }
+        }
+        Ok(grads)
     }
 
     pub fn lora(&self) -> Option<&LoraSpec> {
