@@ -1,6 +1,10 @@
 //! Time per training step and peak memory of the tiny and the full-size DiT (random weights,
 //! one 512 px text-to-image example: 1024 tokens, 40 context rows, batch 1, f32, CPU): the
-//! diffusion loss, its backward pass and one AdamW update, as `ace train` runs them. Each size
+//! diffusion loss, its backward pass and one AdamW update, as `ace train` runs them. Every step
+//! is timed on its own, seven of the tiny DiT and three of the full-size one: the first makes
+//! AdamW's moments, the first two touch memory for the first time (the second is the first to
+//! hold the moments and the gradients at once), and the steps after them are what a training
+//! run repeats ("steady"). Each size
 //! runs in its own process (peak memory is per process), ours and then the PyTorch reference
 //! (`scripts/bench_train_reference.py`: scepter's ACE backbone, MSE loss, torch.optim.AdamW),
 //! and the ratios are printed. `cargo bench --bench train_step`; two threads unless
@@ -41,9 +45,10 @@ fn main() -> anyhow::Result<()> {
     // A child run: one size, prints one line of numbers.
     if let Some(i) = args.iter().position(|a| a == "--size") {
         let size = args.get(i + 1).map(String::as_str).unwrap_or("");
-        let steps = if size == "tiny" { 5 } else { 1 };
-        let (secs, peak) = run(if size == "tiny" { TINY } else { FULL }, steps)?;
-        println!("{secs} {peak}");
+        let steps = if size == "tiny" { 7 } else { 3 };
+        let (seconds, peak) = run(if size == "tiny" { TINY } else { FULL }, steps)?;
+        let seconds: Vec<String> = seconds.iter().map(f64::to_string).collect();
+        println!("{peak} {}", seconds.join(" "));
         return Ok(());
     }
     // `cargo bench` passes --bench; `cargo test --all-targets` does not and skips the run.
@@ -61,26 +66,30 @@ fn main() -> anyhow::Result<()> {
             "{size}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The child's breakdown of each step.
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout)?;
-        let mut it = text.split_whitespace().map(|v| v.parse::<f64>());
-        let (secs, peak) = (
-            it.next().unwrap_or(Ok(f64::NAN))?,
-            it.next().unwrap_or(Ok(0.0))?,
-        );
-        println!(
-            "ace, {size} DiT, {threads} threads: {secs:.3} s per training step, peak RSS {:.0} MiB",
-            peak / 1024.0
-        );
+        let numbers: Vec<f64> = text
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let Some((peak, seconds)) = numbers.split_first() else {
+            anyhow::bail!("{size}: unexpected output {text:?}");
+        };
+        let ours = Steps {
+            seconds: seconds.to_vec(),
+            peak_mib: peak / 1024.0,
+        };
+        println!("ace, {size} DiT, {threads} threads: {ours}");
         if reference {
-            compare(size, threads, secs, peak / 1024.0)?;
+            compare(size, threads, &ours)?;
         }
     }
     Ok(())
 }
 
-/// Seconds per step (mean over `steps` after one warm-up step for the tiny model) and peak
-/// RSS (KiB) of training the DiT of `config`.
-fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
+/// Seconds of each of `steps` steps and peak RSS (KiB) of training the DiT of `config`.
+fn run(config: &str, steps: usize) -> anyhow::Result<(Vec<f64>, f64)> {
     let cfg: Config = serde_yaml::from_str(config)?;
     let dev = Device::Cpu;
     let latent = latent();
@@ -109,7 +118,8 @@ fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
         eps: 1e-8,
         weight_decay: 0.0,
     })?;
-    let mut step = || -> anyhow::Result<()> {
+    let mut step = |n: usize| -> anyhow::Result<()> {
+        let t0 = Instant::now();
         let dit = weights.model()?;
         let loss = diffusion_loss(
             &dit,
@@ -119,43 +129,77 @@ fn run(config: &str, steps: usize) -> anyhow::Result<(f64, f64)> {
             &[500],
             std::slice::from_ref(&noise),
         )?;
-        let grads = loss.backward()?;
-        let named = weights.gradients(&grads);
+        let t1 = Instant::now();
+        let named = weights.backward(loss)?;
+        let t2 = Instant::now();
         opt.step(weights.trainable(), &named)?;
+        eprintln!(
+            "  step {n}: loss and forward {:.3} s, backward {:.3} s, AdamW {:.3} s, peak RSS {} MiB",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            t2.elapsed().as_secs_f64(),
+            ace::memory::peak_rss() >> 20
+        );
         Ok(())
     };
-    if steps > 1 {
-        step()?;
+    let mut seconds = Vec::with_capacity(steps);
+    for n in 1..=steps {
+        let start = Instant::now();
+        step(n)?;
+        seconds.push(start.elapsed().as_secs_f64());
     }
-    let start = Instant::now();
-    for _ in 0..steps {
-        step()?;
+    Ok((seconds, common::peak_rss_kib() as f64))
+}
+
+/// One side's numbers.
+struct Steps {
+    seconds: Vec<f64>,
+    peak_mib: f64,
+}
+
+impl Steps {
+    /// Mean seconds of the steps after the first two.
+    fn steady(&self) -> f64 {
+        let later = self.seconds.get(2..).unwrap_or_default();
+        later.iter().sum::<f64>() / later.len() as f64
     }
-    Ok((
-        start.elapsed().as_secs_f64() / steps as f64,
-        common::peak_rss_kib() as f64,
-    ))
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let seconds: Vec<String> = self.seconds.iter().map(|s| format!("{s:.3}")).collect();
+        write!(
+            f,
+            "steps {} s (steady {:.3} s), peak RSS {:.0} MiB",
+            seconds.join(", "),
+            self.steady(),
+            self.peak_mib
+        )
+    }
 }
 
 /// Runs the reference for `size` and prints its numbers and the ratios.
-fn compare(size: &str, threads: usize, secs: f64, peak_mib: f64) -> anyhow::Result<()> {
+fn compare(size: &str, threads: usize, ours: &Steps) -> anyhow::Result<()> {
     let threads = threads.to_string();
     let args = ["--size", size, "--threads", &threads];
     let Some(v) = common::run_reference("bench_train_reference.py", &args)? else {
         return Ok(());
     };
-    let (theirs, their_peak) = (
-        v["seconds"].as_f64().unwrap_or(f64::NAN),
-        v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
-    );
+    let theirs = Steps {
+        seconds: v["step_seconds"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_f64()).collect())
+            .unwrap_or_default(),
+        peak_mib: v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+    };
+    println!("reference, {size} DiT (scepter ACE, PyTorch {threads} threads): {theirs}");
+    let step = |s: &Steps, i: usize| s.seconds.get(i).copied().unwrap_or(f64::NAN);
     println!(
-        "reference, {size} DiT (scepter ACE, PyTorch {threads} threads): {theirs:.3} s per \
-         training step, peak RSS {their_peak:.0} MiB"
-    );
-    println!(
-        "ace / reference, {size}: time {:.2}, peak memory {:.2}",
-        secs / theirs,
-        peak_mib / their_peak
+        "ace / reference, {size}: first step {:.2}, second {:.2}, steady {:.2}, peak memory {:.2}",
+        step(ours, 0) / step(&theirs, 0),
+        step(ours, 1) / step(&theirs, 1),
+        ours.steady() / theirs.steady(),
+        ours.peak_mib / theirs.peak_mib
     );
     Ok(())
 }

@@ -3,10 +3,11 @@
 reference DiT, scepter's `ACE` backbone, with random weights on one 512 px text-to-image example
 (4x64x64 latent: 1024 tokens, 40 context rows, batch 1, f32, CPU): x_t from the linear schedule
 at t=500, the MSE between the predicted eps and the noise, backward, one torch.optim.AdamW step.
-The tiny size is the ace-tiny fixture's DiT (mean of 5 steps after a warm-up), the full size
-ACE-0.6B (one step).
+Every step is timed on its own: seven for the tiny size (the ace-tiny fixture's DiT), three
+for the full size (ACE-0.6B); the first two touch memory for the first time (AdamW makes its
+moments in the first), the ones after are what a training run repeats.
 
-Prints one JSON line: {"seconds", "peak_rss_mib", "threads"}.
+Prints one JSON line: {"step_seconds" (a list), "peak_rss_mib", "threads"}.
 Needs `pip install torch einops` and `pip install --no-deps scepter` (see
 bench_dit_reference.py for the CPU stand-in of flash-attn).
 Usage: scripts/bench_train_reference.py --size tiny|full [--threads 2]
@@ -65,15 +66,13 @@ def main():
         loss.backward()
         opt.step()
 
-    steps = 5 if args.size == "tiny" else 1
-    if steps > 1:
+    step_seconds = []
+    for _ in range(7 if args.size == "tiny" else 3):
+        start = time.perf_counter()
         step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - start) / steps
+        step_seconds.append(time.perf_counter() - start)
     print(json.dumps({
-        "seconds": seconds,
+        "step_seconds": step_seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }))
