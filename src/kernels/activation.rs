@@ -118,20 +118,31 @@ impl CustomOp1 for Activation {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let input = contiguous::<f32>(self.name(), storage, layout)?;
-        let out = match self {
+        Ok((CpuStorage::F32(self.apply(input)), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.backward(arg, grad_res)?))
+    }
+}
+
+impl Activation {
+    /// The activation of every value, over all cores.
+    pub(super) fn apply(self, input: &[f32]) -> Vec<f32> {
+        match self {
             Activation::GeluTanh => map_parallel(input, gelu_tanh),
             Activation::GeluErf => map_parallel(input, gelu_erf),
             Activation::QuickGelu => map_parallel(input, quick_gelu),
-        };
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        }
     }
 
-    /// The gradient of the input: the output's gradient times the derivative, in one
-    /// parallel pass ([`Derivative`]).
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad_res.contiguous()?;
-        let arg = arg.contiguous()?;
-        Ok(Some(arg.apply_op2_no_bwd(&grad, &Derivative(*self))?))
+    /// The gradient of the input `x` from the output's gradient: `grad` times the derivative,
+    /// in one parallel pass ([`Derivative`]).
+    pub(super) fn backward(self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let grad = grad.contiguous()?;
+        x.detach()
+            .contiguous()?
+            .apply_op2_no_bwd(&grad, &Derivative(self))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::param_grad::{self, GradBuffer};
 use super::row_sums;
+use super::Activation;
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage,
     Tensor,
@@ -285,10 +286,7 @@ fn products(
 /// weight or bias registered in [`param_grad`] go to its buffer.
 pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor, backward: bool) -> Result<Tensor> {
     if backward {
-        let op = Linear {
-            weight_grad: param_grad::buffer_of(w),
-            bias_grad: param_grad::buffer_of(bias),
-        };
+        let op = Linear::tracked(None, w, bias);
         let (x, w, bias) = (readable(x)?, readable(w)?, bias.contiguous()?);
         x.apply_op3(&w, &bias, op)
     } else {
@@ -297,10 +295,37 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor, backward: bool) -> Result<T
     }
 }
 
+/// [`linear`] of `act(x)` recording itself for backpropagation with `x` as its input (see
+/// [`super::linear_of_activation`]).
+pub fn linear_of_activation(
+    x: &Tensor,
+    act: Activation,
+    w: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    let op = Linear::tracked(Some(act), w, bias);
+    let (x, w, bias) = (x.contiguous()?, readable(w)?, bias.contiguous()?);
+    x.apply_op3(&w, &bias, op)
+}
+
 #[derive(Default)]
 struct Linear {
+    /// Applied to the input before the product (its values are not kept).
+    input_activation: Option<Activation>,
     weight_grad: Option<Arc<GradBuffer>>,
     bias_grad: Option<Arc<GradBuffer>>,
+}
+
+impl Linear {
+    /// The op of a tracked layer, sending the gradients of a registered weight or bias to its
+    /// buffer.
+    fn tracked(input_activation: Option<Activation>, w: &Tensor, bias: &Tensor) -> Self {
+        Self {
+            input_activation,
+            weight_grad: param_grad::buffer_of(w),
+            bias_grad: param_grad::buffer_of(bias),
+        }
+    }
 }
 
 impl CustomOp3 for Linear {
@@ -336,12 +361,23 @@ impl CustomOp3 for Linear {
             )
         }
         let mut out = bias[b0..b1].repeat(rows);
-        products(x, &ox, w, &ow.t(), 1.0, true, &mut out)?;
+        match self.input_activation {
+            Some(act) => {
+                let Some((start, end)) = l1.contiguous_offsets() else {
+                    candle_core::bail!("openblas-linear: an activated input must be contiguous")
+                };
+                let activated = act.apply(&x[start..end]);
+                let oa = Operand::row_major(rows, ox.cols);
+                products(&activated, &oa, w, &ow.t(), 1.0, true, &mut out)?;
+            }
+            None => products(x, &ox, w, &ow.t(), 1.0, true, &mut out)?,
+        }
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
     }
 
     /// `dx = g w`, `dw = g^T x`, `dbias = sum over rows of g`; `dw` and `dbias` into their
-    /// buffers when registered.
+    /// buffers when registered. With an input activation, `x` above is `act(x)` (recomputed)
+    /// and `dx` goes on through the activation's derivative.
     fn bwd(
         &self,
         x: &Tensor,
@@ -352,12 +388,19 @@ impl CustomOp3 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = matmul_scaled(&grad, &w.detach(), 1.0)?;
+        let (x, dx) = match self.input_activation {
+            Some(act) => (
+                x.detach().contiguous()?.apply_op1_no_bwd(&act)?,
+                act.backward(x, &dx)?,
+            ),
+            None => (x.detach(), dx),
+        };
         let dw = match &self.weight_grad {
             Some(buffer) => {
-                buffer.add(|out, accumulate| product_into(&grad.t()?, x, accumulate, out))?;
+                buffer.add(|out, accumulate| product_into(&grad.t()?, &x, accumulate, out))?;
                 None
             }
-            None => Some(matmul_scaled(&grad.t()?, &x.detach(), 1.0)?),
+            None => Some(matmul_scaled(&grad.t()?, &x, 1.0)?),
         };
         let dbias = match &self.bias_grad {
             Some(buffer) => {

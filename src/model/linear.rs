@@ -46,16 +46,31 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// The layer applied to `act(xs)` ([`kernels::linear_of_activation`]: under training the
+    /// activated values are not kept for the backward pass).
+    pub fn forward_activated(&self, xs: &Tensor, act: kernels::Activation) -> Result<Tensor> {
+        self.on_rows(xs, |x| {
+            kernels::linear_of_activation(x, act, &self.weight, self.bias.as_ref())
+        })
+    }
+
+    /// `f` on `xs` flattened to `[rows, in_dim]`, its output shaped back.
+    fn on_rows(&self, xs: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let dims = xs.dims();
         let Some((&in_dim, lead)) = dims.split_last() else {
             candle_core::bail!("linear layer on a scalar")
         };
-        let out = kernels::linear(&xs.reshape(((), in_dim))?, &self.weight, self.bias.as_ref())?;
+        let out = f(&xs.reshape(((), in_dim))?)?;
         let mut shape = lead.to_vec();
         shape.push(out.dim(1)?);
         out.reshape(shape)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.on_rows(xs, |x| kernels::linear(x, &self.weight, self.bias.as_ref()))
     }
 }
 

@@ -5,6 +5,7 @@ use super::attention::{Attention, KeysValues};
 use super::config::Config;
 use super::layers::{modulated_layer_norm, Mlp};
 use super::rope::RopeTables;
+use crate::kernels;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -66,14 +67,14 @@ impl DitBlock {
         let m = self.modulation(t0)?;
         let h = modulated_layer_norm(xs, &m.shift_msa, &m.scale_msa)?;
         let h = self.attn.self_attention(&h, cross_kv.len(), rope)?;
-        let xs = (xs + h.broadcast_mul(&m.gate_msa)?)?;
+        let xs = kernels::gated_residual(xs, &h, &m.gate_msa)?;
         let xs = (&xs
             + self
                 .cross_attn
                 .cross_attention(&xs, frame_tokens, cross_kv)?)?;
         let h = modulated_layer_norm(&xs, &m.shift_mlp, &m.scale_mlp)?;
         let h = self.mlp.forward(&h)?;
-        xs + h.broadcast_mul(&m.gate_mlp)?
+        kernels::gated_residual(&xs, &h, &m.gate_mlp)
     }
 
     /// The cross-attention keys and values of a frame's embedded context `[rows, hidden]`.

@@ -30,7 +30,7 @@ impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let hidden = self.fc1.forward(xs)?;
         self.fc2
-            .forward(&kernels::activate(&hidden, kernels::Activation::GeluTanh)?)
+            .forward_activated(&hidden, kernels::Activation::GeluTanh)
     }
 }
 
