@@ -55,15 +55,23 @@ fn contiguous<'a, T: candle_core::WithDType>(
     }
 }
 
-/// Runs `f` on the elements of the f32 CPU tensor `t` (a contiguous copy first when it is not),
-/// for the backward passes; `op` names the op in the errors.
-fn read_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("{op} takes CPU tensors")
-    };
-    f(contiguous::<f32>(op, cpu, layout)?)
+/// Runs `f` on the elements of the f32 CPU tensors `ts` (contiguous copies first where they are
+/// not), for the backward passes; `op` names the op in the errors.
+fn read_f32<const N: usize, R>(
+    op: &str,
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> Result<R>,
+) -> Result<R> {
+    let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+    let held: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = [&[][..]; N];
+    for (slice, (storage, layout)) in slices.iter_mut().zip(&held) {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("{op} takes CPU tensors")
+        };
+        *slice = contiguous::<f32>(op, cpu, layout)?;
+    }
+    f(slices)
 }
 
 /// Whether `--dtype bf16` runs on this CPU ([`bf16`]), or why not.

@@ -68,33 +68,28 @@ impl CustomOp3 for ModulatedLayerNorm {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dim = x.dim(D::Minus1)?;
-        let name = self.name();
-        let (dx, sums) = read_f32(name, x, |xs| {
-            read_f32(name, grad, |g| {
-                read_f32(name, scale, |scale| {
-                    let mut dx = vec![0f32; xs.len()];
-                    let sums = map_rows_and_sum(&mut dx, dim, 2 * dim, |r, dx, acc| {
-                        let (x, g) = (&xs[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);
-                        let (mean, inv_std) = self.statistics(x);
-                        let (dshift, dscale) = acc.split_at_mut(dim);
-                        let (mut sum_d, mut sum_dy) = (0f32, 0f32);
-                        for i in 0..dim {
-                            let y = (x[i] - mean) * inv_std;
-                            let d = g[i] * (1.0 + scale[i]);
-                            sum_d += d;
-                            sum_dy += d * y;
-                            dshift[i] += g[i];
-                            dscale[i] += g[i] * y;
-                        }
-                        let (mean_d, mean_dy) = (sum_d / dim as f32, sum_dy / dim as f32);
-                        for i in 0..dim {
-                            let y = (x[i] - mean) * inv_std;
-                            dx[i] = (g[i] * (1.0 + scale[i]) - mean_d - y * mean_dy) * inv_std;
-                        }
-                    });
-                    Ok((dx, sums))
-                })
-            })
+        let (dx, sums) = read_f32(self.name(), [x, grad, scale], |[xs, g, scale]| {
+            let mut dx = vec![0f32; xs.len()];
+            let sums = map_rows_and_sum(&mut dx, dim, 2 * dim, |r, dx, acc| {
+                let (x, g) = (&xs[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);
+                let (mean, inv_std) = self.statistics(x);
+                let (dshift, dscale) = acc.split_at_mut(dim);
+                let (mut sum_d, mut sum_dy) = (0f32, 0f32);
+                for i in 0..dim {
+                    let y = (x[i] - mean) * inv_std;
+                    let d = g[i] * (1.0 + scale[i]);
+                    sum_d += d;
+                    sum_dy += d * y;
+                    dshift[i] += g[i];
+                    dscale[i] += g[i] * y;
+                }
+                let (mean_d, mean_dy) = (sum_d / dim as f32, sum_dy / dim as f32);
+                for i in 0..dim {
+                    let y = (x[i] - mean) * inv_std;
+                    dx[i] = (g[i] * (1.0 + scale[i]) - mean_d - y * mean_dy) * inv_std;
+                }
+            });
+            Ok((dx, sums))
         })?;
         let (dshift, dscale) = sums.split_at(dim);
         let dev = x.device();
@@ -160,28 +155,23 @@ impl CustomOp2 for RmsNorm {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dim = x.dim(D::Minus1)?;
-        let name = self.name();
-        let (dx, dweight) = read_f32(name, x, |xs| {
-            read_f32(name, grad, |g| {
-                read_f32(name, weight, |w| {
-                    let mut dx = vec![0f32; xs.len()];
-                    let dweight = map_rows_and_sum(&mut dx, dim, dim, |r, dx, dweight| {
-                        let (x, g) = (&xs[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);
-                        let inv = self.inverse_rms(x);
-                        let mut sum_dy = 0f32;
-                        for i in 0..dim {
-                            let y = x[i] * inv;
-                            sum_dy += g[i] * w[i] * y;
-                            dweight[i] += g[i] * y;
-                        }
-                        let mean_dy = sum_dy / dim as f32;
-                        for i in 0..dim {
-                            dx[i] = (g[i] * w[i] - x[i] * inv * mean_dy) * inv;
-                        }
-                    });
-                    Ok((dx, dweight))
-                })
-            })
+        let (dx, dweight) = read_f32(self.name(), [x, grad, weight], |[xs, g, w]| {
+            let mut dx = vec![0f32; xs.len()];
+            let dweight = map_rows_and_sum(&mut dx, dim, dim, |r, dx, dweight| {
+                let (x, g) = (&xs[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);
+                let inv = self.inverse_rms(x);
+                let mut sum_dy = 0f32;
+                for i in 0..dim {
+                    let y = x[i] * inv;
+                    sum_dy += g[i] * w[i] * y;
+                    dweight[i] += g[i] * y;
+                }
+                let mean_dy = sum_dy / dim as f32;
+                for i in 0..dim {
+                    dx[i] = (g[i] * w[i] - x[i] * inv * mean_dy) * inv;
+                }
+            });
+            Ok((dx, dweight))
         })?;
         let dev = x.device();
         Ok((

@@ -68,22 +68,17 @@ impl CustomOp3 for GatedResidual {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dim = gate.elem_count();
-        let name = self.name();
-        let (dh, dgate) = read_f32(name, grad, |d| {
-            read_f32(name, h, |hs| {
-                read_f32(name, gate, |gate| {
-                    let mut dh = vec![0f32; d.len()];
-                    let dgate = map_rows_and_sum(&mut dh, dim, dim, |r, dh, dgate| {
-                        let rows = r * dim..(r + 1) * dim;
-                        let (d, h) = (&d[rows.clone()], &hs[rows]);
-                        for i in 0..dim {
-                            dh[i] = d[i] * gate[i];
-                            dgate[i] += d[i] * h[i];
-                        }
-                    });
-                    Ok((dh, dgate))
-                })
-            })
+        let (dh, dgate) = read_f32(self.name(), [grad, h, gate], |[d, hs, gate]| {
+            let mut dh = vec![0f32; d.len()];
+            let dgate = map_rows_and_sum(&mut dh, dim, dim, |r, dh, dgate| {
+                let rows = r * dim..(r + 1) * dim;
+                let (d, h) = (&d[rows.clone()], &hs[rows]);
+                for i in 0..dim {
+                    dh[i] = d[i] * gate[i];
+                    dgate[i] += d[i] * h[i];
+                }
+            });
+            Ok((dh, dgate))
         })?;
         let dev = h.device();
         Ok((

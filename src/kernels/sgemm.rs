@@ -443,25 +443,23 @@ fn product_into(a: &Tensor, b: &Tensor, accumulate: bool, out: &mut [f32]) -> Re
     products(cpu_f32(&sa)?, &oa, cpu_f32(&sb)?, &ob, 1.0, accumulate, out)
 }
 
-/// `out = column sums of the contiguous matrix g (+ out when accumulate)`.
+/// `out = column sums of the matrix g (+ out when accumulate)`.
 fn column_sums_into(g: &Tensor, accumulate: bool, out: &mut [f32]) -> Result<()> {
-    let (storage, layout) = g.storage_and_layout();
-    let (Some((start, end)), Ok((_, dim))) = (layout.contiguous_offsets(), g.dims2()) else {
-        candle_core::bail!("openblas-linear: bias gradient of {:?}", g.dims())
-    };
-    let rows = &cpu_f32(&storage)?[start..end];
+    let (_, dim) = g.dims2()?;
     if out.len() != dim {
         candle_core::bail!(
             "openblas-linear: {dim} columns into a buffer of {}",
             out.len()
         )
     }
-    row_sums::sum_rows_with(rows.len() / dim.max(1), dim, out, accumulate, |r, acc| {
-        for (a, v) in acc.iter_mut().zip(&rows[r * dim..(r + 1) * dim]) {
-            *a += v;
-        }
-    });
-    Ok(())
+    super::read_f32("openblas-linear", [g], |[rows]| {
+        row_sums::sum_rows_with(rows.len() / dim.max(1), dim, out, accumulate, |r, acc| {
+            for (a, v) in acc.iter_mut().zip(&rows[r * dim..(r + 1) * dim]) {
+                *a += v;
+            }
+        });
+        Ok(())
+    })
 }
 
 /// `alpha * a @ b` over the batch, see [`products`].
