@@ -2,7 +2,8 @@
  *
  *     c[m, n] = a[m, k] b[k, n] (+ bias[n])
  *
- * with `a` f32 (row stride lda), converted to bf16 by a reorder; `b` bf16 with any strides
+ * with `a` f32 with any strides (a_m along m, a_k along k: a transposed matrix is a_m = 1),
+ * converted to bf16 by a reorder; `b` bf16 with any strides
  * (a linear layer's weight [n, k] is b with strides (1, k)); `bias` f32 or NULL; `c` f32 (row
  * stride ldc). The matmul accumulates in f32 and uses the AVX512-BF16 or AMX instructions where
  * the CPU has them. Each call runs on the calling thread (the caller splits the work over its
@@ -27,7 +28,7 @@ int ace_onednn_cpu_isa(void) { return (int)dnnl_get_effective_cpu_isa(); }
 
 /* The shape of a product: what its primitives depend on. */
 struct shape {
-    int64_t m, n, k, lda, b_k, b_n, ldc;
+    int64_t m, n, k, a_m, a_k, b_k, b_n, ldc;
     int bias;
 };
 
@@ -74,7 +75,7 @@ static dnnl_status_t prepare(struct prepared *p, const struct shape *s) {
     dnnl_matmul_desc_t desc;
     dnnl_dims_t a_dims = {s->m, s->k}, b_dims = {s->k, s->n}, c_dims = {s->m, s->n},
                 bias_dims = {1, s->n};
-    dnnl_dims_t a_strides = {s->lda, 1}, a_bf16_strides = {s->k, 1}, b_strides = {s->b_k, s->b_n},
+    dnnl_dims_t a_strides = {s->a_m, s->a_k}, a_bf16_strides = {s->k, 1}, b_strides = {s->b_k, s->b_n},
                 c_strides = {s->ldc, 1}, bias_strides = {s->n, 1};
     memset(p, 0, sizeof *p);
     TRY(dnnl_memory_desc_init_by_strides(&a_md, 2, a_dims, dnnl_f32, a_strides));
@@ -120,8 +121,8 @@ static dnnl_status_t lookup(const struct shape *s, struct prepared **out) {
     return prepare(p, s);
 }
 
-int ace_onednn_matmul_bf16(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
-                           const uint16_t *b, int64_t b_k, int64_t b_n, const float *bias,
+int ace_onednn_matmul_bf16(int64_t m, int64_t n, int64_t k, const float *a, int64_t a_m,
+                           int64_t a_k, const uint16_t *b, int64_t b_k, int64_t b_n, const float *bias,
                            float *c, int64_t ldc) {
     dnnl_status_t status;
     struct prepared *p;
@@ -134,7 +135,7 @@ int ace_onednn_matmul_bf16(int64_t m, int64_t n, int64_t k, const float *a, int6
         TRY(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
     }
     memset(&s, 0, sizeof s); /* the padding too: shapes are compared bytewise */
-    s.m = m, s.n = n, s.k = k, s.lda = lda, s.b_k = b_k, s.b_n = b_n, s.ldc = ldc;
+    s.m = m, s.n = n, s.k = k, s.a_m = a_m, s.a_k = a_k, s.b_k = b_k, s.b_n = b_n, s.ldc = ldc;
     s.bias = bias != NULL;
     TRY(lookup(&s, &p));
     size_t needed = (size_t)m * (size_t)k * 2;

@@ -8,7 +8,7 @@ mod tiny_support;
 use serde_json::Value as Json;
 use serde_yaml::Value;
 use std::path::{Path, PathBuf};
-use tiny_support::{ace, fixtures};
+use tiny_support::{ace, ace_with_warnings, fixtures};
 
 const PHOTOS: [&str; 3] = ["astronaut", "chelsea", "coffee"];
 
@@ -488,4 +488,46 @@ fn stages_run_in_turn_and_the_encoding_cache_changes_nothing() {
     let warm = staged("warm", true);
     assert_eq!(plain, cold);
     assert_eq!(plain, warm);
+}
+
+/// `USE_AMP: True`: bf16 products where the CPU has bf16 instructions (losses near the f32
+/// run's, not equal to them); where it has not (oneDNN told to see AVX2 only), one warning
+/// and the f32 run's losses exactly.
+#[test]
+fn use_amp_trains_in_bf16_or_says_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(dir.path());
+    let losses = |name: &str, extra: &str, isa: Option<&str>| {
+        let cfg = write_config(dir.path(), name, "train.csv", 2, extra);
+        let mut cmd = ace_with_warnings();
+        if let Some(isa) = isa {
+            cmd.env("ONEDNN_MAX_CPU_ISA", isa);
+        }
+        let out = cmd
+            .arg("train")
+            .arg("--config")
+            .arg(&cfg)
+            .assert()
+            .success();
+        let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+        let losses: Vec<f64> = log(&dir.path().join(format!("work-{name}")))
+            .iter()
+            .map(|l| l["loss"].as_f64().unwrap())
+            .collect();
+        (losses, err)
+    };
+    let (plain, _) = losses("f32", "", None);
+    let (amp, err) = losses("amp", "  USE_AMP: True\n", None);
+    if ace::kernels::cpu_bf16_support().is_ok() {
+        assert!(!err.contains("USE_AMP"), "{err}");
+        assert_ne!(amp, plain);
+        for (a, p) in amp.iter().zip(&plain) {
+            assert!(((a - p) / p).abs() < 1e-2, "{amp:?} vs {plain:?}");
+        }
+    } else {
+        assert_eq!(amp, plain);
+    }
+    let (fallback, err) = losses("avx2", "  USE_AMP: True\n", Some("AVX2"));
+    assert!(err.contains("USE_AMP") && err.contains("float32"), "{err}");
+    assert_eq!(fallback, plain);
 }

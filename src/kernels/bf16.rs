@@ -20,7 +20,8 @@ extern "C" {
         n: i64,
         k: i64,
         a: *const f32,
-        lda: i64,
+        a_m: i64,
+        a_k: i64,
         b: *const u16,
         b_k: i64,
         b_n: i64,
@@ -32,18 +33,18 @@ extern "C" {
 
 /// `b [k, n]` in bf16 as the product reads it: its elements and their strides along k and n.
 #[derive(Clone, Copy)]
-struct Bf16Matrix<'a> {
-    values: &'a [bf16],
-    k: usize,
-    n: usize,
-    strides: (usize, usize),
+pub(super) struct Bf16Matrix<'a> {
+    pub values: &'a [bf16],
+    pub k: usize,
+    pub n: usize,
+    pub strides: (usize, usize),
 }
 
-/// `c[m, n] = a[m, k] b (+ bias)` on this thread: `a` f32 with row stride `lda` (rounded to
-/// bf16), `c` f32 row-major.
-fn product(
+/// `c[m, n] = a[m, k] b (+ bias)` on this thread: `a` f32 with strides `a_strides` along m
+/// and k (rounded to bf16), `c` f32 row-major.
+pub(super) fn product(
     a: &[f32],
-    lda: usize,
+    a_strides: (usize, usize),
     b: Bf16Matrix,
     bias: Option<&[f32]>,
     c: &mut [f32],
@@ -55,7 +56,7 @@ fn product(
         return Ok(());
     }
     if c.len() != m * n
-        || a.len() < (m - 1) * lda + k
+        || a.len() < (m - 1) * a_strides.0 + (k.max(1) - 1) * a_strides.1 + 1
         || b.values.len() < b_span
         || bias.is_some_and(|v| v.len() != n)
     {
@@ -69,7 +70,8 @@ fn product(
             n as i64,
             k as i64,
             a.as_ptr(),
-            lda as i64,
+            a_strides.0 as i64,
+            a_strides.1 as i64,
             b.values.as_ptr().cast::<u16>(),
             b.strides.0 as i64,
             b.strides.1 as i64,
@@ -150,7 +152,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let rows = m.div_ceil(threads).max(MIN_ROWS_PER_TASK);
     out.par_chunks_mut(rows * n.max(1))
         .zip(xs.par_chunks(rows * k.max(1)))
-        .try_for_each(|(o, xb)| product(xb, k, weight, bs, o))?;
+        .try_for_each(|(o, xb)| product(xb, (k, 1), weight, bs, o))?;
     Tensor::from_vec(out, (m, n), &Device::Cpu)
 }
 
@@ -207,12 +209,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
                     .try_for_each(|(out, queries)| {
                         let rows = out.len() / v_dim;
                         let mut scores = vec![0f32; rows * k_len];
-                        product(queries, d, keys_t, None, &mut scores)?;
+                        product(queries, (d, 1), keys_t, None, &mut scores)?;
                         let sums: Vec<f32> = scores
                             .chunks_mut(k_len)
                             .map(|row| super::attention::unnormalised_softmax_in_place(row, scale))
                             .collect();
-                        product(&scores, k_len, head_values, None, out)?;
+                        product(&scores, (k_len, 1), head_values, None, out)?;
                         for (row, sum) in out.chunks_mut(v_dim.max(1)).zip(&sums) {
                             super::exp::map_in_place(row, |x| x / sum);
                         }

@@ -21,6 +21,8 @@ mod activation;
 mod attention;
 #[cfg(feature = "onednn")]
 pub mod bf16;
+#[cfg(feature = "onednn")]
+mod bf16_train;
 #[cfg(feature = "openblas")]
 mod blas_core;
 #[cfg(feature = "openblas")]
@@ -112,11 +114,40 @@ pub fn matmul_scaled(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
     }
 }
 
+/// Runs `f` with the tracked f32 CPU linear layers it records taking their products in bf16
+/// (automatic mixed precision for training, as PyTorch's CPU autocast; needs bf16
+/// instructions, [`cpu_bf16_support`]). In builds without oneDNN it just runs `f`.
+pub fn autocast_bf16<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "onednn")]
+    return bf16_train::autocast_bf16(f);
+    #[cfg(not(feature = "onednn"))]
+    f()
+}
+
+/// Whether this thread is inside [`autocast_bf16`].
+fn autocast_active() -> bool {
+    #[cfg(feature = "onednn")]
+    return bf16_train::active();
+    #[cfg(not(feature = "onednn"))]
+    false
+}
+
 /// `x @ w^T + bias` for `x [rows, in]`, `w [out, in]` (PyTorch `nn.Linear`).
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     #[cfg(feature = "onednn")]
     if bf16::takes(x, w) {
         return bf16::linear(x, w, bias);
+    }
+    #[cfg(feature = "onednn")]
+    if let Some(bias) = bias {
+        let all = [x, w, bias];
+        if autocast_active()
+            && all.iter().all(|t| on_cpu_f32(t))
+            && x.rank() == 2
+            && all.iter().any(|t| t.track_op())
+        {
+            return bf16_train::linear(x, w, bias);
+        }
     }
     #[cfg(feature = "openblas")]
     if let Some(bias) = bias {

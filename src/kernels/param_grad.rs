@@ -6,7 +6,7 @@
 //! its gradient straight into one buffer (added onto it when the weight is used again), and
 //! the training code takes the buffer once the backward pass is done.
 
-use candle_core::{Device, Result, Tensor, TensorId};
+use candle_core::{Device, Result, Shape, Tensor, TensorId};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
@@ -38,6 +38,24 @@ pub fn register(weight: &Tensor) -> Arc<GradBuffer> {
     map.retain(|_, b| b.strong_count() > 0);
     map.insert(weight.id(), Arc::downgrade(&buffer));
     buffer
+}
+
+/// The gradient of a parameter of `shape` that `write(values, accumulate)` writes: into
+/// `buffer` when the parameter is registered (and `None` comes back), else into a new tensor.
+pub(crate) fn gradient(
+    buffer: Option<&Arc<GradBuffer>>,
+    shape: &Shape,
+    device: &Device,
+    write: impl FnOnce(&mut [f32], bool) -> Result<()>,
+) -> Result<Option<Tensor>> {
+    match buffer {
+        Some(buffer) => buffer.add(write).map(|()| None),
+        None => {
+            let mut values = vec![0f32; shape.elem_count()];
+            write(&mut values, false)?;
+            Tensor::from_vec(values, shape, device).map(Some)
+        }
+    }
 }
 
 /// The buffer of `t` when it is a registered weight.

@@ -5,6 +5,7 @@
 //! the same whatever the thread count. A backward pass that also writes a gradient row per
 //! row (a norm's) does both in the same visit of the row.
 
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 /// Rows per partial sum.
@@ -30,6 +31,22 @@ pub fn sum_rows_with(
         })
         .collect();
     add_partials(&partials, out, accumulate);
+}
+
+/// `out = the column sums of the f32 CPU matrix g (+ out when accumulate)`: a bias's gradient.
+pub fn column_sums_into(g: &Tensor, accumulate: bool, out: &mut [f32]) -> Result<()> {
+    let (_, dim) = g.dims2()?;
+    if out.len() != dim {
+        candle_core::bail!("column sums: {dim} columns into a buffer of {}", out.len())
+    }
+    super::read_f32("column sums", [g], |[rows]| {
+        sum_rows_with(rows.len() / dim.max(1), dim, out, accumulate, |r, acc| {
+            for (a, v) in acc.iter_mut().zip(&rows[r * dim..(r + 1) * dim]) {
+                *a += v;
+            }
+        });
+        Ok(())
+    })
 }
 
 /// For each row `r` of `rows_out` (`row_len` values each), `f(r, row, acc)` writes that row

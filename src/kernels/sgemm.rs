@@ -395,24 +395,18 @@ impl CustomOp3 for Linear {
             ),
             None => (x.detach(), dx),
         };
-        let dw = match &self.weight_grad {
-            Some(buffer) => {
-                buffer.add(|out, accumulate| product_into(&grad.t()?, &x, accumulate, out))?;
-                None
-            }
-            None => Some(matmul_scaled(&grad.t()?, &x, 1.0)?),
-        };
-        let dbias = match &self.bias_grad {
-            Some(buffer) => {
-                buffer.add(|out, accumulate| column_sums_into(&grad, accumulate, out))?;
-                None
-            }
-            None => {
-                let mut sums = vec![0f32; bias.elem_count()];
-                column_sums_into(&grad, false, &mut sums)?;
-                Some(Tensor::from_vec(sums, bias.shape(), bias.device())?)
-            }
-        };
+        let dw = param_grad::gradient(
+            self.weight_grad.as_ref(),
+            w.shape(),
+            w.device(),
+            |out, accumulate| product_into(&grad.t()?, &x, accumulate, out),
+        )?;
+        let dbias = param_grad::gradient(
+            self.bias_grad.as_ref(),
+            bias.shape(),
+            bias.device(),
+            |out, accumulate| row_sums::column_sums_into(&grad, accumulate, out),
+        )?;
         Ok((Some(dx), dw, dbias))
     }
 }
@@ -441,25 +435,6 @@ fn product_into(a: &Tensor, b: &Tensor, accumulate: bool, out: &mut [f32]) -> Re
         )
     }
     products(cpu_f32(&sa)?, &oa, cpu_f32(&sb)?, &ob, 1.0, accumulate, out)
-}
-
-/// `out = column sums of the matrix g (+ out when accumulate)`.
-fn column_sums_into(g: &Tensor, accumulate: bool, out: &mut [f32]) -> Result<()> {
-    let (_, dim) = g.dims2()?;
-    if out.len() != dim {
-        candle_core::bail!(
-            "openblas-linear: {dim} columns into a buffer of {}",
-            out.len()
-        )
-    }
-    super::read_f32("openblas-linear", [g], |[rows]| {
-        row_sums::sum_rows_with(rows.len() / dim.max(1), dim, out, accumulate, |r, acc| {
-            for (a, v) in acc.iter_mut().zip(&rows[r * dim..(r + 1) * dim]) {
-                *a += v;
-            }
-        });
-        Ok(())
-    })
 }
 
 /// `alpha * a @ b` over the batch, see [`products`].

@@ -3,9 +3,11 @@
 //! `MODEL` (the inference `MODEL` section, plus `PRETRAINED_MODEL` to start the DiT from another
 //! checkpoint, `USE_EMA`, `EMA_DECAY`), `OPTIMIZER` (AdamW), `TRAIN_DATA`, `TRAIN_HOOKS`
 //! (`LogHook.LOG_INTERVAL`, `CheckpointHook.INTERVAL`), and our additions `GRAD_CLIP` and
-//! `TUNER` (LoRA). Multi-stage training is a top-level `STAGES` list whose entries are merged
-//! over `SOLVER` key by key and run one after the other. Keys the trainer has no use for
-//! (`FILE_SYSTEM`, `USE_AMP`, `SAMPLE_ARGS`, ...) are accepted and ignored. Relative paths are
+//! `TUNER` (LoRA). `USE_AMP` (automatic mixed precision) runs the DiT's linear layers with
+//! bf16 products on CPUs with bf16 instructions, as PyTorch's CPU autocast; elsewhere the
+//! trainer says why and trains in f32. Multi-stage training is a top-level `STAGES` list whose
+//! entries are merged over `SOLVER` key by key and run one after the other. Keys the trainer
+//! has no use for (`FILE_SYSTEM`, `SAMPLE_ARGS`, ...) are accepted and ignored. Relative paths are
 //! relative to the YAML's folder.
 
 use super::lora::LoraSpec;
@@ -35,6 +37,8 @@ pub struct Stage {
     pub work_dir: PathBuf,
     pub log_file: String,
     pub grad_clip: Option<f64>,
+    /// `USE_AMP`: the linear layers' products in bf16 where the CPU has them.
+    pub use_amp: bool,
     pub model: AceConfig,
     /// A DiT checkpoint to start from instead of `DIFFUSION_MODEL.PRETRAINED_MODEL`.
     pub pretrained: Option<PathBuf>,
@@ -84,6 +88,8 @@ struct RawSolver {
     log_file: String,
     #[serde(rename = "GRAD_CLIP", default)]
     grad_clip: Option<f64>,
+    #[serde(rename = "USE_AMP", default)]
+    use_amp: bool,
     #[serde(rename = "MODEL")]
     model: Value,
     #[serde(rename = "OPTIMIZER")]
@@ -303,6 +309,7 @@ impl TrainConfig {
             work_dir: resolve(&raw.work_dir),
             log_file: raw.log_file,
             grad_clip: raw.grad_clip,
+            use_amp: raw.use_amp,
             model,
             pretrained,
             ema_decay: use_ema.then_some(ema_decay),

@@ -21,6 +21,7 @@ use super::model::{diffusion_loss, Encoded, Frozen};
 use super::optimizer::{clip_grad_norm, grad_norm, AdamW};
 use super::plot;
 use super::weights::DitWeights;
+use crate::kernels;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -167,6 +168,8 @@ struct Run<'a> {
     state: TrainState,
     work_dir: PathBuf,
     device: Device,
+    /// Whether this stage's linear layers take bf16 products ([`mixed_precision`]).
+    amp: bool,
 }
 
 impl Run<'_> {
@@ -233,14 +236,21 @@ impl Run<'_> {
             let (batch, ts, noises) =
                 self.draw(encoder, train, stage.data.batch_size, num_timesteps)?;
             let model = self.weights.model()?;
-            let loss = diffusion_loss(
-                &model,
-                frozen.text_position_embeddings(),
-                frozen.schedule(),
-                &batch,
-                &ts,
-                &noises,
-            )?;
+            let forward = || {
+                diffusion_loss(
+                    &model,
+                    frozen.text_position_embeddings(),
+                    frozen.schedule(),
+                    &batch,
+                    &ts,
+                    &noises,
+                )
+            };
+            let loss = if self.amp {
+                kernels::autocast_bf16(forward)?
+            } else {
+                forward()?
+            };
             let value = f64::from(loss.to_scalar::<f32>()?);
             self.finite(value, "the loss")?;
             loss_sum += value;
@@ -384,6 +394,24 @@ fn clear_for_fresh_run(work_dir: &Path, logs: &Logs, force: bool) -> Result<Opti
     Ok(Some(aside))
 }
 
+/// Whether the stage's DiT linear layers take bf16 products (`USE_AMP`): on CPUs with bf16
+/// instructions; elsewhere the stage trains in f32 and a warning says why.
+fn mixed_precision(stage: &Stage, device: &Device) -> bool {
+    if !stage.use_amp {
+        return false;
+    }
+    let why = if device.is_cpu() {
+        match kernels::cpu_bf16_support() {
+            Ok(()) => return true,
+            Err(why) => why,
+        }
+    } else {
+        "mixed precision is implemented for the CPU only".to_string()
+    };
+    log::warn!("USE_AMP: {why}; training in float32");
+    false
+}
+
 /// Trains as `cfg` says; `progress` sees every step.
 pub fn run(
     cfg: &TrainConfig,
@@ -467,6 +495,7 @@ pub fn run(
         state,
         work_dir: work_dir.clone(),
         device: device.clone(),
+        amp: false,
     };
     let mut finish = Finish::Completed;
     let mut last_saved = None;
@@ -480,6 +509,7 @@ pub fn run(
         }
         let stage = &cfg.stages[stage_index];
         run.optimizer.set_params(stage.optimizer);
+        run.amp = mixed_precision(stage, device);
         let stage_end: u64 = cfg.stages[..=stage_index].iter().map(|s| s.max_steps).sum();
         let examples = dataset::read_list(&stage.data.list)?;
         dataset::check_files(&examples, &stage.data.list)?;

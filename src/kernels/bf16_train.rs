@@ -1,0 +1,301 @@
+//! The linear layer of a training step under automatic mixed precision (the reference's
+//! `SOLVER.USE_AMP`; on the CPU PyTorch autocasts to bf16): the weights stay f32, as AdamW
+//! updates them, and each of the layer's three products rounds its operands to bf16 and
+//! accumulates in f32 through oneDNN ([`super::bf16`]): `x W^T` forward, `g W` and `g^T x`
+//! backward. Everything else (attention, norms, activations, the loss) stays f32, and so do the
+//! gradients. Autocast is a region, [`autocast_bf16`], as PyTorch's context manager is: the
+//! layers it records keep their precision through the backward pass that runs after it.
+
+use super::bf16::{product, Bf16Matrix};
+use super::param_grad::{self, GradBuffer};
+use super::{read_f32, row_sums};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+use std::cell::Cell;
+use std::sync::Arc;
+
+/// Rows of a product per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+thread_local! {
+    /// Whether this thread is inside [`autocast_bf16`].
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the tracked f32 CPU linear layers it records taking bf16 products (the CPU
+/// must have bf16 instructions, [`super::cpu_bf16_support`]).
+pub fn autocast_bf16<R>(f: impl FnOnce() -> R) -> R {
+    let before = ACTIVE.with(|a| a.replace(true));
+    let out = f();
+    ACTIVE.with(|a| a.set(before));
+    out
+}
+
+/// Whether [`autocast_bf16`] is on for this thread.
+pub fn active() -> bool {
+    ACTIVE.with(Cell::get)
+}
+
+/// `x @ w^T + bias` recorded for backpropagation with its products in bf16; gradients of a
+/// registered weight or bias go to its buffer.
+pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let op = AutocastLinear {
+        weight_grad: param_grad::buffer_of(w),
+        bias_grad: param_grad::buffer_of(bias),
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &bias.contiguous()?, op)
+}
+
+struct AutocastLinear {
+    weight_grad: Option<Arc<GradBuffer>>,
+    bias_grad: Option<Arc<GradBuffer>>,
+}
+
+/// The values rounded to bf16, over all cores.
+fn to_bf16(values: &[f32]) -> Vec<bf16> {
+    let mut out = vec![bf16::ZERO; values.len()];
+    out.par_chunks_mut(1 << 16)
+        .zip(values.par_chunks(1 << 16))
+        .for_each(|(o, v)| {
+            for (o, &v) in o.iter_mut().zip(v) {
+                *o = bf16::from_f32(v);
+            }
+        });
+    out
+}
+
+/// `c [m, n] = a b` with `a` f32 row-major `[m, k]` and `b` bf16, over row blocks in parallel.
+fn rows_product(
+    a: &[f32],
+    k: usize,
+    b: Bf16Matrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) -> Result<()> {
+    let n = b.n.max(1);
+    c.par_chunks_mut(ROWS_PER_TASK * n)
+        .zip(a.par_chunks(ROWS_PER_TASK * k.max(1)))
+        .try_for_each(|(c, a)| product(a, (k, 1), b, bias, c))
+}
+
+impl CustomOp3 for AutocastLinear {
+    fn name(&self) -> &'static str {
+        "autocast-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = super::contiguous::<f32>(self.name(), s1, l1)?;
+        let w = super::contiguous::<f32>(self.name(), s2, l2)?;
+        let bias = super::contiguous::<f32>(self.name(), s3, l3)?;
+        let (Ok((rows, k)), Ok((n, wk))) = (l1.shape().dims2(), l2.shape().dims2()) else {
+            candle_core::bail!("autocast-linear: x {:?}, w {:?}", l1.dims(), l2.dims())
+        };
+        if wk != k || bias.len() != n {
+            candle_core::bail!(
+                "autocast-linear: x {:?}, w {:?}, bias {:?} do not fit together",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        let w = to_bf16(w);
+        // `W^T [k, n]` read from `W [n, k]`.
+        let weight_t = Bf16Matrix {
+            values: &w,
+            k,
+            n,
+            strides: (1, k),
+        };
+        let mut out = vec![0f32; rows * n];
+        rows_product(x, k, weight_t, Some(bias), &mut out)?;
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+
+    /// `dx = g W`, `dW = g^T x`, `dbias = sum over rows of g`, the products in bf16.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, k) = x.dims2()?;
+        let (n, _) = w.dims2()?;
+        let grad = grad.contiguous()?;
+        let (dx, inputs) = read_f32(self.name(), [x, w, &grad], |[xs, ws, g]| {
+            let w = to_bf16(ws);
+            let mut dx = vec![0f32; rows * k];
+            // `W [n, k]` as it is.
+            let weight = Bf16Matrix {
+                values: &w,
+                k: n,
+                n: k,
+                strides: (k, 1),
+            };
+            rows_product(g, n, weight, None, &mut dx)?;
+            Ok((dx, to_bf16(xs)))
+        })?;
+        let dw = param_grad::gradient(
+            self.weight_grad.as_ref(),
+            w.shape(),
+            w.device(),
+            |out, accumulate| {
+                read_f32(self.name(), [&grad], |[g]| {
+                    weight_gradient(g, n, &inputs, k, accumulate, out)
+                })
+            },
+        )?;
+        let dbias = param_grad::gradient(
+            self.bias_grad.as_ref(),
+            bias.shape(),
+            bias.device(),
+            |out, accumulate| row_sums::column_sums_into(&grad, accumulate, out),
+        )?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            dw,
+            dbias,
+        ))
+    }
+}
+
+/// `out = g^T x (+ out when accumulate)` for `g [rows, n]` f32 and `x [rows, k]` in bf16,
+/// `out [n, k]`, by blocks of its rows in parallel.
+fn weight_gradient(
+    g: &[f32],
+    n: usize,
+    x: &[bf16],
+    k: usize,
+    accumulate: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    let rows = x.len() / k.max(1);
+    let inputs = Bf16Matrix {
+        values: x,
+        k: rows,
+        n: k,
+        strides: (k, 1),
+    };
+    // oneDNN writes its products: onto earlier gradients through a temporary.
+    let mut fresh = if accumulate {
+        vec![0f32; out.len()]
+    } else {
+        Vec::new()
+    };
+    let target: &mut [f32] = if accumulate { &mut fresh } else { &mut *out };
+    // Rows i.. of `g^T` are columns i.. of `g`: strides 1 along them, n along k.
+    target
+        .par_chunks_mut(ROWS_PER_TASK * k.max(1))
+        .enumerate()
+        .try_for_each(|(i, c)| product(&g[i * ROWS_PER_TASK..], (1, n), inputs, None, c))?;
+    if accumulate {
+        for (o, f) in out.iter_mut().zip(&fresh) {
+            *o += f;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The layer and its three gradients against f32 products of the bf16-rounded operands,
+    /// with the weight and bias registered (gathered in place over two uses) and without.
+    #[test]
+    fn products_are_those_of_the_rounded_operands_forward_and_backward() {
+        let dev = Device::Cpu;
+        let (rows, k, n) = (150, 40, 24);
+        let x = Var::randn(0f32, 1.0, (rows, k), &dev).unwrap();
+        let w = Var::randn(0f32, 0.2, (n, k), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, n, &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (rows, n), &dev).unwrap();
+        let y = match autocast_bf16(|| super::super::linear(&x, &w, Some(&b))) {
+            Ok(y) => y,
+            // oneDNN has no bf16 product on CPUs without AVX-512: an error there (the trainer
+            // runs f32 on them and says so), never a wrong result.
+            Err(e) => {
+                assert!(super::super::cpu_bf16_support().is_err(), "{e}");
+                return;
+            }
+        };
+        let want = rounded(&x)
+            .matmul(&rounded(&w).t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(
+            max_abs_diff(&y, &want) < 1e-4,
+            "{}",
+            max_abs_diff(&y, &want)
+        );
+        // d(sum(y * g)) is g: dx = g W, dW = g^T x, dbias = column sums of g.
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let want_dx = rounded(&g).matmul(&rounded(&w)).unwrap();
+        let want_dw = rounded(&g).t().unwrap().matmul(&rounded(&x)).unwrap();
+        let want_db = g.sum(0).unwrap();
+        let got = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+        for (got, want) in [
+            (got(&x), &want_dx),
+            (got(&w), &want_dw),
+            (got(&b), &want_db),
+        ] {
+            let d = max_abs_diff(&got, want);
+            assert!(d < 1e-3, "{d}");
+        }
+        // Registered: the weight's and bias's gradients of two uses gather in their buffers.
+        let buffers = [&w, &b].map(|v| param_grad::register(v.as_tensor()));
+        let twice = autocast_bf16(|| -> Result<Tensor> {
+            let y = super::super::linear(&x, &w, Some(&b))?;
+            (&y * &g)?.sum_all()? + (&y * &g)?.sum_all()?
+        })
+        .unwrap();
+        let store = twice.backward().unwrap();
+        assert!(store.get(w.as_tensor()).is_none());
+        for (buffer, want) in buffers.iter().zip([&want_dw, &want_db]) {
+            let got = buffer.take(&dev).unwrap().unwrap();
+            let d = max_abs_diff(&got, &(want * 2.0).unwrap());
+            assert!(d < 2e-3, "{d}");
+        }
+        // Outside the region the layer is the f32 one again.
+        let plain = super::super::linear(&x, &w, Some(&b)).unwrap();
+        let f32_want = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(max_abs_diff(&plain, &f32_want) < 1e-5);
+    }
+}
