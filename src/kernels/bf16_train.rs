@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Rows of a product per parallel task.
 const ROWS_PER_TASK: usize = 64;
@@ -43,6 +43,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let op = AutocastLinear {
         weight_grad: param_grad::buffer_of(w),
         bias_grad: param_grad::buffer_of(bias),
+        rounded_weight: Mutex::new(None),
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &bias.contiguous()?, op)
@@ -51,16 +52,23 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
 struct AutocastLinear {
     weight_grad: Option<Arc<GradBuffer>>,
     bias_grad: Option<Arc<GradBuffer>>,
+    /// The weight rounded by the forward pass, for the backward pass (autocast's weight cache:
+    /// the weight does not change in between).
+    rounded_weight: Mutex<Option<Vec<bf16>>>,
 }
 
-/// The values rounded to bf16, over all cores.
+/// The values rounded to bf16 (to nearest, ties to even, NaN kept a quiet NaN: `half`'s and
+/// PyTorch's rounding), over all cores, branch-free so that it vectorises.
 fn to_bf16(values: &[f32]) -> Vec<bf16> {
     let mut out = vec![bf16::ZERO; values.len()];
     out.par_chunks_mut(1 << 16)
         .zip(values.par_chunks(1 << 16))
         .for_each(|(o, v)| {
             for (o, &v) in o.iter_mut().zip(v) {
-                *o = bf16::from_f32(v);
+                let bits = v.to_bits();
+                let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+                let nan = ((bits >> 16) as u16) | 0x40;
+                *o = bf16::from_bits(if v.is_nan() { nan } else { rounded });
             }
         });
     out
@@ -133,8 +141,13 @@ impl CustomOp3 for AutocastLinear {
         let (rows, k) = x.dims2()?;
         let (n, _) = w.dims2()?;
         let grad = grad.contiguous()?;
+        let cached = self
+            .rounded_weight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let (dx, inputs) = read_f32(self.name(), [x, w, &grad], |[xs, ws, g]| {
-            let w = to_bf16(ws);
+            let w = cached.unwrap_or_else(|| to_bf16(ws));
             let mut dx = vec![0f32; rows * k];
             // `W [n, k]` as it is.
             let weight = Bf16Matrix {
