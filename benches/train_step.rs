@@ -4,7 +4,9 @@
 //! is timed on its own, seven of the tiny DiT and three of the full-size one: the first makes
 //! AdamW's moments, the first two touch memory for the first time (the second is the first to
 //! hold the moments and the gradients at once), and the steps after them are what a training
-//! run repeats ("steady"). Each size
+//! run repeats ("steady"). Where the CPU has bf16 instructions the full size runs again with
+//! `USE_AMP` (bf16 products, `kernels::autocast_bf16`) against the reference under
+//! `torch.autocast("cpu", dtype=torch.bfloat16)`; ACE_BENCH_AMP=0 skips it. Each size
 //! runs in its own process (peak memory is per process), ours and then the PyTorch reference
 //! (`scripts/bench_train_reference.py`: scepter's ACE backbone, MSE loss, torch.optim.AdamW),
 //! and the ratios are printed. `cargo bench --bench train_step`; two threads unless
@@ -46,7 +48,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(i) = args.iter().position(|a| a == "--size") {
         let size = args.get(i + 1).map(String::as_str).unwrap_or("");
         let steps = if size == "tiny" { 7 } else { 3 };
-        let (seconds, peak) = run(if size == "tiny" { TINY } else { FULL }, steps)?;
+        let amp = args.iter().any(|a| a == "--amp");
+        let (seconds, peak) = run(if size == "tiny" { TINY } else { FULL }, steps, amp)?;
         let seconds: Vec<String> = seconds.iter().map(f64::to_string).collect();
         println!("{peak} {}", seconds.join(" "));
         return Ok(());
@@ -59,8 +62,19 @@ fn main() -> anyhow::Result<()> {
     common::print_machine();
     let threads = candle_core::utils::get_num_threads();
     let reference = std::env::var("ACE_BENCH_REFERENCE").as_deref() != Ok("0");
-    for size in ["tiny", "full"] {
-        let out = Command::new(&args[0]).args(["--size", size]).output()?;
+    let mut runs = vec![("tiny", false), ("full", false)];
+    match ace::kernels::cpu_bf16_support() {
+        _ if std::env::var("ACE_BENCH_AMP").as_deref() == Ok("0") => {}
+        Ok(()) => runs.push(("full", true)),
+        Err(why) => println!("USE_AMP (bf16 products) not measured: {why}"),
+    }
+    for (size, amp) in runs {
+        let mut child = Command::new(&args[0]);
+        child.args(["--size", size]);
+        if amp {
+            child.arg("--amp");
+        }
+        let out = child.output()?;
         anyhow::ensure!(
             out.status.success(),
             "{size}: {}",
@@ -80,16 +94,22 @@ fn main() -> anyhow::Result<()> {
             seconds: seconds.to_vec(),
             peak_mib: peak / 1024.0,
         };
-        println!("ace, {size} DiT, {threads} threads: {ours}");
+        let label = if amp {
+            format!("{size} DiT, USE_AMP")
+        } else {
+            format!("{size} DiT")
+        };
+        println!("ace, {label}, {threads} threads: {ours}");
         if reference {
-            compare(size, threads, &ours)?;
+            compare(size, amp, &label, threads, &ours)?;
         }
     }
     Ok(())
 }
 
-/// Seconds of each of `steps` steps and peak RSS (KiB) of training the DiT of `config`.
-fn run(config: &str, steps: usize) -> anyhow::Result<(Vec<f64>, f64)> {
+/// Seconds of each of `steps` steps and peak RSS (KiB) of training the DiT of `config`, with
+/// bf16 products when `amp`.
+fn run(config: &str, steps: usize, amp: bool) -> anyhow::Result<(Vec<f64>, f64)> {
     let cfg: Config = serde_yaml::from_str(config)?;
     let dev = Device::Cpu;
     let latent = latent();
@@ -121,14 +141,21 @@ fn run(config: &str, steps: usize) -> anyhow::Result<(Vec<f64>, f64)> {
     let mut step = |n: usize| -> anyhow::Result<()> {
         let t0 = Instant::now();
         let dit = weights.model()?;
-        let loss = diffusion_loss(
-            &dit,
-            &tpe,
-            &schedule,
-            std::slice::from_ref(&example),
-            &[500],
-            std::slice::from_ref(&noise),
-        )?;
+        let forward = || {
+            diffusion_loss(
+                &dit,
+                &tpe,
+                &schedule,
+                std::slice::from_ref(&example),
+                &[500],
+                std::slice::from_ref(&noise),
+            )
+        };
+        let loss = if amp {
+            ace::kernels::autocast_bf16(forward)?
+        } else {
+            forward()?
+        };
         let t1 = Instant::now();
         let named = weights.backward(loss)?;
         let t2 = Instant::now();
@@ -178,10 +205,14 @@ impl std::fmt::Display for Steps {
     }
 }
 
-/// Runs the reference for `size` and prints its numbers and the ratios.
-fn compare(size: &str, threads: usize, ours: &Steps) -> anyhow::Result<()> {
+/// Runs the reference for `size` (under bf16 autocast when `amp`) and prints its numbers and
+/// the ratios.
+fn compare(size: &str, amp: bool, label: &str, threads: usize, ours: &Steps) -> anyhow::Result<()> {
     let threads = threads.to_string();
-    let args = ["--size", size, "--threads", &threads];
+    let mut args = vec!["--size", size, "--threads", &threads];
+    if amp {
+        args.push("--amp");
+    }
     let Some(v) = common::run_reference("bench_train_reference.py", &args)? else {
         return Ok(());
     };
@@ -192,10 +223,10 @@ fn compare(size: &str, threads: usize, ours: &Steps) -> anyhow::Result<()> {
             .unwrap_or_default(),
         peak_mib: v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
     };
-    println!("reference, {size} DiT (scepter ACE, PyTorch {threads} threads): {theirs}");
+    println!("reference, {label} (scepter ACE, PyTorch {threads} threads): {theirs}");
     let step = |s: &Steps, i: usize| s.seconds.get(i).copied().unwrap_or(f64::NAN);
     println!(
-        "ace / reference, {size}: first step {:.2}, second {:.2}, steady {:.2}, peak memory {:.2}",
+        "ace / reference, {label}: first step {:.2}, second {:.2}, steady {:.2}, peak memory {:.2}",
         step(ours, 0) / step(&theirs, 0),
         step(ours, 1) / step(&theirs, 1),
         ours.steady() / theirs.steady(),

@@ -7,10 +7,13 @@ Every step is timed on its own: seven for the tiny size (the ace-tiny fixture's 
 for the full size (ACE-0.6B); the first two touch memory for the first time (AdamW makes its
 moments in the first), the ones after are what a training run repeats.
 
+With --amp the forward pass and the loss run under torch.autocast("cpu", dtype=torch.bfloat16)
+(the reference's USE_AMP on the CPU), backward and AdamW as PyTorch runs them after it.
+
 Prints one JSON line: {"step_seconds" (a list), "peak_rss_mib", "threads"}.
 Needs `pip install torch einops` and `pip install --no-deps scepter` (see
 bench_dit_reference.py for the CPU stand-in of flash-attn).
-Usage: scripts/bench_train_reference.py --size tiny|full [--threads 2]
+Usage: scripts/bench_train_reference.py --size tiny|full [--threads 2] [--amp]
 """
 import argparse
 import json
@@ -37,6 +40,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=SIZES, required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--amp", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -61,8 +65,9 @@ def main():
     def step():
         opt.zero_grad(set_to_none=True)
         x_t = alpha * x0 + sigma * noise
-        eps = model(x_t, t=t, cond=cond, mask=context_mask, text_position_embeddings=tpe)
-        loss = ((eps - noise) ** 2).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp):
+            eps = model(x_t, t=t, cond=cond, mask=context_mask, text_position_embeddings=tpe)
+            loss = ((eps.float() - noise) ** 2).mean()
         loss.backward()
         opt.step()
 
