@@ -107,7 +107,9 @@ impl CustomOp3 for Attention {
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
-    /// One matrix (head) at a time, so that one head's scores exist at once.
+    /// In parallel over the matrices of the batch (heads), each on one thread with its own
+    /// two score-sized buffers, so that as many heads' scores exist at once as there are
+    /// threads.
     fn bwd(
         &self,
         q: &Tensor,
@@ -121,44 +123,92 @@ impl CustomOp3 for Attention {
             t.detach().reshape(((), t.dim(r - 2)?, t.dim(r - 1)?))
         };
         let (fq, fk, fv, fo, fg) = (flat(q)?, flat(k)?, flat(v)?, flat(out)?, flat(grad)?);
-        let mut grads: [Vec<Tensor>; 3] = Default::default();
-        for i in 0..fq.dim(0)? {
-            let at = |t: &Tensor| t.narrow(0, i, 1);
-            let head = self.head_grads(&at(&fq)?, &at(&fk)?, &at(&fv)?, &at(&fo)?, &at(&fg)?)?;
-            for (all, g) in grads.iter_mut().zip(head) {
-                all.push(g);
-            }
-        }
-        let [dq, dk, dv] = grads;
+        let (heads, n, d) = fq.dims3()?;
+        let (_, m, dv) = fv.dims3()?;
+        let shape = HeadShape { n, m, d, dv };
+        let (dq, dk, dvs) =
+            super::read_f32(self.name(), [&fq, &fk, &fv, &fo, &fg], |[q, k, v, o, g]| {
+                let mut dq = vec![0f32; heads * n * d];
+                let mut dk = vec![0f32; heads * m * d];
+                let mut dvs = vec![0f32; heads * m * dv];
+                dq.par_chunks_mut((n * d).max(1))
+                    .zip(dk.par_chunks_mut((m * d).max(1)))
+                    .zip(dvs.par_chunks_mut((m * dv).max(1)))
+                    .enumerate()
+                    .try_for_each(|(h, ((dq, dk), dvh))| {
+                        let head = |t, len| matrix(t, h, len);
+                        self.head_grads(
+                            shape,
+                            [
+                                head(q, n * d),
+                                head(k, m * d),
+                                head(v, m * dv),
+                                head(o, n * dv),
+                                head(g, n * dv),
+                            ],
+                            [dq, dk, dvh],
+                        )
+                    })?;
+                Ok((dq, dk, dvs))
+            })?;
+        let dev = q.device();
         Ok((
-            Some(Tensor::cat(&dq, 0)?.reshape(q.shape())?),
-            Some(Tensor::cat(&dk, 0)?.reshape(k.shape())?),
-            Some(Tensor::cat(&dv, 0)?.reshape(v.shape())?),
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dvs, v.shape(), dev)?),
         ))
     }
 }
 
+/// Matrix `h` of a batch of `len`-element matrices.
+fn matrix(t: &[f32], h: usize, len: usize) -> &[f32] {
+    &t[h * len..(h + 1) * len]
+}
+
+/// One head's sizes: `n` queries, `m` keys, `d` per query and key, `dv` per value.
+#[derive(Clone, Copy)]
+struct HeadShape {
+    n: usize,
+    m: usize,
+    d: usize,
+    dv: usize,
+}
+
 impl Attention {
-    /// Gradients of one matrix of the batch (`[1, n, d]` each, no graph): with
+    /// Gradients of one head on this thread (row-major slices `q [n, d]`, `k [m, d]`,
+    /// `v [m, dv]`, the output `o [n, dv]` and its gradient `g [n, dv]`): with
     /// `P = softmax(scale q k^T)`, `dv = P^T g`, `dS = P (g v^T - rowsum(g o))`,
     /// `dq = scale dS k`, `dk = scale dS^T q`.
     fn head_grads(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        o: &Tensor,
-        g: &Tensor,
-    ) -> Result<[Tensor; 3]> {
-        use super::matmul_scaled;
-        let probs = candle_nn::ops::softmax_last_dim(&matmul_scaled(q, &k.t()?, self.scale)?)?;
-        let dv = matmul_scaled(&probs.t()?, g, 1.0)?;
-        let dp = matmul_scaled(g, &v.t()?, 1.0)?;
-        let delta = (g * o)?.sum_keepdim(candle_core::D::Minus1)?;
-        let ds = (probs * dp.broadcast_sub(&delta)?)?;
-        let dq = matmul_scaled(&ds, k, self.scale)?;
-        let dk = matmul_scaled(&ds.t()?, q, self.scale)?;
-        Ok([dq, dk, dv])
+        HeadShape { n, m, d, dv }: HeadShape,
+        [q, k, v, o, g]: [&[f32]; 5],
+        [dq, dk, dvh]: [&mut [f32]; 3],
+    ) -> Result<()> {
+        let rm = Operand::row_major;
+        let scale = self.scale as f32;
+        let mut probs = vec![0f32; n * m];
+        gemm(q, &rm(n, d), k, &rm(m, d).t(), &mut probs, 1.0, false)?;
+        for row in probs.chunks_mut(m.max(1)) {
+            let sum = unnormalised_softmax_in_place(row, self.scale);
+            map_in_place(row, |x| x / sum);
+        }
+        gemm(&probs, &rm(n, m).t(), g, &rm(n, dv), dvh, 1.0, false)?;
+        let mut ds = vec![0f32; n * m];
+        gemm(g, &rm(n, dv), v, &rm(m, dv).t(), &mut ds, 1.0, false)?;
+        for (i, (ds, p)) in ds
+            .chunks_mut(m.max(1))
+            .zip(probs.chunks(m.max(1)))
+            .enumerate()
+        {
+            let row = i * dv..(i + 1) * dv;
+            let delta: f32 = g[row.clone()].iter().zip(&o[row]).map(|(g, o)| g * o).sum();
+            for (ds, &p) in ds.iter_mut().zip(p) {
+                *ds = p * (*ds - delta);
+            }
+        }
+        gemm(&ds, &rm(n, m), k, &rm(m, d), dq, scale, false)?;
+        gemm(&ds, &rm(n, m).t(), q, &rm(n, d), dk, scale, false)
     }
 }
 
