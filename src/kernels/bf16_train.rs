@@ -15,8 +15,16 @@ use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
-/// Rows of a product per parallel task.
-const ROWS_PER_TASK: usize = 64;
+/// Fewest rows of a product worth a task of their own.
+const MIN_ROWS_PER_TASK: usize = 64;
+
+/// Rows per task of a product with `rows` rows: one block per thread. Each call packs the
+/// whole right operand (a weight matrix, up to 10 MiB) for oneDNN, so more, smaller blocks
+/// cost more than they balance.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads().max(1))
+        .max(MIN_ROWS_PER_TASK)
+}
 
 thread_local! {
     /// Whether this thread is inside [`autocast_bf16`].
@@ -83,8 +91,9 @@ fn rows_product(
     c: &mut [f32],
 ) -> Result<()> {
     let n = b.n.max(1);
-    c.par_chunks_mut(ROWS_PER_TASK * n)
-        .zip(a.par_chunks(ROWS_PER_TASK * k.max(1)))
+    let rows = rows_per_task(c.len() / n);
+    c.par_chunks_mut(rows * n)
+        .zip(a.par_chunks(rows * k.max(1)))
         .try_for_each(|(c, a)| product(a, (k, 1), b, bias, c))
 }
 
@@ -208,10 +217,11 @@ fn weight_gradient(
     };
     let target: &mut [f32] = if accumulate { &mut fresh } else { &mut *out };
     // Rows i.. of `g^T` are columns i.. of `g`: strides 1 along them, n along k.
+    let block = rows_per_task(n);
     target
-        .par_chunks_mut(ROWS_PER_TASK * k.max(1))
+        .par_chunks_mut(block * k.max(1))
         .enumerate()
-        .try_for_each(|(i, c)| product(&g[i * ROWS_PER_TASK..], (1, n), inputs, None, c))?;
+        .try_for_each(|(i, c)| product(&g[i * block..], (1, n), inputs, None, c))?;
     if accumulate {
         for (o, f) in out.iter_mut().zip(&fresh) {
             *o += f;
