@@ -237,13 +237,8 @@ fn cpu(s: &candle_core::Storage) -> Result<&candle_core::CpuStorage> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::max_diff as max_abs_diff;
     use super::*;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .unwrap()
-    }
 
     #[test]
     fn matches_the_f32_product_of_the_rounded_weights() {

@@ -232,6 +232,7 @@ fn weight_gradient(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::max_diff as max_abs_diff;
     use super::*;
     use candle_core::{DType, Device, Var};
 
@@ -239,19 +240,6 @@ mod tests {
         t.to_dtype(DType::BF16)
             .unwrap()
             .to_dtype(DType::F32)
-            .unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
             .unwrap()
     }
 
