@@ -19,14 +19,29 @@ const QUERY_BLOCK: usize = 64;
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, backward: bool) -> Result<Tensor> {
     let (q, k, v) = (readable(q)?, readable(k)?, readable(v)?);
     if backward {
-        q.apply_op3(&k, &v, Attention { scale })
+        let bf16_backward = super::autocast_active();
+        q.apply_op3(
+            &k,
+            &v,
+            Attention {
+                scale,
+                bf16_backward,
+            },
+        )
     } else {
-        q.apply_op3_no_bwd(&k, &v, &Attention { scale })
+        let op = Attention {
+            scale,
+            bf16_backward: false,
+        };
+        q.apply_op3_no_bwd(&k, &v, &op)
     }
 }
 
 struct Attention {
     scale: f64,
+    /// Recorded inside [`super::autocast_bf16`]: the backward pass's products take bf16
+    /// operands (accumulating in f32), as PyTorch's autocast runs the attention.
+    bf16_backward: bool,
 }
 
 impl CustomOp3 for Attention {
@@ -185,17 +200,23 @@ impl Attention {
         [q, k, v, o, g]: [&[f32]; 5],
         [dq, dk, dvh]: [&mut [f32]; 3],
     ) -> Result<()> {
-        let rm = Operand::row_major;
         let scale = self.scale as f32;
+        let right = |values, rows, cols| Right::new(values, rows, cols, self.bf16_backward);
+        let (qr, kr, vr, gr) = (
+            right(q, n, d),
+            right(k, m, d),
+            right(v, m, dv),
+            right(g, n, dv),
+        );
         let mut probs = vec![0f32; n * m];
-        gemm(q, &rm(n, d), k, &rm(m, d).t(), &mut probs, 1.0, false)?;
+        mul((q, n, d, false), kr.t(), &mut probs, 1.0)?;
         for row in probs.chunks_mut(m.max(1)) {
             let sum = unnormalised_softmax_in_place(row, self.scale);
             map_in_place(row, |x| x / sum);
         }
-        gemm(&probs, &rm(n, m).t(), g, &rm(n, dv), dvh, 1.0, false)?;
+        mul((&probs, n, m, true), gr.as_is(), dvh, 1.0)?;
         let mut ds = vec![0f32; n * m];
-        gemm(g, &rm(n, dv), v, &rm(m, dv).t(), &mut ds, 1.0, false)?;
+        mul((g, n, dv, false), vr.t(), &mut ds, 1.0)?;
         for (i, (ds, p)) in ds
             .chunks_mut(m.max(1))
             .zip(probs.chunks(m.max(1)))
@@ -207,9 +228,103 @@ impl Attention {
                 *ds = p * (*ds - delta);
             }
         }
-        gemm(&ds, &rm(n, m), k, &rm(m, d), dq, scale, false)?;
-        gemm(&ds, &rm(n, m).t(), q, &rm(n, d), dk, scale, false)
+        mul((&ds, n, m, false), kr.as_is(), dq, scale)?;
+        mul((&ds, n, m, true), qr.as_is(), dk, scale)
     }
+}
+
+/// The right operand of one of a head's backward products: a row-major `rows x cols` matrix
+/// in f32 and, for bf16 products, rounded to bf16; read as it is or transposed.
+struct Right<'a> {
+    values: &'a [f32],
+    #[cfg(feature = "onednn")]
+    rounded: Option<Vec<half::bf16>>,
+    rows: usize,
+    cols: usize,
+}
+
+/// A [`Right`] operand as one product reads it.
+#[derive(Clone, Copy)]
+struct RightView<'a> {
+    operand: &'a Right<'a>,
+    transposed: bool,
+}
+
+impl<'a> Right<'a> {
+    fn new(values: &'a [f32], rows: usize, cols: usize, bf16: bool) -> Self {
+        #[cfg(not(feature = "onednn"))]
+        let _ = bf16;
+        Self {
+            values,
+            #[cfg(feature = "onednn")]
+            rounded: bf16.then(|| super::bf16_train::to_bf16(values)),
+            rows,
+            cols,
+        }
+    }
+
+    fn as_is(&'a self) -> RightView<'a> {
+        RightView {
+            operand: self,
+            transposed: false,
+        }
+    }
+
+    fn t(&'a self) -> RightView<'a> {
+        RightView {
+            operand: self,
+            transposed: true,
+        }
+    }
+}
+
+/// `c = alpha * a @ b` on this thread for `a` a row-major `(values, rows, cols)` matrix read
+/// transposed when its flag says so: through OpenBLAS in f32, or through oneDNN's bf16
+/// product (operands rounded, f32 accumulation) when `b` has its bf16 values.
+fn mul(
+    (a, rows, cols, a_transposed): (&[f32], usize, usize, bool),
+    b: RightView,
+    c: &mut [f32],
+    alpha: f32,
+) -> Result<()> {
+    let Right {
+        values,
+        rows: br,
+        cols: bc,
+        ..
+    } = *b.operand;
+    #[cfg(feature = "onednn")]
+    if let Some(rounded) = &b.operand.rounded {
+        let a_strides = if a_transposed { (1, cols) } else { (cols, 1) };
+        let (k, n, strides) = if b.transposed {
+            (bc, br, (1, bc))
+        } else {
+            (br, bc, (bc, 1))
+        };
+        let matrix = super::bf16::Bf16Matrix {
+            values: rounded,
+            k,
+            n,
+            strides,
+        };
+        super::bf16::product(a, a_strides, matrix, None, c)?;
+        if alpha != 1.0 {
+            c.iter_mut().for_each(|x| *x *= alpha);
+        }
+        return Ok(());
+    }
+    let rm = Operand::row_major;
+    let oa = if a_transposed {
+        rm(rows, cols).t()
+    } else {
+        rm(rows, cols)
+    };
+    let ob = if b.transposed {
+        rm(br, bc).t()
+    } else {
+        rm(br, bc)
+    };
+    gemm(a, &oa, values, &ob, c, alpha, false)
 }
 
 /// The softmax's numerators of `scale * row`, `exp(scale * (x - max))`, in place with the
