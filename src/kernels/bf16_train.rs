@@ -2,8 +2,8 @@
 //! `SOLVER.USE_AMP`; on the CPU PyTorch autocasts to bf16): the weights stay f32, as AdamW
 //! updates them, and each of the layer's three products rounds its operands to bf16 and
 //! accumulates in f32 through oneDNN ([`super::bf16`]): `x W^T` forward, `g W` and `g^T x`
-//! backward. Everything else (attention, norms, activations, the loss) stays f32, and so do the
-//! gradients. Autocast is a region, [`autocast_bf16`], as PyTorch's context manager is: the
+//! backward. The attention's backward products do the same (`attention.rs`); everything else
+//! (the attention's forward, norms, activations, the loss) stays f32, and so do the gradients. Autocast is a region, [`autocast_bf16`], as PyTorch's context manager is: the
 //! layers it records keep their precision through the backward pass that runs after it.
 
 use super::bf16::{product, Bf16Matrix};

@@ -3,12 +3,12 @@
 //! `MODEL` (the inference `MODEL` section, plus `PRETRAINED_MODEL` to start the DiT from another
 //! checkpoint, `USE_EMA`, `EMA_DECAY`), `OPTIMIZER` (AdamW), `TRAIN_DATA`, `TRAIN_HOOKS`
 //! (`LogHook.LOG_INTERVAL`, `CheckpointHook.INTERVAL`), and our additions `GRAD_CLIP` and
-//! `TUNER` (LoRA). `USE_AMP` (automatic mixed precision) runs the DiT's linear layers with
-//! bf16 products on CPUs with bf16 instructions, as PyTorch's CPU autocast; elsewhere the
-//! trainer says why and trains in f32. Multi-stage training is a top-level `STAGES` list whose
-//! entries are merged over `SOLVER` key by key and run one after the other. Keys the trainer
-//! has no use for (`FILE_SYSTEM`, `SAMPLE_ARGS`, ...) are accepted and ignored. Relative paths are
-//! relative to the YAML's folder.
+//! `TUNER` (LoRA). `USE_AMP` (automatic mixed precision) runs the DiT's linear layers and the
+//! attention's backward with bf16 products on CPUs with bf16 instructions, as PyTorch's CPU
+//! autocast; elsewhere the trainer says why and trains in f32. Multi-stage training is a
+//! top-level `STAGES` list whose entries are merged over `SOLVER` key by key and run one after
+//! the other. Keys the trainer has no use for (`FILE_SYSTEM`, `SAMPLE_ARGS`, ...) are accepted
+//! and ignored. Relative paths are relative to the YAML's folder.
 
 use super::lora::LoraSpec;
 use super::optimizer::AdamWParams;
