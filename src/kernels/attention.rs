@@ -257,7 +257,7 @@ impl<'a> Right<'a> {
         Self {
             values,
             #[cfg(feature = "onednn")]
-            rounded: bf16.then(|| super::bf16_train::to_bf16(values)),
+            rounded: bf16.then(|| super::bf16::to_bf16(values)),
             rows,
             cols,
         }

@@ -93,6 +93,47 @@ const ISA_AVX512_CORE_BF16: c_int = 0xe7;
 /// Fewest rows of a product worth a task of their own.
 const MIN_ROWS_PER_TASK: usize = 64;
 
+/// Rows per task of a product with `rows` rows: one block per thread. Each call packs the
+/// whole right operand (a weight matrix, up to 10 MiB) for oneDNN, so more, smaller blocks
+/// cost more than they balance.
+pub(super) fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads().max(1))
+        .max(MIN_ROWS_PER_TASK)
+}
+
+/// `c [m, n] = a b (+ bias)` with `a` f32 row-major `[m, k]` and `b` bf16, over row blocks in
+/// parallel.
+pub(super) fn rows_product(
+    a: &[f32],
+    k: usize,
+    b: Bf16Matrix,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) -> Result<()> {
+    let n = b.n.max(1);
+    let rows = rows_per_task(c.len() / n);
+    c.par_chunks_mut(rows * n)
+        .zip(a.par_chunks(rows * k.max(1)))
+        .try_for_each(|(c, a)| product(a, (k, 1), b, bias, c))
+}
+
+/// The values rounded to bf16 (to nearest, ties to even, NaN kept a quiet NaN: `half`'s and
+/// PyTorch's rounding), over all cores, branch-free so that it vectorises.
+pub(super) fn to_bf16(values: &[f32]) -> Vec<bf16> {
+    let mut out = vec![bf16::ZERO; values.len()];
+    out.par_chunks_mut(1 << 16)
+        .zip(values.par_chunks(1 << 16))
+        .for_each(|(o, v)| {
+            for (o, &v) in o.iter_mut().zip(v) {
+                let bits = v.to_bits();
+                let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+                let nan = ((bits >> 16) as u16) | 0x40;
+                *o = bf16::from_bits(if v.is_nan() { nan } else { rounded });
+            }
+        });
+    out
+}
+
 /// Queries per block of [`attention`]: a block's scores (128 x 2048 floats at 512 px) stay in
 /// a core's L2 cache; 64 measured a little slower, 256 slower still.
 const QUERY_BLOCK: usize = 128;
@@ -148,11 +189,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         strides: (1, k),
     };
     let mut out = vec![0f32; m * n];
-    let threads = rayon::current_num_threads().max(1);
-    let rows = m.div_ceil(threads).max(MIN_ROWS_PER_TASK);
-    out.par_chunks_mut(rows * n.max(1))
-        .zip(xs.par_chunks(rows * k.max(1)))
-        .try_for_each(|(o, xb)| product(xb, (k, 1), weight, bs, o))?;
+    rows_product(xs, k, weight, bs, &mut out)?;
     Tensor::from_vec(out, (m, n), &Device::Cpu)
 }
 
@@ -177,51 +214,49 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
             v.dims()
         )
     }
-    let keys = fk.to_dtype(DType::BF16)?;
-    let values = fv.to_dtype(DType::BF16)?;
-    let (qs, _) = fq.storage_and_layout();
-    let (ks, _) = keys.storage_and_layout();
-    let (vs, _) = values.storage_and_layout();
-    let qs = super::contiguous::<f32>("bf16 attention", cpu(&qs)?, fq.layout())?;
-    let ks = super::contiguous::<bf16>("bf16 attention", cpu(&ks)?, keys.layout())?;
-    let vs = super::contiguous::<bf16>("bf16 attention", cpu(&vs)?, values.layout())?;
-    let mut out = vec![0f32; heads * q_len * v_dim];
-    if !out.is_empty() && k_len > 0 {
-        out.par_chunks_mut(q_len * v_dim)
-            .enumerate()
-            .try_for_each(|(h, out)| {
-                // The scores' product reads k transposed, the values' v as it is.
-                let keys_t = Bf16Matrix {
-                    values: &ks[h * k_len * d..(h + 1) * k_len * d],
-                    k: d,
-                    n: k_len,
-                    strides: (1, d),
-                };
-                let head_values = Bf16Matrix {
-                    values: &vs[h * k_len * v_dim..(h + 1) * k_len * v_dim],
-                    k: k_len,
-                    n: v_dim,
-                    strides: (v_dim, 1),
-                };
-                let queries = &qs[h * q_len * d..(h + 1) * q_len * d];
-                out.par_chunks_mut(QUERY_BLOCK * v_dim)
-                    .zip(queries.par_chunks(QUERY_BLOCK * d))
-                    .try_for_each(|(out, queries)| {
-                        let rows = out.len() / v_dim;
-                        let mut scores = vec![0f32; rows * k_len];
-                        product(queries, (d, 1), keys_t, None, &mut scores)?;
-                        let sums: Vec<f32> = scores
-                            .chunks_mut(k_len)
-                            .map(|row| super::attention::unnormalised_softmax_in_place(row, scale))
-                            .collect();
-                        product(&scores, (k_len, 1), head_values, None, out)?;
-                        for (row, sum) in out.chunks_mut(v_dim.max(1)).zip(&sums) {
-                            super::exp::map_in_place(row, |x| x / sum);
-                        }
-                        Ok::<(), candle_core::Error>(())
-                    })
-            })?;
-    }
+    let out = super::read_f32("bf16 attention", [&fq, &fk, &fv], |[qs, ks, vs]| {
+        let (ks, vs) = (to_bf16(ks), to_bf16(vs));
+        let mut out = vec![0f32; heads * q_len * v_dim];
+        if !out.is_empty() && k_len > 0 {
+            out.par_chunks_mut(q_len * v_dim)
+                .enumerate()
+                .try_for_each(|(h, out)| {
+                    // The scores' product reads k transposed, the values' v as it is.
+                    let keys_t = Bf16Matrix {
+                        values: &ks[h * k_len * d..(h + 1) * k_len * d],
+                        k: d,
+                        n: k_len,
+                        strides: (1, d),
+                    };
+                    let head_values = Bf16Matrix {
+                        values: &vs[h * k_len * v_dim..(h + 1) * k_len * v_dim],
+                        k: k_len,
+                        n: v_dim,
+                        strides: (v_dim, 1),
+                    };
+                    let queries = &qs[h * q_len * d..(h + 1) * q_len * d];
+                    out.par_chunks_mut(QUERY_BLOCK * v_dim)
+                        .zip(queries.par_chunks(QUERY_BLOCK * d))
+                        .try_for_each(|(out, queries)| {
+                            let rows = out.len() / v_dim;
+                            let mut scores = vec![0f32; rows * k_len];
+                            product(queries, (d, 1), keys_t, None, &mut scores)?;
+                            let sums: Vec<f32> = scores
+                                .chunks_mut(k_len)
+                                .map(|row| {
+                                    super::attention::unnormalised_softmax_in_place(row, scale)
+                                })
+                                .collect();
+                            product(&scores, (k_len, 1), head_values, None, out)?;
+                            for (row, sum) in out.chunks_mut(v_dim.max(1)).zip(&sums) {
+                                super::exp::map_in_place(row, |x| x / sum);
+                            }
+                            Ok::<(), candle_core::Error>(())
+                        })
+                })?;
+        }
+        Ok(out)
+    })?;
     let mut dims = q.dims()[..q.rank() - 1].to_vec();
     dims.push(v_dim);
     Tensor::from_vec(out, dims, &Device::Cpu)

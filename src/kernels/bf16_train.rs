@@ -3,10 +3,11 @@
 //! updates them, and each of the layer's three products rounds its operands to bf16 and
 //! accumulates in f32 through oneDNN ([`super::bf16`]): `x W^T` forward, `g W` and `g^T x`
 //! backward. The attention's backward products do the same (`attention.rs`); everything else
-//! (the attention's forward, norms, activations, the loss) stays f32, and so do the gradients. Autocast is a region, [`autocast_bf16`], as PyTorch's context manager is: the
-//! layers it records keep their precision through the backward pass that runs after it.
+//! (the attention's forward, norms, activations, the loss) stays f32, and so do the gradients.
+//! Autocast is a region, [`autocast_bf16`], as PyTorch's context manager is: the layers it
+//! records keep their precision through the backward pass that runs after it.
 
-use super::bf16::{product, Bf16Matrix};
+use super::bf16::{product, rows_per_task, rows_product, to_bf16, Bf16Matrix};
 use super::param_grad::{self, GradBuffer};
 use super::{read_f32, row_sums};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -14,17 +15,6 @@ use half::bf16;
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
-
-/// Fewest rows of a product worth a task of their own.
-const MIN_ROWS_PER_TASK: usize = 64;
-
-/// Rows per task of a product with `rows` rows: one block per thread. Each call packs the
-/// whole right operand (a weight matrix, up to 10 MiB) for oneDNN, so more, smaller blocks
-/// cost more than they balance.
-fn rows_per_task(rows: usize) -> usize {
-    rows.div_ceil(rayon::current_num_threads().max(1))
-        .max(MIN_ROWS_PER_TASK)
-}
 
 thread_local! {
     /// Whether this thread is inside [`autocast_bf16`].
@@ -63,38 +53,6 @@ struct AutocastLinear {
     /// The weight rounded by the forward pass, for the backward pass (autocast's weight cache:
     /// the weight does not change in between).
     rounded_weight: Mutex<Option<Vec<bf16>>>,
-}
-
-/// The values rounded to bf16 (to nearest, ties to even, NaN kept a quiet NaN: `half`'s and
-/// PyTorch's rounding), over all cores, branch-free so that it vectorises.
-pub(super) fn to_bf16(values: &[f32]) -> Vec<bf16> {
-    let mut out = vec![bf16::ZERO; values.len()];
-    out.par_chunks_mut(1 << 16)
-        .zip(values.par_chunks(1 << 16))
-        .for_each(|(o, v)| {
-            for (o, &v) in o.iter_mut().zip(v) {
-                let bits = v.to_bits();
-                let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-                let nan = ((bits >> 16) as u16) | 0x40;
-                *o = bf16::from_bits(if v.is_nan() { nan } else { rounded });
-            }
-        });
-    out
-}
-
-/// `c [m, n] = a b` with `a` f32 row-major `[m, k]` and `b` bf16, over row blocks in parallel.
-fn rows_product(
-    a: &[f32],
-    k: usize,
-    b: Bf16Matrix,
-    bias: Option<&[f32]>,
-    c: &mut [f32],
-) -> Result<()> {
-    let n = b.n.max(1);
-    let rows = rows_per_task(c.len() / n);
-    c.par_chunks_mut(rows * n)
-        .zip(a.par_chunks(rows * k.max(1)))
-        .try_for_each(|(c, a)| product(a, (k, 1), b, bias, c))
 }
 
 impl CustomOp3 for AutocastLinear {

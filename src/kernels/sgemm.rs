@@ -285,13 +285,12 @@ fn products(
 /// (keeping x, w and bias only, not a biasless product as well), and the gradients of a
 /// weight or bias registered in [`param_grad`] go to its buffer.
 pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor, backward: bool) -> Result<Tensor> {
-    if backward {
-        let op = Linear::tracked(None, w, bias);
-        let (x, w, bias) = (readable(x)?, readable(w)?, bias.contiguous()?);
-        x.apply_op3(&w, &bias, op)
-    } else {
-        let (x, w, bias) = (readable(x)?, readable(w)?, bias.contiguous()?);
-        x.apply_op3_no_bwd(&w, &bias, &Linear::default())
+    // Registered weights are looked up by the caller's tensors (`readable` may copy).
+    let op = backward.then(|| Linear::tracked(None, w, bias));
+    let (x, w, bias) = (readable(x)?, readable(w)?, bias.contiguous()?);
+    match op {
+        Some(op) => x.apply_op3(&w, &bias, op),
+        None => x.apply_op3_no_bwd(&w, &bias, &Linear::default()),
     }
 }
 
