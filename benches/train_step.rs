@@ -115,7 +115,7 @@ fn run(config: &str, steps: usize, amp: bool) -> anyhow::Result<(Vec<f64>, f64)>
     let latent = latent();
     let base = common::random_dit_weights(&cfg, &dev)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let weights = DitWeights::from_tensors(&cfg, base, None, &mut rng, &dev)?;
+    let mut weights = DitWeights::from_tensors(&cfg, base, None, &mut rng, &dev)?;
     let example = Encoded {
         target: Tensor::randn(0f32, 1.0, (4, latent, latent), &dev)?,
         target_mask: Tensor::ones((1, latent, latent), DType::F32, &dev)?,

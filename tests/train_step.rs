@@ -98,7 +98,7 @@ fn one_step(amp: bool, tol: Tolerances) {
     let files = cfg.model_files(None).unwrap();
     let frozen = Frozen::load(&cfg, &files, cfg.max_seq_len().unwrap(), &dev, &[], None).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let weights =
+    let mut weights =
         DitWeights::load(&cfg.dit_config().unwrap(), &files.dit, None, &mut rng, &dev).unwrap();
 
     // The source is encoded by our pipeline; the target latent comes from the reference (our

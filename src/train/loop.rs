@@ -28,7 +28,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -229,7 +228,8 @@ impl Run<'_> {
         encoder: &Encoder,
         train: &[Example],
     ) -> Result<f64> {
-        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        // Nothing of a step that failed part-way is kept.
+        self.weights.take_gradients()?;
         let mut loss_sum = 0f64;
         let num_timesteps = frozen.schedule().num_timesteps();
         for _ in 0..stage.accu_step {
@@ -254,14 +254,9 @@ impl Run<'_> {
             let value = f64::from(loss.to_scalar::<f32>()?);
             self.finite(value, "the loss")?;
             loss_sum += value;
-            for (name, g) in self.weights.backward((loss / stage.accu_step as f64)?)? {
-                let sum = match grads.remove(&name) {
-                    Some(acc) => (acc + g)?,
-                    None => g,
-                };
-                grads.insert(name, sum);
-            }
+            self.weights.accumulate((loss / stage.accu_step as f64)?)?;
         }
+        let mut grads = self.weights.take_gradients()?;
         let norm = match stage.grad_clip {
             Some(max_norm) => clip_grad_norm(&mut grads, max_norm)?,
             None => grad_norm(&grads)?,

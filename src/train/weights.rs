@@ -25,9 +25,11 @@ pub struct DitWeights {
     base: Arc<BTreeMap<String, Tensor>>,
     /// The trained weights by name: all of `base`, or the LoRA matrices.
     trainable: BTreeMap<String, Var>,
-    /// Where the linear layers' backward passes put the gradients of the trained weights
-    /// (the rest go to candle's gradient store).
+    /// Where the linear layers' backward passes put the gradients of the trained weights,
+    /// added up over the micro-batches of a step (the rest go to candle's gradient store).
     grad_buffers: BTreeMap<String, Arc<GradBuffer>>,
+    /// The gradients candle's store handed back, summed over the micro-batches of a step.
+    stored: BTreeMap<String, Tensor>,
     lora: Option<Arc<Adapters>>,
     device: Device,
 }
@@ -90,6 +92,7 @@ impl DitWeights {
             base: Arc::new(base),
             trainable,
             grad_buffers,
+            stored: BTreeMap::new(),
             lora,
             device: device.clone(),
         })
@@ -104,34 +107,49 @@ impl DitWeights {
         &self.trainable
     }
 
-    /// Backpropagates `loss` and returns the gradients of the trained weights by name. The
-    /// loss is taken by value: candle keeps every intermediate of the forward pass alive for
-    /// as long as the loss tensor lives (its graph), so it goes as soon as the gradients are
-    /// out, before anything else (accumulation, the optimizer's moments) allocates. They come
-    /// detached: a gradient computed from tracked tensors carries their graph too.
-    pub fn backward(&self, loss: Tensor) -> Result<BTreeMap<String, Tensor>> {
-        // Whatever an abandoned backward pass left in the buffers is not this loss's.
-        for buffer in self.grad_buffers.values() {
-            buffer.take(&self.device)?;
-        }
+    /// Backpropagates `loss` and adds the gradients of the trained weights onto those of the
+    /// earlier micro-batches since [`DitWeights::take_gradients`] (the linear layers' weights
+    /// in place, in their buffers). The loss is taken by value: candle keeps every
+    /// intermediate of the forward pass alive for as long as the loss tensor lives (its
+    /// graph), so it goes as soon as the gradients are out, before anything else (the next
+    /// micro-batch, the optimizer's moments) allocates. After an error, take the gradients to
+    /// start afresh.
+    pub fn accumulate(&mut self, loss: Tensor) -> Result<()> {
         let store = loss.backward()?;
         drop(loss);
-        let mut grads = BTreeMap::new();
         for (name, var) in &self.trainable {
-            let stored = store.get(var.as_tensor()).map(Tensor::detach);
-            let buffered = match self.grad_buffers.get(name) {
-                Some(buffer) => buffer.take(&self.device)?,
-                None => None,
-            };
-            let grad = match (stored, buffered) {
-                (Some(a), Some(b)) => Some((a + b)?),
-                (a, b) => a.or(b),
-            };
-            if let Some(grad) = grad {
+            // Detached: a gradient computed from tracked tensors carries their graph too.
+            if let Some(g) = store.get(var.as_tensor()).map(Tensor::detach) {
+                let sum = match self.stored.remove(name) {
+                    Some(earlier) => (earlier + g)?,
+                    None => g,
+                };
+                self.stored.insert(name.clone(), sum);
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradients gathered since the last take, by name; gathering starts afresh.
+    pub fn take_gradients(&mut self) -> Result<BTreeMap<String, Tensor>> {
+        let mut grads = std::mem::take(&mut self.stored);
+        for (name, buffer) in &self.grad_buffers {
+            if let Some(buffered) = buffer.take(&self.device)? {
+                let grad = match grads.remove(name) {
+                    Some(stored) => (stored + buffered)?,
+                    None => buffered,
+                };
                 grads.insert(name.clone(), grad);
             }
         }
         Ok(grads)
+    }
+
+    /// The gradients of `loss` alone: [`DitWeights::accumulate`], then
+    /// [`DitWeights::take_gradients`].
+    pub fn backward(&mut self, loss: Tensor) -> Result<BTreeMap<String, Tensor>> {
+        self.accumulate(loss)?;
+        self.take_gradients()
     }
 
     pub fn lora(&self) -> Option<&LoraSpec> {
