@@ -4,7 +4,7 @@
 //! passes with libm's `tanh` and `powf`, here one parallel pass.
 
 use super::contiguous;
-use super::exp::{exp, map_into};
+use super::exp::{exp, map2_into, map_into};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -170,21 +170,23 @@ impl CustomOp2 for Derivative {
                 l2.dims()
             )
         }
-        let derivative: fn(f32) -> f32 = match self.0 {
-            Activation::GeluTanh => gelu_tanh_derivative,
-            Activation::GeluErf => gelu_erf_derivative,
-            Activation::QuickGelu => quick_gelu_derivative,
+        let out = match self.0 {
+            Activation::GeluTanh => times_derivative(x, grad, gelu_tanh_derivative),
+            Activation::GeluErf => times_derivative(x, grad, gelu_erf_derivative),
+            Activation::QuickGelu => times_derivative(x, grad, quick_gelu_derivative),
         };
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-            .for_each(|(out, (x, grad))| {
-                for ((o, &x), &g) in out.iter_mut().zip(x).zip(grad) {
-                    *o = g * derivative(x);
-                }
-            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+}
+
+/// `grad[i] * derivative(x[i])` over all cores; one loop per derivative, inlined so that it
+/// vectorises (through a function pointer it ran a call per value).
+fn times_derivative(x: &[f32], grad: &[f32], derivative: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
+        .for_each(|(out, (x, grad))| map2_into(out, x, grad, |x, g| g * derivative(x)));
+    out
 }
 
 #[cfg(test)]

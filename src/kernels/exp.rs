@@ -69,6 +69,21 @@ pub fn map_into(out: &mut [f32], input: &[f32], f: impl Fn(f32) -> f32) {
     map_into_plain(out, input, f)
 }
 
+/// `out[i] = f(a[i], b[i])` over the shortest of the three.
+pub fn map2_into(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { map2_into_avx512(out, a, b, f) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { map2_into_avx2(out, a, b, f) };
+    }
+    map2_into_plain(out, a, b, f)
+}
+
 /// `values` reduced by `op` from `init`, in [`LANES`] lanes (lane `j` takes every
 /// `LANES`-th value from the `j`-th, the tail goes to the first lanes), then the lanes in order:
 /// a fixed order, whatever the CPU, that the compiler vectorises. For sums (which it rounds
@@ -118,6 +133,25 @@ fn map_into_plain(out: &mut [f32], input: &[f32], f: impl Fn(f32) -> f32) {
     for (y, &x) in out.iter_mut().zip(input) {
         *y = f(x);
     }
+}
+
+#[inline(always)]
+fn map2_into_plain(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((y, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *y = f(a, b);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map2_into_avx2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    map2_into_plain(out, a, b, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn map2_into_avx512(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    map2_into_plain(out, a, b, f)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -203,9 +237,12 @@ mod tests {
         map_into(&mut out, &input, exp);
         let mut in_place = input.clone();
         map_in_place(&mut in_place, exp);
-        for ((a, b), &x) in out.iter().zip(&in_place).zip(&input) {
+        let mut two = vec![0f32; input.len()];
+        map2_into(&mut two, &input, &in_place, |x, e| e - exp(x) + x);
+        for (((a, b), &c), &x) in out.iter().zip(&in_place).zip(&two).zip(&input) {
             assert_eq!(a.to_bits(), exp(x).to_bits());
             assert_eq!(b.to_bits(), exp(x).to_bits());
+            assert_eq!(c.to_bits(), x.to_bits());
         }
     }
 }
