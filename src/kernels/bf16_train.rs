@@ -2,11 +2,14 @@
 //! `SOLVER.USE_AMP`; on the CPU PyTorch autocasts to bf16): the weights stay f32, as AdamW
 //! updates them, and each of the layer's three products rounds its operands to bf16 and
 //! accumulates in f32 through oneDNN ([`super::bf16`]): `x W^T` forward, `g W` and `g^T x`
-//! backward. The attention's backward products do the same (`attention.rs`); everything else
-//! (the attention's forward, norms, activations, the loss) stays f32, and so do the gradients.
+//! backward; an MLP's second layer takes its activation in the same op ([`linear_of_activation`],
+//! the activated values recomputed by the backward pass rather than kept). The attention's
+//! backward products do the same (`attention.rs`); everything else (the attention's forward,
+//! norms, activations, the loss) stays f32, and so do the gradients.
 //! Autocast is a region, [`autocast_bf16`], as PyTorch's context manager is: the layers it
 //! records keep their precision through the backward pass that runs after it.
 
+use super::activation::Activation;
 use super::bf16::{product, rows_per_task, rows_product, to_bf16, Bf16Matrix};
 use super::param_grad::{self, GradBuffer};
 use super::{read_f32, row_sums};
@@ -14,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 use std::cell::Cell;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 thread_local! {
     /// Whether this thread is inside [`autocast_bf16`].
@@ -38,21 +41,40 @@ pub fn active() -> bool {
 /// `x @ w^T + bias` recorded for backpropagation with its products in bf16; gradients of a
 /// registered weight or bias go to its buffer.
 pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    record(None, x, w, bias)
+}
+
+/// [`linear`] of `act(x)`, keeping only `x` for the backward pass, which recomputes the
+/// activation (an MLP's second layer, as [`super::linear_of_activation`]).
+pub fn linear_of_activation(
+    x: &Tensor,
+    act: Activation,
+    w: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    record(Some(act), x, w, bias)
+}
+
+fn record(
+    input_activation: Option<Activation>,
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
     let op = AutocastLinear {
+        input_activation,
         weight_grad: param_grad::buffer_of(w),
         bias_grad: param_grad::buffer_of(bias),
-        rounded_weight: Mutex::new(None),
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &bias.contiguous()?, op)
 }
 
 struct AutocastLinear {
+    /// Applied to the input before the product (its values are not kept).
+    input_activation: Option<Activation>,
     weight_grad: Option<Arc<GradBuffer>>,
     bias_grad: Option<Arc<GradBuffer>>,
-    /// The weight rounded by the forward pass, for the backward pass (autocast's weight cache:
-    /// the weight does not change in between).
-    rounded_weight: Mutex<Option<Vec<bf16>>>,
 }
 
 impl CustomOp3 for AutocastLinear {
@@ -84,6 +106,8 @@ impl CustomOp3 for AutocastLinear {
             )
         }
         let w = to_bf16(w);
+        let activated = self.input_activation.map(|act| act.apply(x));
+        let x = activated.as_deref().unwrap_or(x);
         // `W^T [k, n]` read from `W [n, k]`.
         let weight_t = Bf16Matrix {
             values: &w,
@@ -96,7 +120,9 @@ impl CustomOp3 for AutocastLinear {
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
     }
 
-    /// `dx = g W`, `dW = g^T x`, `dbias = sum over rows of g`, the products in bf16.
+    /// `dx = g W`, `dW = g^T x`, `dbias = sum over rows of g`, the products in bf16. With an
+    /// input activation, `x` above is `act(x)` (recomputed) and `dx` goes on through the
+    /// activation's derivative.
     fn bwd(
         &self,
         x: &Tensor,
@@ -108,14 +134,9 @@ impl CustomOp3 for AutocastLinear {
         let (rows, k) = x.dims2()?;
         let (n, _) = w.dims2()?;
         let grad = grad.contiguous()?;
-        let cached = self
-            .rounded_weight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
         let (dx, inputs) = read_f32(self.name(), [x, w, &grad], |[xs, ws, g]| {
-            let w = cached.unwrap_or_else(|| to_bf16(ws));
             let mut dx = vec![0f32; rows * k];
+            let w = to_bf16(ws);
             // `W [n, k]` as it is.
             let weight = Bf16Matrix {
                 values: &w,
@@ -124,8 +145,17 @@ impl CustomOp3 for AutocastLinear {
                 strides: (k, 1),
             };
             rows_product(g, n, weight, None, &mut dx)?;
-            Ok((dx, to_bf16(xs)))
+            let inputs = match self.input_activation {
+                Some(act) => to_bf16(&act.apply(xs)),
+                None => to_bf16(xs),
+            };
+            Ok((dx, inputs))
         })?;
+        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
+        let dx = match self.input_activation {
+            Some(act) => act.backward(x, &dx)?,
+            None => dx,
+        };
         let dw = param_grad::gradient(
             self.weight_grad.as_ref(),
             w.shape(),
@@ -142,11 +172,7 @@ impl CustomOp3 for AutocastLinear {
             bias.device(),
             |out, accumulate| row_sums::column_sums_into(&grad, accumulate, out),
         )?;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            dw,
-            dbias,
-        ))
+        Ok((Some(dx), dw, dbias))
     }
 }
 
@@ -278,9 +304,23 @@ mod tests {
             return;
         }
         let dev = Device::Cpu;
-        let var = |t: usize, d: usize| Var::randn(0f32, 1.0, (1, 2, t, d), &dev).unwrap();
-        let (q, k, v) = (var(70, 8), var(20, 8), var(20, 5));
-        let g = Tensor::randn(0f32, 1.0, (1, 2, 70, 5), &dev).unwrap();
+        // Fixed pseudo-random values, uniform over [-1.7, 1.7] (variance 1): candle's randn
+        // cannot be seeded, and a rare draw went past the bound.
+        let values = |t: usize, d: usize, seed: u64| {
+            let mut state = seed;
+            let v: Vec<f32> = (0..2 * t * d)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 1.7
+                })
+                .collect();
+            Tensor::from_vec(v, (1, 2, t, d), &dev).unwrap()
+        };
+        let var = |t, d, seed| Var::from_tensor(&values(t, d, seed)).unwrap();
+        let (q, k, v) = (var(70, 8, 1), var(20, 8, 2), var(20, 5, 3));
+        let g = values(70, 5, 4);
         let grads = |amp: bool| {
             let out = || super::super::attention(&q, &k, &v, 0.4);
             let out = if amp { autocast_bf16(out) } else { out() }.unwrap();
@@ -295,6 +335,47 @@ mod tests {
             let scale = max_abs_diff(b, &b.zeros_like().unwrap());
             let d = max_abs_diff(a, b);
             assert!(d > 0.0 && d < 2e-2 * scale, "{d} of {scale}");
+        }
+    }
+
+    /// The MLP's second layer under autocast: `act(x) W^T + b` with `act(x)` and `W` rounded,
+    /// and its input's gradient through the activation's derivative.
+    #[test]
+    fn activated_input_is_rounded_after_the_activation() {
+        if super::super::cpu_bf16_support().is_err() {
+            return;
+        }
+        let dev = Device::Cpu;
+        let act = Activation::GeluTanh;
+        let x = Var::randn(0f32, 1.0, (90, 32), &dev).unwrap();
+        let w = Var::randn(0f32, 0.2, (12, 32), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, 12, &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (90, 12), &dev).unwrap();
+        let y =
+            autocast_bf16(|| super::super::linear_of_activation(&x, act, &w, Some(&b))).unwrap();
+        let activated = x.as_tensor().gelu().unwrap();
+        let want = rounded(&activated)
+            .matmul(&rounded(&w).t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(
+            max_abs_diff(&y, &want) < 1e-4,
+            "{}",
+            max_abs_diff(&y, &want)
+        );
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let d_activated = rounded(&g).matmul(&rounded(&w)).unwrap();
+        let want_dx = act.backward(x.as_tensor(), &d_activated).unwrap();
+        let want_dw = rounded(&g)
+            .t()
+            .unwrap()
+            .matmul(&rounded(&activated))
+            .unwrap();
+        let got = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+        for (got, want) in [(got(&x), &want_dx), (got(&w), &want_dw)] {
+            let d = max_abs_diff(&got, want);
+            assert!(d < 1e-3, "{d}");
         }
     }
 }

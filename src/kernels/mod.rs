@@ -173,10 +173,14 @@ pub fn linear_of_activation(
     w: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
     if let Some(bias) = bias {
         let all = [x, w, bias];
         if all.iter().all(|t| on_cpu_f32(t)) && x.rank() == 2 && all.iter().any(|t| t.track_op()) {
+            #[cfg(feature = "onednn")]
+            if autocast_active() {
+                return bf16_train::linear_of_activation(x, act, w, bias);
+            }
+            #[cfg(feature = "openblas")]
             return sgemm::linear_of_activation(x, act, w, bias);
         }
     }
