@@ -105,7 +105,10 @@ fn main() -> anyhow::Result<()> {
     let weights = common::random_dit_weights(&cfg, &dev)?
         .into_iter()
         .collect();
-    let dit = DitAce::new(&cfg, ace::model::cpu_bf16::var_builder(weights)?)?;
+    let dit = DitAce::new(
+        &cfg,
+        ace::model::cpu_bf16::var_builder(weights, ace::model::cpu_bf16::Products::Linear)?,
+    )?;
     let bf16 = timed_forward(&dit, &sample, &tpe, "--dtype bf16")?;
     println!("ace bf16 / ace f32 wall time: {:.2}", bf16 / secs);
     if let Some(theirs) = theirs_bf16 {

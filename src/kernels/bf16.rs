@@ -19,7 +19,8 @@ extern "C" {
         m: i64,
         n: i64,
         k: i64,
-        a: *const f32,
+        a: *const std::ffi::c_void,
+        a_bf16: c_int,
         a_m: i64,
         a_k: i64,
         b: *const u16,
@@ -40,10 +41,24 @@ pub(super) struct Bf16Matrix<'a> {
     pub strides: (usize, usize),
 }
 
-/// `c[m, n] = a[m, k] b (+ bias)` on this thread: `a` f32 with strides `a_strides` along m
-/// and k (rounded to bf16), `c` f32 row-major.
-pub(super) fn product(
-    a: &[f32],
+/// The left operand of a product: f32 (rounded to bf16 as the product reads it) or bf16
+/// already.
+pub(super) trait Left: Copy {
+    const IS_BF16: bool;
+}
+
+impl Left for f32 {
+    const IS_BF16: bool = false;
+}
+
+impl Left for bf16 {
+    const IS_BF16: bool = true;
+}
+
+/// `c[m, n] = a[m, k] b (+ bias)` on this thread: `a` with strides `a_strides` along m and k
+/// (f32 rounded to bf16, or bf16), `c` f32 row-major.
+pub(super) fn product<A: Left>(
+    a: &[A],
     a_strides: (usize, usize),
     b: Bf16Matrix,
     bias: Option<&[f32]>,
@@ -62,14 +77,15 @@ pub(super) fn product(
     {
         candle_core::bail!("bf16 product: [{m}, {k}] x [{k}, {n}] does not fit its buffers")
     }
-    // SAFETY: the lengths were checked against the shapes and strides just above; bf16 is a
-    // u16.
+    // SAFETY: the lengths were checked against the shapes and strides just above; `a` is f32
+    // or bf16 as `A::IS_BF16` tells the shim; bf16 is a u16.
     let status = unsafe {
         ace_onednn_matmul_bf16(
             m as i64,
             n as i64,
             k as i64,
-            a.as_ptr(),
+            a.as_ptr().cast(),
+            c_int::from(A::IS_BF16),
             a_strides.0 as i64,
             a_strides.1 as i64,
             b.values.as_ptr().cast::<u16>(),

@@ -317,7 +317,8 @@ pub struct PreNorm<'a> {
 /// The convolution of `xs` by `weight` (`[C_out, C_in, k, k]`) plus `bias` as `params` say,
 /// of `pre(xs)` (GroupNorm and swish on the fly) when given, plus `residual` when given;
 /// `None` where the fused kernel does not apply (not f32 on the CPU, gradients, a build
-/// without OpenBLAS) and the caller composes it from candle ops.
+/// without OpenBLAS) and the caller composes it from candle ops. A bf16 weight (`--dtype
+/// bf16`) multiplies bf16 bands of an f32 input, as PyTorch's CPU autocast does.
 pub fn conv2d(
     xs: &Tensor,
     weight: &Tensor,
@@ -326,12 +327,18 @@ pub fn conv2d(
     pre: Option<PreNorm>,
     residual: Option<&Tensor>,
 ) -> Option<Result<Tensor>> {
-    let mut all = vec![xs, weight, bias];
+    let mut all = vec![xs, bias];
     all.extend(residual);
     if let Some(p) = &pre {
         all.extend([p.weight, p.bias]);
     }
-    if !cfg!(feature = "openblas") || !all.iter().all(|t| on_cpu_f32(t) && !t.track_op()) {
+    let bf16_weight = cfg!(feature = "onednn") && weight.dtype() == DType::BF16;
+    let weight_fits =
+        (on_cpu_f32(weight) || (bf16_weight && weight.device().is_cpu())) && !weight.track_op();
+    if !cfg!(feature = "openblas")
+        || !weight_fits
+        || !all.iter().all(|t| on_cpu_f32(t) && !t.track_op())
+    {
         return None;
     }
     #[cfg(feature = "openblas")]

@@ -1,8 +1,9 @@
-//! `--dtype bf16` on the CPU, as PyTorch's CPU autocast runs a model: the linear layers'
-//! weights (the matrices named `*.weight`) stored in bf16 and multiplied through the bf16
-//! products of [`crate::kernels`], everything else (norms, embeddings, convolutions, the
-//! activations between layers) in f32. A model built from [`var_builder`] computes in f32 and
-//! finds its linear weights in bf16.
+//! `--dtype bf16` on the CPU, as PyTorch's CPU autocast runs a model: the weights of its
+//! products stored in bf16 and multiplied through the bf16 products of [`crate::kernels`] —
+//! the DiT's linear layers (the matrices named `*.weight`), the VAE's convolutions (the
+//! `*.weight` of rank 4) — and everything else (norms, embeddings, the DiT's patch
+//! convolution, the activations between layers) in f32. A model built from [`var_builder`]
+//! computes in f32 and finds those weights in bf16.
 
 use crate::model::checkpoint::Tensors;
 use candle_core::{DType, Device, Result, Shape, Tensor};
@@ -25,15 +26,31 @@ pub fn activations(device: &Device, dtype: DType) -> DType {
     }
 }
 
-/// Whether a tensor is a linear layer's weight.
-fn is_linear_weight(name: &str, t: &Tensor) -> bool {
-    name.ends_with(".weight") && t.rank() == 2
+/// Which weights of a model its bf16 products take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    /// Linear layers: `*.weight` matrices.
+    Linear,
+    /// 2D convolutions: `*.weight` of rank 4.
+    Convolution,
 }
 
-/// Tensors whose linear weights stay as stored (bf16) and the rest come in the dtype asked for.
-struct LinearWeightsInBf16(Tensors);
+impl Products {
+    /// Whether `t`, named `name`, is one of these weights.
+    fn takes(self, name: &str, t: &Tensor) -> bool {
+        let rank = match self {
+            Products::Linear => 2,
+            Products::Convolution => 4,
+        };
+        name.ends_with(".weight") && t.rank() == rank
+    }
+}
 
-impl SimpleBackend for LinearWeightsInBf16 {
+/// Tensors whose product weights stay as stored (bf16) and the rest come in the dtype asked
+/// for.
+struct ProductWeightsInBf16(Tensors, Products);
+
+impl SimpleBackend for ProductWeightsInBf16 {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         let t = self.get_unchecked(name, dtype, dev)?;
         if t.shape() != &s {
@@ -47,7 +64,7 @@ impl SimpleBackend for LinearWeightsInBf16 {
             candle_core::bail!("no tensor {name}")
         };
         let t = t.to_device(dev)?;
-        if t.dtype() == DType::BF16 && is_linear_weight(name, &t) {
+        if t.dtype() == DType::BF16 && self.1.takes(name, &t) {
             Ok(t)
         } else {
             t.to_dtype(dtype)
@@ -59,16 +76,16 @@ impl SimpleBackend for LinearWeightsInBf16 {
     }
 }
 
-/// A builder of an f32 model on the CPU from `tensors`, its linear weights converted to bf16
-/// (each freed in its f32 form as it goes).
-pub fn var_builder(mut tensors: Tensors) -> Result<VarBuilder<'static>> {
+/// A builder of an f32 model on the CPU from `tensors`, the weights of its `products`
+/// converted to bf16 (each freed in its f32 form as it goes).
+pub fn var_builder(mut tensors: Tensors, products: Products) -> Result<VarBuilder<'static>> {
     for (name, t) in tensors.iter_mut() {
-        if is_linear_weight(name, t) {
+        if products.takes(name, t) {
             *t = t.to_dtype(DType::BF16)?;
         }
     }
     Ok(VarBuilder::from_backend(
-        Box::new(LinearWeightsInBf16(tensors)),
+        Box::new(ProductWeightsInBf16(tensors, products)),
         activations(&Device::Cpu, DType::BF16),
         Device::Cpu,
     ))
@@ -99,7 +116,7 @@ mod tests {
                 Tensor::ones((6, 2), DType::F32, &dev).unwrap(),
             ),
         ]);
-        let vb = var_builder(tensors).unwrap();
+        let vb = var_builder(tensors, Products::Linear).unwrap();
         assert_eq!(vb.dtype(), DType::F32);
         let dtype = |name: &str, shape: &[usize]| vb.get(shape, name).unwrap().dtype();
         assert_eq!(dtype("fc.weight", &[3, 2]), DType::BF16);
@@ -111,5 +128,29 @@ mod tests {
         assert!(applies(&dev, DType::BF16) && !applies(&dev, DType::F32));
         assert_eq!(activations(&dev, DType::BF16), DType::F32);
         assert_eq!(activations(&dev, DType::F16), DType::F16);
+    }
+
+    #[test]
+    fn convolution_weights_come_in_bf16_and_matrices_in_f32() {
+        let dev = Device::Cpu;
+        let tensors = Tensors::from([
+            (
+                "conv.weight".to_string(),
+                Tensor::ones((3, 2, 3, 3), DType::F32, &dev).unwrap(),
+            ),
+            (
+                "conv.bias".to_string(),
+                Tensor::ones(3, DType::F32, &dev).unwrap(),
+            ),
+            (
+                "fc.weight".to_string(),
+                Tensor::ones((3, 2), DType::F32, &dev).unwrap(),
+            ),
+        ]);
+        let vb = var_builder(tensors, Products::Convolution).unwrap();
+        let dtype = |name: &str, shape: &[usize]| vb.get(shape, name).unwrap().dtype();
+        assert_eq!(dtype("conv.weight", &[3, 2, 3, 3]), DType::BF16);
+        assert_eq!(dtype("conv.bias", &[3]), DType::F32);
+        assert_eq!(dtype("fc.weight", &[3, 2]), DType::F32);
     }
 }

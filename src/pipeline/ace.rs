@@ -217,7 +217,7 @@ impl Ace {
         loras: &Loras,
         progress: Progress,
     ) -> Result<Self> {
-        // The dtype of the activations, and of the VAE: f32 on the CPU with bf16 weights.
+        // The dtype of the activations: f32 on the CPU with bf16 weights.
         let activations = crate::model::cpu_bf16::activations(device, dtype);
         let text_position_embeddings = text_position_embeddings(cfg, &text)?
             .to_device(device)?
@@ -234,7 +234,7 @@ impl Ace {
             vae_tensors,
             &files.vae,
             device,
-            activations,
+            dtype,
         )?;
         let dit = load_dit(cfg, files, device, dtype, loras, &mut loaded)?;
         if crate::model::cpu_bf16::applies(device, dtype) {

@@ -25,6 +25,7 @@ pub use config::Config;
 pub use prepared::Prepared;
 
 use crate::model::checkpoint;
+use crate::model::cpu_bf16::{self, Products};
 use crate::{Error, Result};
 use attention::KeysValues;
 use block::DitBlock;
@@ -109,8 +110,8 @@ impl DitAce {
         cfg.validate()?;
         let tensors = layout::convert(tensors, cfg, path)?;
         layout::check(&tensors, cfg, path)?;
-        if crate::model::cpu_bf16::applies(device, dtype) {
-            return Self::new(cfg, crate::model::cpu_bf16::var_builder(tensors)?);
+        if cpu_bf16::applies(device, dtype) {
+            return Self::new(cfg, cpu_bf16::var_builder(tensors, Products::Linear)?);
         }
         Self::new(cfg, VarBuilder::from_tensors(tensors, dtype, device))
     }

@@ -77,10 +77,16 @@ impl Conv {
         let x = x
             .pad_with_zeros(D::Minus2, 0, extra_h)?
             .pad_with_zeros(D::Minus1, 0, extra_w)?;
-        x.conv2d(&self.weight, params.padding, params.stride, 1, 1)?
-            .narrow(D::Minus2, 0, params.out_h)?
-            .narrow(D::Minus1, 0, params.out_w)?
-            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        x.conv2d(
+            &self.weight.to_dtype(x.dtype())?,
+            params.padding,
+            params.stride,
+            1,
+            1,
+        )?
+        .narrow(D::Minus2, 0, params.out_h)?
+        .narrow(D::Minus1, 0, params.out_w)?
+        .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 
     /// The same-size convolution (stride 1, padding k/2) of `x`, upsampled 2x first when
@@ -214,5 +220,90 @@ mod tests {
                 .unwrap();
             assert!(diff < 1e-4, "swish {swish}: {diff}");
         }
+    }
+
+    /// Rounded to bf16 and back, as the bf16 products read their operands.
+    fn rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
+
+    #[test]
+    fn bf16_weights_multiply_bf16_bands_as_autocast_does() {
+        let dev = Device::Cpu;
+        let (c_in, c_out) = (32, 24);
+        let weight = (Tensor::randn(0f32, 0.1, (c_out, c_in, 3, 3), &dev).unwrap() + 0.01).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, c_out, &dev).unwrap();
+        let tensors = HashMap::from([
+            ("conv.weight".to_string(), weight.clone()),
+            ("conv.bias".to_string(), bias.clone()),
+        ]);
+        let vb = crate::model::cpu_bf16::var_builder(
+            tensors,
+            crate::model::cpu_bf16::Products::Convolution,
+        )
+        .unwrap();
+        let conv = Conv::new(c_in, c_out, 3, vb.pp("conv")).unwrap();
+        assert_eq!(conv.weight.dtype(), DType::BF16);
+        let norm_vb = VarBuilder::from_tensors(
+            HashMap::from([
+                (
+                    "weight".to_string(),
+                    Tensor::randn(0f32, 1.0, c_in, &dev).unwrap(),
+                ),
+                (
+                    "bias".to_string(),
+                    Tensor::randn(0f32, 1.0, c_in, &dev).unwrap(),
+                ),
+            ]),
+            DType::F32,
+            &dev,
+        );
+        let norm = super::super::blocks::normalize(c_in, norm_vb).unwrap();
+        let x = (Tensor::randn(0f32, 2.0, (2, c_in, 9, 7), &dev).unwrap() + 0.5).unwrap();
+        let residual = Tensor::randn(0f32, 1.0, (2, c_out, 9, 7), &dev).unwrap();
+        // The same convolution in f32 of the operands rounded to bf16.
+        let f32_conv = Conv {
+            weight: rounded(&weight),
+            bias,
+            kernel: 3,
+        };
+        let within = |fast: Tensor, slow: Tensor, what: &str| {
+            let scale: f32 = slow.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let diff: f32 = (fast - slow)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff <= 1e-5 * scale, "{what}: {diff} of {scale}");
+        };
+        let fast = match conv.same_size(&x, true) {
+            Ok(fast) => fast,
+            // No bf16 product on a CPU without the instructions: an error, never a wrong
+            // result.
+            Err(e) => {
+                assert!(crate::kernels::cpu_bf16_support().is_err(), "{e}");
+                return;
+            }
+        };
+        within(
+            fast,
+            f32_conv
+                .composed(&rounded(&x), conv.same_size_params(&x, true).unwrap())
+                .unwrap(),
+            "upsampled",
+        );
+        let fast = conv
+            .fused(&x, Some((&norm, true)), Some(&residual))
+            .unwrap();
+        let input = rounded(&norm.forward_pre(&x, true).unwrap());
+        let params = conv.same_size_params(&x, false).unwrap();
+        let slow = (f32_conv.composed(&input, params).unwrap() + &residual).unwrap();
+        within(fast, slow, "normalised, with residual");
     }
 }

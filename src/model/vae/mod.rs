@@ -13,6 +13,7 @@ pub mod layout;
 pub use config::{Config, DecoderConfig, EncoderConfig};
 
 use crate::model::checkpoint;
+use crate::model::cpu_bf16::{self, Products};
 use crate::model::recorder::{requested_tensors, TensorSpec};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
@@ -61,6 +62,8 @@ impl AutoencoderKl {
     }
 
     /// [`AutoencoderKl::load`] from the tensors of the checkpoint at `checkpoint`, already read.
+    /// bf16 on the CPU is an f32 model whose convolutions have bf16 weights
+    /// ([`cpu_bf16`]).
     pub fn from_checkpoint(
         cfg: &Config,
         raw: checkpoint::Tensors,
@@ -86,6 +89,9 @@ impl AutoencoderKl {
                     ),
                 });
             }
+        }
+        if cpu_bf16::applies(device, dtype) {
+            return Self::new(cfg, cpu_bf16::var_builder(tensors, Products::Convolution)?);
         }
         Self::new(cfg, VarBuilder::from_tensors(tensors, dtype, device))
     }
