@@ -40,7 +40,7 @@ impl ModelSource {
 pub struct LoadOptions {
     /// Weight dtype of the DiT and the VAE: f32, bf16, f16 (a GPU only) or auto (bf16 on a CUDA
     /// GPU or a CPU with AVX512-BF16/AMX, else f32). bf16 on the CPU: the DiT's linear layers
-    /// in bf16, the rest in f32.
+    /// and the VAE's convolutions in bf16, the rest in f32.
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: String,
     /// Weight dtype of the T5 text encoder: f32, bf16 or f16 (default: the config's T5_DTYPE,
