@@ -136,12 +136,11 @@ pub fn conv2d(
         None => None,
     };
     let conv = Bands {
-        params,
         affine,
         swish: pre.is_some_and(|p| p.swish),
         dims: (b, c_in, h, wd),
         c_out,
-        k,
+        out: (out_h, out_w),
     };
     let residual = residual.map(|r| r.contiguous()).transpose()?;
     let mut out = vec![0f32; b * c_out * out_h * out_w];
@@ -149,11 +148,11 @@ pub fn conv2d(
         with_values(&bias, "bias", |bias| {
             let mut run = |residual: Option<&[f32]>| match weight.dtype() {
                 DType::F32 => with_values(&weight, "weight", |w: &[f32]| {
-                    conv.run(x, w, bias, residual, &mut out)
+                    conv.convolve(params, k, x, w, bias, residual, &mut out)
                 }),
                 #[cfg(feature = "onednn")]
                 DType::BF16 => with_values(&weight, "weight", |w: &[half::bf16]| {
-                    conv.run(x, w, bias, residual, &mut out)
+                    conv.convolve(params, k, x, w, bias, residual, &mut out)
                 }),
                 other => candle_core::bail!("conv2d: a weight in {other:?}"),
             };
@@ -166,21 +165,101 @@ pub fn conv2d(
     Tensor::from_vec(out, (b, c_out, out_h, out_w), &Device::Cpu)
 }
 
-/// One convolution over bands of output rows.
+/// One convolution, computed over bands of output rows.
 struct Bands {
-    params: ConvParams,
     /// Per image and input channel, `pre`'s `(mean, scale, shift)`.
     affine: Option<Vec<(f32, f32, f32)>>,
     swish: bool,
     /// The input's `[B, C_in, H, W]`.
     dims: (usize, usize, usize, usize),
     c_out: usize,
-    k: usize,
+    /// The output's `(height, width)`.
+    out: (usize, usize),
 }
 
+/// One pass of products over the input: a `k x k` kernel read with `stride` and `pad` (rows,
+/// columns) on the input (2x upsampled first when `upsample`), over a `grid` of positions that
+/// are the output's, or, for a sub-pixel `phase` `(dy, dx)`, its rows `2y + dy` and columns
+/// `2x + dx`.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    k: usize,
+    stride: usize,
+    pad: (usize, usize),
+    upsample: bool,
+    grid: (usize, usize),
+    phase: Option<(usize, usize)>,
+}
+
+/// The taps of a 3x3 kernel (along one axis) that read the same input value of a 2x nearest
+/// upsampling, for output phase `d` (0: even, 1: odd) and the phase kernel's tap `t`: an even
+/// output reads input rows `a - 1` (tap 0) and `a` (taps 1, 2), an odd one `a` (taps 0, 1)
+/// and `a + 1` (tap 2).
+const PHASE_TAPS: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+
 impl Bands {
+    /// The convolution of `x` by `w` (`[C_out, C_in, k, k]`) as `params` say, into `out`.
+    /// The 3x3 convolution of a 2x upsampling (the decoder's) runs as four 2x2 convolutions of
+    /// the input itself, one per sub-pixel phase, with the taps that read the same value
+    /// summed: the same sums in 4/9 of the products.
+    #[allow(clippy::too_many_arguments)]
+    fn convolve<W: Weight>(
+        &self,
+        params: ConvParams,
+        k: usize,
+        x: &[f32],
+        w: &[W],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (_, c_in, h, wd) = self.dims;
+        let sub_pixel = params.upsample
+            && k == 3
+            && params.stride == 1
+            && params.padding == 1
+            && self.out == (2 * h, 2 * wd);
+        if !sub_pixel {
+            let pass = Pass {
+                k,
+                stride: params.stride,
+                pad: (params.padding, params.padding),
+                upsample: params.upsample,
+                grid: self.out,
+                phase: None,
+            };
+            return self.run(pass, x, w, bias, residual, out);
+        }
+        for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let mut phase_w = Vec::with_capacity(self.c_out * c_in * 4);
+            for filter in w.chunks_exact(9) {
+                for taps_y in PHASE_TAPS[dy] {
+                    for taps_x in PHASE_TAPS[dx] {
+                        let sum: f64 = taps_y
+                            .iter()
+                            .flat_map(|&ky| taps_x.iter().map(move |&kx| filter[ky * 3 + kx]))
+                            .map(|v| v.to_f64())
+                            .sum();
+                        phase_w.push(W::from_f64(sum));
+                    }
+                }
+            }
+            let pass = Pass {
+                k: 2,
+                stride: 1,
+                pad: (1 - dy, 1 - dx),
+                upsample: false,
+                grid: (h, wd),
+                phase: Some((dy, dx)),
+            };
+            self.run(pass, x, &phase_w, bias, residual, out)?;
+        }
+        Ok(())
+    }
+
     fn run<W: Weight>(
         &self,
+        pass: Pass,
         x: &[f32],
         w: &[W],
         bias: &[f32],
@@ -188,27 +267,29 @@ impl Bands {
         out: &mut [f32],
     ) -> Result<()> {
         let (b, c_in, h, wd) = self.dims;
-        let (k, c_out, p) = (self.k, self.c_out, self.params);
-        let (out_h, out_w) = (p.out_h, p.out_w);
+        let (k, c_out, stride) = (pass.k, self.c_out, pass.stride);
+        let (pad_y, pad_x) = pass.pad;
+        let (grid_h, grid_w) = pass.grid;
+        let (out_h, out_w) = self.out;
         let plane = out_h * out_w;
         let depth = c_in * k * k;
         let element = std::mem::size_of::<W::Column>();
-        let band = (BAND_BYTES / (element * depth * out_w).max(1)).clamp(1, out_h.max(1));
+        let band = (BAND_BYTES / (element * depth * grid_w).max(1)).clamp(1, grid_h.max(1));
         let tasks: Vec<(usize, usize)> = (0..b)
-            .flat_map(|i| (0..out_h).step_by(band).map(move |y| (i, y)))
+            .flat_map(|i| (0..grid_h).step_by(band).map(move |y| (i, y)))
             .collect();
-        let scale_up = if p.upsample { 2 } else { 1 };
+        let scale_up = if pass.upsample { 2 } else { 1 };
         let (in_h, in_w) = (scale_up * h, scale_up * wd);
         let output = Output(out.as_mut_ptr());
         tasks.par_iter().try_for_each(|&(i, y0)| {
-            let rows = band.min(out_h - y0);
-            let positions = rows * out_w;
+            let rows = band.min(grid_h - y0);
+            let positions = rows * grid_w;
             let image = &x[i * c_in * h * wd..(i + 1) * c_in * h * wd];
             // The input rows this band reads (in the input's own rows), `pre` applied and
             // converted once per value rather than once per tap.
-            let first = (y0 * p.stride).saturating_sub(p.padding) / scale_up;
-            let last = ((y0 + rows - 1) * p.stride + k - 1)
-                .saturating_sub(p.padding)
+            let first = (y0 * stride).saturating_sub(pad_y) / scale_up;
+            let last = ((y0 + rows - 1) * stride + k - 1)
+                .saturating_sub(pad_y)
                 .min(in_h - 1)
                 / scale_up;
             let span = (last + 1).saturating_sub(first);
@@ -222,20 +303,20 @@ impl Bands {
                 Some(buf) => (buf.as_slice(), first, span),
                 None => (W::as_columns(image).unwrap_or_default(), 0, h),
             };
-            // im2col: row (ci, ky, kx) of `col` holds, for each output position of the band,
-            // the input value that tap reads (zero outside the input).
+            // im2col: row (ci, ky, kx) of `col` holds, for each position of the band, the
+            // input value that tap reads (zero outside the input).
             let mut col = vec![W::Column::default(); depth * positions];
             for (r, col_row) in col.chunks_mut(positions).enumerate() {
                 let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
                 let channel = &source[ci * source_rows * wd..(ci + 1) * source_rows * wd];
-                // The output columns whose tap kx lands inside the input: ox * stride + kx -
-                // padding in 0 .. in_w.
-                let lo = p.padding.saturating_sub(kx).div_ceil(p.stride);
-                let hi = (in_w + p.padding)
+                // The grid columns whose tap kx lands inside the input: ox * stride + kx -
+                // pad_x in 0 .. in_w.
+                let lo = pad_x.saturating_sub(kx).div_ceil(stride);
+                let hi = (in_w + pad_x)
                     .checked_sub(kx + 1)
-                    .map_or(0, |last| (last / p.stride + 1).min(out_w));
-                for (row, dst) in col_row.chunks_mut(out_w).enumerate() {
-                    let iy = ((y0 + row) * p.stride + ky).checked_sub(p.padding);
+                    .map_or(0, |last| (last / stride + 1).min(grid_w));
+                for (row, dst) in col_row.chunks_mut(grid_w).enumerate() {
+                    let iy = ((y0 + row) * stride + ky).checked_sub(pad_y);
                     let Some(iy) = iy.filter(|&iy| iy < in_h) else {
                         continue;
                     };
@@ -243,8 +324,8 @@ impl Bands {
                     if lo >= hi {
                         continue;
                     }
-                    let from = lo * p.stride + kx - p.padding;
-                    match (p.stride, scale_up) {
+                    let from = lo * stride + kx - pad_x;
+                    match (stride, scale_up) {
                         (1, 1) => dst[lo..hi].copy_from_slice(&src[from..from + hi - lo]),
                         (1, 2) => {
                             for (ox, v) in dst[lo..hi].iter_mut().enumerate() {
@@ -253,7 +334,7 @@ impl Bands {
                         }
                         _ => {
                             for (ox, v) in dst[lo..hi].iter_mut().enumerate() {
-                                *v = src[(from + ox * p.stride) / scale_up];
+                                *v = src[(from + ox * stride) / scale_up];
                             }
                         }
                     }
@@ -263,18 +344,40 @@ impl Bands {
             W::product(w, &col, depth, &mut product)?;
             let out = output;
             for (c, values) in product.chunks_mut(positions).enumerate() {
-                let at = (i * c_out + c) * plane + y0 * out_w;
+                let channel_at = (i * c_out + c) * plane;
                 values.iter_mut().for_each(|v| *v += bias[c]);
-                if let Some(r) = residual {
-                    values
-                        .iter_mut()
-                        .zip(&r[at..at + positions])
-                        .for_each(|(v, r)| *v += r);
-                }
-                // SAFETY: `at .. at + positions` lies inside `out` (channel c of image i, rows
-                // y0 .. y0 + rows) and belongs to this task alone.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(values.as_ptr(), out.0.add(at), positions);
+                match pass.phase {
+                    None => {
+                        let at = channel_at + y0 * out_w;
+                        if let Some(r) = residual {
+                            values
+                                .iter_mut()
+                                .zip(&r[at..at + positions])
+                                .for_each(|(v, r)| *v += r);
+                        }
+                        // SAFETY: `at .. at + positions` lies inside `out` (channel c of image
+                        // i, rows y0 .. y0 + rows) and belongs to this task alone.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                values.as_ptr(),
+                                out.0.add(at),
+                                positions,
+                            );
+                        }
+                    }
+                    Some((dy, dx)) => {
+                        for (row, values) in values.chunks(grid_w).enumerate() {
+                            let at = channel_at + (2 * (y0 + row) + dy) * out_w + dx;
+                            for (ox, &v) in values.iter().enumerate() {
+                                let at = at + 2 * ox;
+                                let v = v + residual.map_or(0.0, |r| r[at]);
+                                // SAFETY: `at` is row 2 (y0 + row) + dy, column 2 ox + dx of
+                                // channel c of image i, inside `out` (the output is twice the
+                                // grid); this task alone writes its rows of this phase.
+                                unsafe { *out.0.add(at) = v };
+                            }
+                        }
+                    }
                 }
             }
             Ok(())

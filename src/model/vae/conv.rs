@@ -270,7 +270,7 @@ mod tests {
             bias,
             kernel: 3,
         };
-        let within = |fast: Tensor, slow: Tensor, what: &str| {
+        let within = |fast: Tensor, slow: Tensor, limit: f32, what: &str| {
             let scale: f32 = slow.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
             let diff: f32 = (fast - slow)
                 .unwrap()
@@ -280,7 +280,7 @@ mod tests {
                 .unwrap()
                 .to_scalar()
                 .unwrap();
-            assert!(diff <= 1e-5 * scale, "{what}: {diff} of {scale}");
+            assert!(diff <= limit * scale, "{what}: {diff} of {scale}");
         };
         let fast = match conv.same_size(&x, true) {
             Ok(fast) => fast,
@@ -296,6 +296,9 @@ mod tests {
             f32_conv
                 .composed(&rounded(&x), conv.same_size_params(&x, true).unwrap())
                 .unwrap(),
+            // The 2x upsampling's convolution sums the taps that read the same value, and its
+            // phase kernels are rounded to bf16 after the sum.
+            4e-3,
             "upsampled",
         );
         let fast = conv
@@ -304,6 +307,6 @@ mod tests {
         let input = rounded(&norm.forward_pre(&x, true).unwrap());
         let params = conv.same_size_params(&x, false).unwrap();
         let slow = (f32_conv.composed(&input, params).unwrap() + &residual).unwrap();
-        within(fast, slow, "normalised, with residual");
+        within(fast, slow, 1e-5, "normalised, with residual");
     }
 }
