@@ -127,10 +127,11 @@ mod fused {
             if !sizes_fit {
                 candle_core::bail!("adamw-step: parameter, moments and gradient differ in size")
             }
-            let (mut m_out, mut v_out) = (vec![0f32; n], vec![0f32; n]);
+            // The new moments are written once, not zeroed first: a pass over 2n values less.
+            let (mut m_out, mut v_out) = (Vec::with_capacity(n), Vec::with_capacity(n));
             p.par_chunks_mut(CHUNK)
-                .zip(m_out.par_chunks_mut(CHUNK))
-                .zip(v_out.par_chunks_mut(CHUNK))
+                .zip(m_out.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
+                .zip(v_out.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
                 .enumerate()
                 .for_each(|(i, ((p, m_new), v_new))| {
                     let at = i * CHUNK;
@@ -138,9 +139,17 @@ mod fused {
                         let k = at + j;
                         let (m, v) = self.moments.map_or((0.0, 0.0), |(m, v)| (m[k], v[k]));
                         let (pn, mn, vn) = self.update.element(p[j], m, v, self.grad[k]);
-                        (p[j], m_new[j], v_new[j]) = (pn, mn, vn);
+                        p[j] = pn;
+                        m_new[j].write(mn);
+                        v_new[j].write(vn);
                     }
                 });
+            // SAFETY: the chunks cover 0..n of both (the same CHUNK over n elements as `p`),
+            // and every element of every chunk was written just above.
+            unsafe {
+                m_out.set_len(n);
+                v_out.set_len(n);
+            }
             let mut out = self
                 .new_moments
                 .lock()
