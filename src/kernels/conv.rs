@@ -146,15 +146,18 @@ pub fn conv2d(
     let mut out = vec![0f32; b * c_out * out_h * out_w];
     with_values(&x, "input", |x| {
         with_values(&bias, "bias", |bias| {
-            let mut run = |residual: Option<&[f32]>| match weight.dtype() {
-                DType::F32 => with_values(&weight, "weight", |w: &[f32]| {
-                    conv.convolve(params, k, x, w, bias, residual, &mut out)
-                }),
-                #[cfg(feature = "onednn")]
-                DType::BF16 => with_values(&weight, "weight", |w: &[half::bf16]| {
-                    conv.convolve(params, k, x, w, bias, residual, &mut out)
-                }),
-                other => candle_core::bail!("conv2d: a weight in {other:?}"),
+            let mut run = |residual: Option<&[f32]>| {
+                let data = Data { x, bias, residual };
+                match weight.dtype() {
+                    DType::F32 => with_values(&weight, "weight", |w: &[f32]| {
+                        conv.convolve(params, k, data, w, &mut out)
+                    }),
+                    #[cfg(feature = "onednn")]
+                    DType::BF16 => with_values(&weight, "weight", |w: &[half::bf16]| {
+                        conv.convolve(params, k, data, w, &mut out)
+                    }),
+                    other => candle_core::bail!("conv2d: a weight in {other:?}"),
+                }
             };
             match &residual {
                 Some(r) => with_values(r, "residual", |r| run(Some(r))),
@@ -175,6 +178,15 @@ struct Bands {
     c_out: usize,
     /// The output's `(height, width)`.
     out: (usize, usize),
+}
+
+/// What a convolution reads besides its weight: the input `[B, C_in, H, W]`, the bias and
+/// the residual (the output's shape).
+#[derive(Clone, Copy)]
+struct Data<'a> {
+    x: &'a [f32],
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
 }
 
 /// One pass of products over the input: a `k x k` kernel read with `stride` and `pad` (rows,
@@ -202,15 +214,12 @@ impl Bands {
     /// The 3x3 convolution of a 2x upsampling (the decoder's) runs as four 2x2 convolutions of
     /// the input itself, one per sub-pixel phase, with the taps that read the same value
     /// summed: the same sums in 4/9 of the products.
-    #[allow(clippy::too_many_arguments)]
     fn convolve<W: Weight>(
         &self,
         params: ConvParams,
         k: usize,
-        x: &[f32],
+        data: Data,
         w: &[W],
-        bias: &[f32],
-        residual: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<()> {
         let (_, c_in, h, wd) = self.dims;
@@ -228,7 +237,7 @@ impl Bands {
                 grid: self.out,
                 phase: None,
             };
-            return self.run(pass, x, w, bias, residual, out);
+            return self.run(pass, data, w, out);
         }
         for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
             let mut phase_w = Vec::with_capacity(self.c_out * c_in * 4);
@@ -252,20 +261,14 @@ impl Bands {
                 grid: (h, wd),
                 phase: Some((dy, dx)),
             };
-            self.run(pass, x, &phase_w, bias, residual, out)?;
+            self.run(pass, data, &phase_w, out)?;
         }
         Ok(())
     }
 
-    fn run<W: Weight>(
-        &self,
-        pass: Pass,
-        x: &[f32],
-        w: &[W],
-        bias: &[f32],
-        residual: Option<&[f32]>,
-        out: &mut [f32],
-    ) -> Result<()> {
+    /// One pass of products into `out`, band by band in parallel.
+    fn run<W: Weight>(&self, pass: Pass, data: Data, w: &[W], out: &mut [f32]) -> Result<()> {
+        let Data { x, bias, residual } = data;
         let (b, c_in, h, wd) = self.dims;
         let (k, c_out, stride) = (pass.k, self.c_out, pass.stride);
         let (pad_y, pad_x) = pass.pad;
