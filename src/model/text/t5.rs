@@ -455,6 +455,7 @@ pub fn read_config(path: &Path) -> Result<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::tests::max_diff;
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
@@ -469,17 +470,6 @@ mod tests {
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]

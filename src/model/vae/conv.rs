@@ -117,6 +117,7 @@ impl Module for Conv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::tests::max_diff;
     use candle_core::{DType, Device};
     use std::collections::HashMap;
 
@@ -158,14 +159,7 @@ mod tests {
                 let fast = conv.apply(&x, params).unwrap();
                 let slow = conv.composed(&x, params).unwrap();
                 assert_eq!(fast.dims(), &[2, c_out, out_h, out_w], "{params:?}");
-                let diff: f32 = (fast - slow)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let diff = max_diff(&fast, &slow);
                 assert!(diff < 1e-4, "{params:?}: {diff}");
             }
         }
@@ -210,14 +204,7 @@ mod tests {
                 .unwrap();
             let input = norm.forward_pre(&x, swish).unwrap();
             let slow = (conv.composed(&input, params).unwrap() + &residual).unwrap();
-            let diff: f32 = (fast - slow)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff = max_diff(&fast, &slow);
             assert!(diff < 1e-4, "swish {swish}: {diff}");
         }
     }
@@ -272,14 +259,7 @@ mod tests {
         };
         let within = |fast: Tensor, slow: Tensor, limit: f32, what: &str| {
             let scale: f32 = slow.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            let diff: f32 = (fast - slow)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff = max_diff(&fast, &slow);
             assert!(diff <= limit * scale, "{what}: {diff} of {scale}");
         };
         let fast = match conv.same_size(&x, true) {

@@ -167,6 +167,7 @@ pub fn required_tensors(cfg: &Config) -> Result<Vec<TensorSpec>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::tests::max_diff;
     use std::collections::{BTreeMap, HashMap};
     use std::path::PathBuf;
 
@@ -327,17 +328,6 @@ mod tests {
         path
     }
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     fn max_abs(a: &Tensor) -> f32 {
         a.abs()
             .unwrap()
@@ -383,7 +373,7 @@ mod tests {
             .squeeze(0)
             .unwrap();
         let expected = &golden["latent"];
-        let err = max_abs_diff(&latent, expected);
+        let err = max_diff(&latent, expected);
         eprintln!(
             "VAE latent: max |a-b| = {err:e}, max |b| = {}",
             max_abs(expected)
@@ -395,7 +385,7 @@ mod tests {
         let z = (golden["latent"].unsqueeze(0).unwrap() / SCALE_FACTOR).unwrap();
         let decoded = vae.decode(&z).unwrap().squeeze(0).unwrap();
         let expected = &golden["decoded"];
-        let err = max_abs_diff(&decoded, expected);
+        let err = max_diff(&decoded, expected);
         eprintln!(
             "VAE decoded: max |a-b| = {err:e}, max |b| = {}",
             max_abs(expected)
@@ -458,8 +448,8 @@ mod tests {
             ("diffusers.safetensors", &diffusers),
         ] {
             let (m, d) = run(file, tensors);
-            assert_eq!(max_abs_diff(&m, &mean), 0.0, "{file}: encode differs");
-            assert_eq!(max_abs_diff(&d, &decoded), 0.0, "{file}: decode differs");
+            assert_eq!(max_diff(&m, &mean), 0.0, "{file}: encode differs");
+            assert_eq!(max_diff(&d, &decoded), 0.0, "{file}: decode differs");
         }
     }
 
