@@ -2,6 +2,8 @@
 //! queries, the block's scores are computed into a buffer that stays in cache, turned into
 //! probabilities in place and multiplied into the values, in parallel over heads and blocks.
 //! The full score matrix (64 Mi floats for one 2048-token sample of 16 heads) never exists.
+//! Recorded under [`super::autocast_bf16`] (training with `USE_AMP`), the products of both
+//! passes take bf16 operands, as PyTorch's autocast runs the attention.
 
 use super::exp::{exp, map_in_place, reduce};
 use super::sgemm::{gemm, readable, Operand};
@@ -19,29 +21,19 @@ const QUERY_BLOCK: usize = 64;
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, backward: bool) -> Result<Tensor> {
     let (q, k, v) = (readable(q)?, readable(k)?, readable(v)?);
     if backward {
-        let bf16_backward = super::autocast_active();
-        q.apply_op3(
-            &k,
-            &v,
-            Attention {
-                scale,
-                bf16_backward,
-            },
-        )
+        let bf16 = super::autocast_active();
+        q.apply_op3(&k, &v, Attention { scale, bf16 })
     } else {
-        let op = Attention {
-            scale,
-            bf16_backward: false,
-        };
+        let op = Attention { scale, bf16: false };
         q.apply_op3_no_bwd(&k, &v, &op)
     }
 }
 
 struct Attention {
     scale: f64,
-    /// Recorded inside [`super::autocast_bf16`]: the backward pass's products take bf16
+    /// Recorded inside [`super::autocast_bf16`]: the products of both passes take bf16
     /// operands (accumulating in f32), as PyTorch's autocast runs the attention.
-    bf16_backward: bool,
+    bf16: bool,
 }
 
 impl CustomOp3 for Attention {
@@ -83,6 +75,37 @@ impl CustomOp3 for Attention {
         dims.extend([q_len, v_dim]);
         let mut out = vec![0f32; oq.batch * q_len * v_dim];
         if out.is_empty() {
+            return Ok((CpuStorage::F32(out), Shape::from(dims)));
+        }
+        #[cfg(feature = "onednn")]
+        if self.bf16 {
+            let d = oq.cols;
+            out.par_chunks_mut(q_len * v_dim)
+                .enumerate()
+                .try_for_each(|(i, out)| {
+                    let (keys, values) = (rounded_matrix(k, &ok, i), rounded_matrix(v, &ov, i));
+                    let keys_t = super::bf16::Bf16Matrix {
+                        values: &keys,
+                        k: d,
+                        n: k_len,
+                        strides: (1, d),
+                    };
+                    let values = super::bf16::Bf16Matrix {
+                        values: &values,
+                        k: k_len,
+                        n: v_dim,
+                        strides: (v_dim, 1),
+                    };
+                    let queries = &q[oq.matrix(i)..];
+                    super::bf16::attention_head(
+                        queries,
+                        oq.strides(),
+                        keys_t,
+                        values,
+                        self.scale,
+                        out,
+                    )
+                })?;
             return Ok((CpuStorage::F32(out), Shape::from(dims)));
         }
         let k_t = ok.t();
@@ -175,6 +198,16 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// Matrix `i` of `op` over `values`, rounded to bf16 into a row-major buffer.
+#[cfg(feature = "onednn")]
+fn rounded_matrix(values: &[f32], op: &Operand, i: usize) -> Vec<half::bf16> {
+    let ((rs, cs), at) = (op.strides(), op.matrix(i));
+    (0..op.rows)
+        .flat_map(|r| (0..op.cols).map(move |c| at + r * rs + c * cs))
+        .map(|at| half::bf16::from_f32(values[at]))
+        .collect()
+}
+
 /// Matrix `h` of a batch of `len`-element matrices.
 fn matrix(t: &[f32], h: usize, len: usize) -> &[f32] {
     &t[h * len..(h + 1) * len]
@@ -201,7 +234,7 @@ impl Attention {
         [dq, dk, dvh]: [&mut [f32]; 3],
     ) -> Result<()> {
         let scale = self.scale as f32;
-        let right = |values, rows, cols| Right::new(values, rows, cols, self.bf16_backward);
+        let right = |values, rows, cols| Right::new(values, rows, cols, self.bf16);
         let (qr, kr, vr, gr) = (
             right(q, n, d),
             right(k, m, d),

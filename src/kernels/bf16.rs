@@ -251,24 +251,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
                         strides: (v_dim, 1),
                     };
                     let queries = &qs[h * q_len * d..(h + 1) * q_len * d];
-                    out.par_chunks_mut(QUERY_BLOCK * v_dim)
-                        .zip(queries.par_chunks(QUERY_BLOCK * d))
-                        .try_for_each(|(out, queries)| {
-                            let rows = out.len() / v_dim;
-                            let mut scores = vec![0f32; rows * k_len];
-                            product(queries, (d, 1), keys_t, None, &mut scores)?;
-                            let sums: Vec<f32> = scores
-                                .chunks_mut(k_len)
-                                .map(|row| {
-                                    super::attention::unnormalised_softmax_in_place(row, scale)
-                                })
-                                .collect();
-                            product(&scores, (k_len, 1), head_values, None, out)?;
-                            for (row, sum) in out.chunks_mut(v_dim.max(1)).zip(&sums) {
-                                super::exp::map_in_place(row, |x| x / sum);
-                            }
-                            Ok::<(), candle_core::Error>(())
-                        })
+                    attention_head(queries, (d, 1), keys_t, head_values, scale, out)
                 })?;
         }
         Ok(out)
@@ -276,6 +259,38 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     let mut dims = q.dims()[..q.rank() - 1].to_vec();
     dims.push(v_dim);
     Tensor::from_vec(out, dims, &Device::Cpu)
+}
+
+/// One head of [`attention`]: `softmax(queries keys_t * scale) values` into `out`
+/// (`[n_q, d_v]` row-major), `queries` f32 with strides `q_strides` along queries and
+/// features, the keys (transposed) and values in bf16; in parallel over blocks of queries,
+/// each block's scores in a buffer that stays in cache.
+pub(super) fn attention_head(
+    queries: &[f32],
+    q_strides: (usize, usize),
+    keys_t: Bf16Matrix,
+    values: Bf16Matrix,
+    scale: f64,
+    out: &mut [f32],
+) -> Result<()> {
+    let (k_len, v_dim) = (keys_t.n, values.n.max(1));
+    out.par_chunks_mut(QUERY_BLOCK * v_dim)
+        .enumerate()
+        .try_for_each(|(block, out)| {
+            let rows = out.len() / v_dim;
+            let block_queries = &queries[block * QUERY_BLOCK * q_strides.0..];
+            let mut scores = vec![0f32; rows * k_len];
+            product(block_queries, q_strides, keys_t, None, &mut scores)?;
+            let sums: Vec<f32> = scores
+                .chunks_mut(k_len.max(1))
+                .map(|row| super::attention::unnormalised_softmax_in_place(row, scale))
+                .collect();
+            product(&scores, (k_len, 1), values, None, out)?;
+            for (row, sum) in out.chunks_mut(v_dim).zip(&sums) {
+                super::exp::map_in_place(row, |x| x / sum);
+            }
+            Ok(())
+        })
 }
 
 /// The CPU storage of a tensor on the CPU.

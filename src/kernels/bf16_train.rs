@@ -294,10 +294,11 @@ mod tests {
         assert!(max_abs_diff(&plain, &f32_want) < 1e-5);
     }
 
-    /// The attention recorded inside the region: its backward products in bf16, within bf16's
-    /// rounding of the f32 gradients.
+    /// The attention recorded inside the region: its forward is the inference path's bf16
+    /// attention, whatever the strides of its operands, and its backward products in bf16 stay
+    /// within bf16's rounding of the f32 gradients.
     #[test]
-    fn attention_backward_in_bf16_stays_near_the_f32_one() {
+    fn attention_in_bf16_is_autocasts_and_its_backward_stays_near_the_f32_one() {
         if super::super::cpu_bf16_support().is_err() {
             // The region is never entered on such CPUs (the trainer runs f32); the bf16
             // product's refusal there is tested beside the linear layer.
@@ -326,6 +327,19 @@ mod tests {
             let out = if amp { autocast_bf16(out) } else { out() }.unwrap();
             (out * &g).unwrap().sum_all().unwrap().backward().unwrap()
         };
+        let inference = super::super::bf16::attention(&q, &k, &v, 0.4).unwrap();
+        let recorded = autocast_bf16(|| super::super::attention(&q, &k, &v, 0.4)).unwrap();
+        assert_eq!(max_abs_diff(&recorded, &inference), 0.0);
+        // q read transposed and k, v through a strided view: the same values.
+        let q_t = Var::from_tensor(&q.t().unwrap().contiguous().unwrap()).unwrap();
+        let kv =
+            Var::from_tensor(&Tensor::cat(&[k.as_tensor(), k.as_tensor()], 3).unwrap()).unwrap();
+        let strided = autocast_bf16(|| {
+            let k_view = kv.narrow(3, 8, 8)?;
+            super::super::attention(&q_t.t()?, &k_view, &v, 0.4)
+        })
+        .unwrap();
+        assert_eq!(max_abs_diff(&strided, &inference), 0.0);
         let (bf16, f32) = (grads(true), grads(false));
         for x in [&q, &k, &v] {
             let (a, b) = (

@@ -108,6 +108,15 @@ impl Operand {
         }
     }
 
+    /// The strides of each matrix along its rows and its columns.
+    pub fn strides(&self) -> (usize, usize) {
+        if self.transposed {
+            (1, self.ld)
+        } else {
+            (self.ld, 1)
+        }
+    }
+
     /// Where matrix `i` of the batch starts (the one matrix, for an operand shared by all).
     pub fn matrix(&self, i: usize) -> usize {
         self.offset + self.layout.offset(i)
