@@ -4,8 +4,8 @@
 //! accumulates in f32 through oneDNN ([`super::bf16`]): `x W^T` forward, `g W` and `g^T x`
 //! backward; an MLP's second layer takes its activation in the same op ([`linear_of_activation`],
 //! the activated values recomputed by the backward pass rather than kept). The attention's
-//! backward products do the same (`attention.rs`); everything else (the attention's forward,
-//! norms, activations, the loss) stays f32, and so do the gradients.
+//! products do the same in both passes (`attention.rs`); everything else (the softmax, norms,
+//! activations, the loss) stays f32, and so do the gradients.
 //! Autocast is a region, [`autocast_bf16`], as PyTorch's context manager is: the layers it
 //! records keep their precision through the backward pass that runs after it.
 
