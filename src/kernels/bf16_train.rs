@@ -216,16 +216,9 @@ fn weight_gradient(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::max_diff as max_abs_diff;
+    use super::super::tests::{max_diff as max_abs_diff, rounded};
     use super::*;
-    use candle_core::{DType, Device, Var};
-
-    fn rounded(t: &Tensor) -> Tensor {
-        t.to_dtype(DType::BF16)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-    }
+    use candle_core::{Device, Var};
 
     /// The layer and its three gradients against f32 products of the bf16-rounded operands,
     /// with the weight and bias registered (gathered in place over two uses) and without.

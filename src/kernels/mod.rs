@@ -438,6 +438,14 @@ pub(crate) mod tests {
     use super::*;
     use candle_core::{IndexOp, Var};
 
+    /// Rounded to bf16 and back, as the bf16 products read their operands.
+    pub(crate) fn rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
+
     /// The largest absolute difference between two tensors of the same shape.
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

@@ -117,7 +117,7 @@ impl Module for Conv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests::max_diff;
+    use crate::kernels::tests::{max_diff, rounded};
     use candle_core::{DType, Device};
     use std::collections::HashMap;
 
@@ -207,14 +207,6 @@ mod tests {
             let diff = max_diff(&fast, &slow);
             assert!(diff < 1e-4, "swish {swish}: {diff}");
         }
-    }
-
-    /// Rounded to bf16 and back, as the bf16 products read their operands.
-    fn rounded(t: &Tensor) -> Tensor {
-        t.to_dtype(DType::BF16)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
     }
 
     #[test]
