@@ -10,6 +10,7 @@
 //! bf16 and multiplied by oneDNN's bf16 matmul, accumulating in f32. Forward only (the VAE is
 //! never trained).
 
+use super::exp::{exp, map_into};
 use super::norm::group_stats;
 use super::sgemm::{gemm, Operand};
 use super::{ConvParams, PreNorm};
@@ -47,7 +48,8 @@ unsafe impl Sync for Output {}
 trait Weight: WithDType {
     /// The element of the gathered bands.
     type Column: Copy + Default + Send + Sync;
-    fn column(v: f32) -> Self::Column;
+    /// `values` as columns' elements into `dst`.
+    fn columns(dst: &mut [Self::Column], values: &[f32]);
     /// The input rows as they are, where they are gathered in f32.
     fn as_columns(values: &[f32]) -> Option<&[Self::Column]>;
     /// `product [c_out, positions] = w [c_out, depth] col [depth, positions]`.
@@ -56,8 +58,8 @@ trait Weight: WithDType {
 
 impl Weight for f32 {
     type Column = f32;
-    fn column(v: f32) -> f32 {
-        v
+    fn columns(dst: &mut [f32], values: &[f32]) {
+        dst.copy_from_slice(values);
     }
     fn as_columns(values: &[f32]) -> Option<&[f32]> {
         Some(values)
@@ -74,8 +76,10 @@ impl Weight for f32 {
 #[cfg(feature = "onednn")]
 impl Weight for half::bf16 {
     type Column = half::bf16;
-    fn column(v: f32) -> half::bf16 {
-        half::bf16::from_f32(v)
+    fn columns(dst: &mut [half::bf16], values: &[f32]) {
+        dst.iter_mut()
+            .zip(values)
+            .for_each(|(d, &v)| *d = half::bf16::from_f32(v));
     }
     fn as_columns(_: &[f32]) -> Option<&[half::bf16]> {
         None
@@ -399,25 +403,25 @@ impl Bands {
     ) -> Vec<W::Column> {
         let (_, c_in, h, wd) = self.dims;
         let mut buf = vec![W::Column::default(); c_in * span * wd];
+        let mut row = vec![0f32; span * wd];
         for (ci, dst) in buf.chunks_mut(span * wd).enumerate() {
             let src = &image[ci * h * wd + first * wd..][..span * wd];
-            match affine {
+            let values = match affine {
                 Some(a) => {
                     let (mean, scale, shift) = a[i * c_in + ci];
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        let y = (v - mean) * scale + shift;
-                        *d = W::column(if self.swish {
-                            y / (1.0 + (-y).exp())
-                        } else {
-                            y
+                    if self.swish {
+                        map_into(&mut row, src, |v| {
+                            let y = (v - mean) * scale + shift;
+                            y / (1.0 + exp(-y))
                         });
+                    } else {
+                        map_into(&mut row, src, |v| (v - mean) * scale + shift);
                     }
+                    &row
                 }
-                None => dst
-                    .iter_mut()
-                    .zip(src)
-                    .for_each(|(d, &v)| *d = W::column(v)),
-            }
+                None => src,
+            };
+            W::columns(dst, values);
         }
         buf
     }
