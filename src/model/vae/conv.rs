@@ -273,12 +273,19 @@ mod tests {
             4e-3,
             "upsampled",
         );
+        let params = conv.same_size_params(&x, false).unwrap();
+        let fast = conv.fused(&x, None, Some(&residual)).unwrap();
+        let slow = (f32_conv.composed(&rounded(&x), params).unwrap() + &residual).unwrap();
+        within(fast, slow, 1e-5, "with residual");
         let fast = conv
             .fused(&x, Some((&norm, true)), Some(&residual))
             .unwrap();
         let input = rounded(&norm.forward_pre(&x, true).unwrap());
-        let params = conv.same_size_params(&x, false).unwrap();
         let slow = (f32_conv.composed(&input, params).unwrap() + &residual).unwrap();
-        within(fast, slow, 1e-5, "normalised, with residual");
+        // The kernel's swish (its own exp) and candle's differ by an ulp or two, which now and
+        // then rounds an input to the neighbouring bf16 value: one such step moves an output
+        // by up to |w| 2^-7 |x| (about 5e-3 here, under the bound of 1e-3 of the largest
+        // output, about 9e-3), far below what a wrong tap or channel gives.
+        within(fast, slow, 1e-3, "normalised, with residual");
     }
 }
