@@ -204,7 +204,7 @@ fn rounded_matrix(values: &[f32], op: &Operand, i: usize) -> Vec<half::bf16> {
     let ((rs, cs), at) = (op.strides(), op.matrix(i));
     (0..op.rows)
         .flat_map(|r| (0..op.cols).map(move |c| at + r * rs + c * cs))
-        .map(|at| half::bf16::from_f32(values[at]))
+        .map(|at| super::bf16::round(values[at]))
         .collect()
 }
 

@@ -133,20 +133,27 @@ pub(super) fn rows_product(
         .try_for_each(|(c, a)| product(a, (k, 1), b, bias, c))
 }
 
-/// The values rounded to bf16 (to nearest, ties to even, NaN kept a quiet NaN: `half`'s and
-/// PyTorch's rounding), over all cores, branch-free so that it vectorises.
+/// `v` rounded to bf16: to nearest, ties to even, NaN kept a quiet NaN (`half`'s and
+/// PyTorch's rounding), branch-free so that loops over it vectorise.
+#[inline(always)]
+pub(super) fn round(v: f32) -> bf16 {
+    let bits = v.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let nan = ((bits >> 16) as u16) | 0x40;
+    bf16::from_bits(if v.is_nan() { nan } else { rounded })
+}
+
+/// `values` rounded to bf16 ([`round`]) into `out`, over the shorter of the two.
+pub(super) fn round_into(out: &mut [bf16], values: &[f32]) {
+    out.iter_mut().zip(values).for_each(|(o, &v)| *o = round(v));
+}
+
+/// The values rounded to bf16 ([`round`]), over all cores.
 pub(super) fn to_bf16(values: &[f32]) -> Vec<bf16> {
     let mut out = vec![bf16::ZERO; values.len()];
     out.par_chunks_mut(1 << 16)
         .zip(values.par_chunks(1 << 16))
-        .for_each(|(o, v)| {
-            for (o, &v) in o.iter_mut().zip(v) {
-                let bits = v.to_bits();
-                let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-                let nan = ((bits >> 16) as u16) | 0x40;
-                *o = bf16::from_bits(if v.is_nan() { nan } else { rounded });
-            }
-        });
+        .for_each(|(o, v)| round_into(o, v));
     out
 }
 

@@ -77,9 +77,7 @@ impl Weight for f32 {
 impl Weight for half::bf16 {
     type Column = half::bf16;
     fn columns(dst: &mut [half::bf16], values: &[f32]) {
-        dst.iter_mut()
-            .zip(values)
-            .for_each(|(d, &v)| *d = half::bf16::from_f32(v));
+        super::bf16::round_into(dst, values);
     }
     fn as_columns(_: &[f32]) -> Option<&[half::bf16]> {
         None
@@ -300,15 +298,13 @@ impl Bands {
                 .min(in_h - 1)
                 / scale_up;
             let span = (last + 1).saturating_sub(first);
-            let gathered: Option<Vec<W::Column>> = match (&self.affine, W::as_columns(image)) {
-                (None, Some(_)) => None,
+            let gathered: Vec<W::Column>;
+            let (source, source_first, source_rows) = match (&self.affine, W::as_columns(image)) {
+                (None, Some(image)) => (image, 0, h),
                 (affine, _) => {
-                    Some(self.source_rows::<W>(image, affine.as_deref(), i, first, span))
+                    gathered = self.source_rows::<W>(image, affine.as_deref(), i, first, span);
+                    (gathered.as_slice(), first, span)
                 }
-            };
-            let (source, source_first, source_rows) = match &gathered {
-                Some(buf) => (buf.as_slice(), first, span),
-                None => (W::as_columns(image).unwrap_or_default(), 0, h),
             };
             // im2col: row (ci, ky, kx) of `col` holds, for each position of the band, the
             // input value that tap reads (zero outside the input).
