@@ -4,7 +4,8 @@
 //! is timed on its own, seven of the tiny DiT and three of the full-size one: the first makes
 //! AdamW's moments, the first two touch memory for the first time (the second is the first to
 //! hold the moments and the gradients at once), and the steps after them are what a training
-//! run repeats ("steady"). Where the CPU has bf16 instructions the full size runs again with
+//! run repeats ("steady"); the child prints each step's split and the pages it touched for the
+//! first time (minor page faults), which cost several microseconds each on some VMs. Where the CPU has bf16 instructions the full size runs again with
 //! `USE_AMP` (bf16 products, `kernels::autocast_bf16`) against the reference under
 //! `torch.autocast("cpu", dtype=torch.bfloat16)`; ACE_BENCH_AMP=0 skips it. Each size
 //! runs in its own process (peak memory is per process), ours and then the PyTorch reference
@@ -139,6 +140,7 @@ fn run(config: &str, steps: usize, amp: bool) -> anyhow::Result<(Vec<f64>, f64)>
         weight_decay: 0.0,
     })?;
     let mut step = |n: usize| -> anyhow::Result<()> {
+        let faults = common::minor_faults();
         let t0 = Instant::now();
         let dit = weights.model()?;
         let forward = || {
@@ -161,11 +163,12 @@ fn run(config: &str, steps: usize, amp: bool) -> anyhow::Result<(Vec<f64>, f64)>
         let t2 = Instant::now();
         opt.step(weights.trainable(), &named)?;
         eprintln!(
-            "  step {n}: loss and forward {:.3} s, backward {:.3} s, AdamW {:.3} s, peak RSS {} MiB",
+            "  step {n}: loss and forward {:.3} s, backward {:.3} s, AdamW {:.3} s, peak RSS {} MiB, {} page faults",
             (t1 - t0).as_secs_f64(),
             (t2 - t1).as_secs_f64(),
             t2.elapsed().as_secs_f64(),
-            ace::memory::peak_rss() >> 20
+            ace::memory::peak_rss() >> 20,
+            common::minor_faults() - faults
         );
         Ok(())
     };

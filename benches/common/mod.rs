@@ -33,6 +33,19 @@ pub fn peak_rss_kib() -> u64 {
     ace::memory::peak_rss() / 1024
 }
 
+/// Minor page faults of this process so far: pages touched for the first time (Linux; 0
+/// elsewhere).
+pub fn minor_faults() -> u64 {
+    // SAFETY: `rusage` is plain integers (all-zero is valid) and getrusage only writes it.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0;
+        }
+        usage.ru_minflt as u64
+    }
+}
+
 /// The CPU's model name and the vector extensions that matter to the kernels, from
 /// `/proc/cpuinfo`, for the first line of every bench.
 pub fn cpu_description() -> String {

@@ -244,6 +244,8 @@ fn composed_attention(
     scale: f64,
     max_scores: usize,
 ) -> Result<Tensor> {
+    // Head views of the projections (`Attention::heads`) as matrices candle multiplies.
+    let (k, v) = (k.contiguous()?, v.contiguous()?);
     let rank = q.rank();
     let (q_len, k_len) = (q.dim(rank - 2)?, k.dim(rank - 2)?);
     let matrices: usize = q.dims()[..rank - 2].iter().product();
@@ -262,7 +264,7 @@ fn composed_attention(
         } else {
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
         };
-        outs.push(matmul(&probs.to_dtype(v.dtype())?, v)?);
+        outs.push(matmul(&probs.to_dtype(v.dtype())?, &v)?);
     }
     Tensor::cat(&outs, rank - 2)
 }
@@ -395,11 +397,58 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         .broadcast_mul(weight)
 }
 
+/// `xs [batch * tokens, dim]` as `[batch, heads, tokens, dim / heads]`, a view (the attention
+/// and RoPE kernels read it in place).
+pub fn split_heads(xs: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
+    let (rows, dim) = xs.dims2()?;
+    xs.reshape((batch, rows / batch, heads, dim / heads))?
+        .transpose(1, 2)
+}
+
+/// The self-attention's queries or keys from their projection `xs [batch * tokens, dim]`:
+/// [`rms_norm`] with `weight`, [`split_heads`], then [`rope_interleaved`] by `cos`/`sin`, as one
+/// op on f32 CPU tensors with f64 tables.
+pub fn rms_norm_rope(
+    xs: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    cos: &Tensor,
+    sin: &Tensor,
+    batch: usize,
+    heads: usize,
+) -> Result<Tensor> {
+    if on_cpu_f32(xs)
+        && on_cpu_f32(weight)
+        && cos.dtype() == DType::F64
+        && sin.dtype() == DType::F64
+    {
+        let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+        let op = rope::NormedRope {
+            norm: norm::RmsNorm { eps: eps as f32 },
+            cos: cos.clone(),
+            sin: sin.clone(),
+            batch,
+            heads,
+        };
+        return if xs.track_op() || weight.track_op() {
+            xs.apply_op2(&weight, op)
+        } else {
+            xs.apply_op2_no_bwd(&weight, &op)
+        };
+    }
+    let normed = rms_norm(xs, weight, eps)?;
+    rope_interleaved(&split_heads(&normed, batch, heads)?, cos, sin)
+}
+
 /// Rotary position embedding of `xs [.., tokens, head_dim]`: adjacent pairs rotated by the
 /// angles whose `cos` and `sin` are `[tokens, head_dim / 2]`, computed in the tables' dtype.
 pub fn rope_interleaved(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if on_cpu_f32(xs) && cos.dtype() == DType::F64 && sin.dtype() == DType::F64 {
-        let xs = xs.contiguous()?;
+        let xs = if xs.stride().last() == Some(&1) {
+            xs.clone()
+        } else {
+            xs.contiguous()?
+        };
         return if xs.track_op() {
             xs.apply_op3(cos, sin, rope::Rope)
         } else {
@@ -609,6 +658,48 @@ pub(crate) mod tests {
                 .to_dtype(DType::F32)
                 .unwrap();
         assert_same_gradients(got, composed, &[&x], 1e-5);
+    }
+
+    #[test]
+    fn rope_reads_head_views_in_place() {
+        let dev = Device::Cpu;
+        // Two samples of 10 tokens, 3 heads of 8: heads split off the rows, not copied.
+        let x = Var::randn(0f32, 1.0, (20, 24), &dev).unwrap();
+        let angles = Tensor::randn(0f64, 2.0, (10, 4), &dev).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let view = split_heads(x.as_tensor(), 2, 3).unwrap();
+        assert!(!view.is_contiguous());
+        let got = rope_interleaved(&view, &cos, &sin).unwrap();
+        let want = rope_interleaved(&view.contiguous().unwrap(), &cos, &sin).unwrap();
+        assert_eq!(got.dims(), &[2, 3, 10, 8]);
+        assert_eq!(max_diff(&got, &want), 0.0);
+        let composed = candle_nn::rotary_emb::rope_i_slow(
+            &view,
+            &cos.to_dtype(DType::F32).unwrap(),
+            &sin.to_dtype(DType::F32).unwrap(),
+        )
+        .unwrap();
+        assert_same_gradients(got, composed, &[&x], 1e-5);
+    }
+
+    #[test]
+    fn normed_rope_is_the_three_ops_in_one() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (20, 24), &dev).unwrap();
+        let w = Var::randn(1f32, 0.3, 24, &dev).unwrap();
+        let angles = Tensor::randn(0f64, 2.0, (10, 4), &dev).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let got = rms_norm_rope(x.as_tensor(), w.as_tensor(), 1e-6, &cos, &sin, 2, 3).unwrap();
+        let normed = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap();
+        let heads = split_heads(&normed, 2, 3).unwrap().contiguous().unwrap();
+        let want = rope_interleaved(&heads, &cos, &sin).unwrap();
+        assert_eq!(got.dims(), &[2, 3, 10, 8]);
+        assert_eq!(max_diff(&got, &want), 0.0);
+        assert_same_gradients(got, want, &[&x, &w], 1e-5);
+        // Tables too short for the tokens, heads that do not divide the width.
+        let short = cos.narrow(0, 0, 9).unwrap();
+        assert!(rms_norm_rope(x.as_tensor(), w.as_tensor(), 1e-6, &short, &sin, 2, 3).is_err());
+        assert!(rms_norm_rope(x.as_tensor(), w.as_tensor(), 1e-6, &cos, &sin, 2, 5).is_err());
     }
 
     #[test]

@@ -146,7 +146,6 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    /// With `y = x / r`: `dweight = sum g y`, `dx = (d - y mean(d y)) / r` for `d = g weight`.
     fn bwd(
         &self,
         x: &Tensor,
@@ -154,8 +153,22 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dweight) = self.backward(x, weight, grad)?;
+        Ok((Some(dx), Some(dweight)))
+    }
+}
+
+impl RmsNorm {
+    /// The gradients of `x` and `weight` from that of the output. With `y = x / r`:
+    /// `dweight = sum g y`, `dx = (d - y mean(d y)) / r` for `d = g weight`.
+    pub(super) fn backward(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let dim = x.dim(D::Minus1)?;
-        let (dx, dweight) = read_f32(self.name(), [x, grad, weight], |[xs, g, w]| {
+        let (dx, dweight) = read_f32("rms-norm", [x, grad, weight], |[xs, g, w]| {
             let mut dx = vec![0f32; xs.len()];
             let dweight = map_rows_and_sum(&mut dx, dim, dim, |r, dx, dweight| {
                 let (x, g) = (&xs[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);
@@ -175,15 +188,13 @@ impl CustomOp2 for RmsNorm {
         })?;
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dweight, weight.shape(), dev)?),
+            Tensor::from_vec(dx, x.shape(), dev)?,
+            Tensor::from_vec(dweight, weight.shape(), dev)?,
         ))
     }
-}
 
-impl RmsNorm {
     /// `1 / sqrt(mean(x^2) + eps)` of one row.
-    fn inverse_rms(&self, x: &[f32]) -> f32 {
+    pub(super) fn inverse_rms(&self, x: &[f32]) -> f32 {
         let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
         1.0 / (mean_square + self.eps).sqrt()
     }

@@ -42,12 +42,10 @@ impl Attention {
         })
     }
 
-    /// `[batch * tokens, dim]` -> `[batch, heads, tokens, head_dim]`.
+    /// `[batch * tokens, dim]` -> `[batch, heads, tokens, head_dim]`, a view: the attention
+    /// and RoPE kernels read it in place, so that training keeps no head-major copy.
     fn heads(&self, xs: &Tensor, batch: usize) -> Result<Tensor> {
-        let (rows, dim) = xs.dims2()?;
-        xs.reshape((batch, rows / batch, self.num_heads, dim / self.num_heads))?
-            .transpose(1, 2)?
-            .contiguous()
+        kernels::split_heads(xs, batch, self.num_heads)
     }
 
     /// `[batch, heads, tokens, head_dim]` -> `[batch * tokens, dim]`.
@@ -66,12 +64,28 @@ impl Attention {
         }
     }
 
+    /// The self-attention's queries or keys of `batch` samples: projection, the query RMSNorm
+    /// (keys too, as upstream), heads rotated by `rope`.
+    fn rotated_heads(
+        &self,
+        proj: &Linear,
+        xs: &Tensor,
+        batch: usize,
+        rope: &RopeTables,
+    ) -> Result<Tensor> {
+        let x = proj.forward(xs)?;
+        match &self.norm_q {
+            Some(norm) => rope.apply_normed(&x, norm, batch, self.num_heads),
+            None => rope.apply(&self.heads(&x, batch)?),
+        }
+    }
+
     /// Self-attention of `batch` samples of the same frames, `[batch * tokens, dim]` (sample
     /// after sample): each sample's tokens attend to all of that sample's tokens, rotated by
     /// `rope`.
     pub fn self_attention(&self, xs: &Tensor, batch: usize, rope: &RopeTables) -> Result<Tensor> {
-        let q = rope.apply(&self.heads(&self.project_normed(&self.q, xs)?, batch)?)?;
-        let k = rope.apply(&self.heads(&self.project_normed(&self.k, xs)?, batch)?)?;
+        let q = self.rotated_heads(&self.q, xs, batch, rope)?;
+        let k = self.rotated_heads(&self.k, xs, batch, rope)?;
         let v = self.heads(&self.v.forward(xs)?, batch)?;
         let out = if self.q.is_bf16() {
             // Linear layers in bf16 on the CPU: the long-context products in bf16 too.

@@ -48,6 +48,12 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         kernels::rms_norm(xs, &self.weight, NORM_EPS)
