@@ -14,17 +14,43 @@ use rayon::prelude::*;
 /// a few thousand keys.
 const QUERY_BLOCK: usize = 64;
 
-/// `softmax(q k^T * scale) v`, see [`super::attention`]. With `backward`, the op records
-/// itself for backpropagation and keeps only q, k, v and the output: the backward pass
-/// recomputes each head's probabilities (training at 1024 tokens otherwise holds 64 MiB of
-/// scores and their softmax intermediates per block).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, backward: bool) -> Result<Tensor> {
+/// `softmax(q k^T * scale) v`, see [`super::attention`]; with `merged`, the heads (the last
+/// leading dimension) merged back into token-major rows, see [`super::attention_merged`]. With
+/// `backward`, the op records itself for backpropagation and keeps only q, k, v and the output:
+/// the backward pass recomputes each head's probabilities (training at 1024 tokens otherwise
+/// holds 64 MiB of scores and their softmax intermediates per block).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    merged: bool,
+    backward: bool,
+) -> Result<Tensor> {
     let (q, k, v) = (readable(q)?, readable(k)?, readable(v)?);
+    if merged && q.rank() < 3 {
+        candle_core::bail!(
+            "fused-attention: q {:?} has no head dimension to merge",
+            q.dims()
+        )
+    }
     if backward {
         let bf16 = super::autocast_active();
-        q.apply_op3(&k, &v, Attention { scale, bf16 })
+        q.apply_op3(
+            &k,
+            &v,
+            Attention {
+                scale,
+                bf16,
+                merged,
+            },
+        )
     } else {
-        let op = Attention { scale, bf16: false };
+        let op = Attention {
+            scale,
+            bf16: false,
+            merged,
+        };
         q.apply_op3_no_bwd(&k, &v, &op)
     }
 }
@@ -34,6 +60,9 @@ struct Attention {
     /// Recorded inside [`super::autocast_bf16`]: the products of both passes take bf16
     /// operands (accumulating in f32), as PyTorch's autocast runs the attention.
     bf16: bool,
+    /// The output `[.., tokens, heads * v_dim]` rather than `[.., heads, tokens, v_dim]`: what
+    /// the output projection reads, without a merged copy besides it in a training graph.
+    merged: bool,
 }
 
 impl CustomOp3 for Attention {
@@ -75,7 +104,7 @@ impl CustomOp3 for Attention {
         dims.extend([q_len, v_dim]);
         let mut out = vec![0f32; oq.batch * q_len * v_dim];
         if out.is_empty() {
-            return Ok((CpuStorage::F32(out), Shape::from(dims)));
+            return Ok(self.output(out, dims));
         }
         #[cfg(feature = "onednn")]
         if self.bf16 {
@@ -106,7 +135,7 @@ impl CustomOp3 for Attention {
                         out,
                     )
                 })?;
-            return Ok((CpuStorage::F32(out), Shape::from(dims)));
+            return Ok(self.output(out, dims));
         }
         let k_t = ok.t();
         out.par_chunks_mut(q_len * v_dim)
@@ -142,7 +171,7 @@ impl CustomOp3 for Attention {
                         Ok::<(), candle_core::Error>(())
                     })
             })?;
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok(self.output(out, dims))
     }
 
     /// In parallel over the matrices of the batch (heads), each on one thread with its own
@@ -160,7 +189,19 @@ impl CustomOp3 for Attention {
             let r = t.rank();
             t.detach().reshape(((), t.dim(r - 2)?, t.dim(r - 1)?))
         };
-        let (fq, fk, fv, fo, fg) = (flat(q)?, flat(k)?, flat(v)?, flat(out)?, flat(grad)?);
+        // Merged output and gradient as heads again (copies for this pass only).
+        let split = |t: &Tensor| -> Result<Tensor> {
+            if !self.merged {
+                return Ok(t.clone());
+            }
+            let mut dims = q.dims().to_vec();
+            let r = dims.len();
+            (dims[r - 3], dims[r - 2]) = (q.dim(r - 2)?, q.dim(r - 3)?);
+            dims[r - 1] = v.dim(r - 1)?;
+            t.reshape(dims)?.transpose(r - 3, r - 2)
+        };
+        let (out, grad) = (split(out)?, split(grad)?);
+        let (fq, fk, fv, fo, fg) = (flat(q)?, flat(k)?, flat(v)?, flat(&out)?, flat(&grad)?);
         let (heads, n, d) = fq.dims3()?;
         let (_, m, dv) = fv.dims3()?;
         let shape = HeadShape { n, m, d, dv };
@@ -223,6 +264,21 @@ struct HeadShape {
 }
 
 impl Attention {
+    /// The op's output from the head-major values of `dims` (`[.., heads, tokens, v_dim]`).
+    fn output(&self, out: Vec<f32>, dims: Vec<usize>) -> (CpuStorage, Shape) {
+        if !self.merged {
+            return (CpuStorage::F32(out), Shape::from(dims));
+        }
+        let r = dims.len();
+        let (heads, tokens, v_dim) = (dims[r - 3], dims[r - 2], dims[r - 1]);
+        let mut merged_dims = dims[..r - 3].to_vec();
+        merged_dims.extend([tokens, heads * v_dim]);
+        (
+            CpuStorage::F32(super::merge_heads(&out, heads, tokens, v_dim)),
+            Shape::from(merged_dims),
+        )
+    }
+
     /// Gradients of one head on this thread (row-major slices `q [n, d]`, `k [m, d]`,
     /// `v [m, dv]`, the output `o [n, dv]` and its gradient `g [n, dv]`): with
     /// `P = softmax(scale q k^T)`, `dv = P^T g`, `dS = P (g v^T - rowsum(g o))`,

@@ -11,6 +11,7 @@
 //! CPU adds the bf16 products of [`bf16`] (oneDNN, default `onednn` feature).
 
 use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
 
 pub use activation::Activation;
 #[cfg(feature = "openblas")]
@@ -213,23 +214,76 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     #[cfg(feature = "openblas")]
     if [q, k, v].iter().all(|t| on_cpu_f32(t) && t.rank() >= 2) {
         let backward = [q, k, v].iter().any(|t| t.track_op());
-        return attention::attention(q, k, v, scale, backward);
+        return attention::attention(q, k, v, scale, false, backward);
     }
     composed_attention(q, k, v, scale, MAX_SCORES)
 }
 
-/// [`attention`] with the two products in bf16 where [`bf16`] runs them (f32 tensors on the CPU,
-/// no gradient), else [`attention`]: the self-attention of a model whose linear layers are
-/// bf16 (`--dtype bf16` on the CPU), as autocast runs it.
-pub fn attention_bf16_products(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+/// [`attention`] of `q [.., heads, n_q, d]` with the heads merged back into token-major rows,
+/// `[.., n_q, heads * d_v]`, as the output projection reads them. On f32 CPU tensors the op
+/// writes them so: a training graph keeps no head-major output besides the merged copy.
+pub fn attention_merged(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if [q, k, v].iter().all(|t| on_cpu_f32(t) && t.rank() >= 3) {
+        let backward = [q, k, v].iter().any(|t| t.track_op());
+        return attention::attention(q, k, v, scale, true, backward);
+    }
+    merged(&attention(q, k, v, scale)?)
+}
+
+/// `[.., heads, tokens, d]` as `[.., tokens, heads * d]` (a copy, in parallel on the CPU).
+fn merged(xs: &Tensor) -> Result<Tensor> {
+    let r = xs.rank();
+    if r < 3 {
+        candle_core::bail!("attention output {:?} has no head dimension", xs.dims())
+    }
+    let (heads, tokens, d) = (xs.dim(r - 3)?, xs.dim(r - 2)?, xs.dim(r - 1)?);
+    let mut dims = xs.dims()[..r - 3].to_vec();
+    dims.extend([tokens, heads * d]);
+    if on_cpu_f32(xs) && !xs.track_op() {
+        let values = read_f32("merge heads", [xs], |[v]| {
+            Ok(merge_heads(v, heads, tokens, d))
+        })?;
+        return Tensor::from_vec(values, dims, xs.device());
+    }
+    xs.transpose(r - 3, r - 2)?.reshape(dims)
+}
+
+/// `[.., heads, tokens, v_dim]` values (row-major) as `[.., tokens, heads * v_dim]`, in
+/// parallel over the output rows.
+fn merge_heads(values: &[f32], heads: usize, tokens: usize, v_dim: usize) -> Vec<f32> {
+    let mut merged = vec![0f32; values.len()];
+    let row = heads * v_dim;
+    if row == 0 || tokens == 0 {
+        return merged;
+    }
+    merged.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
+        let (b, t) = (r / tokens, r % tokens);
+        for (h, out) in out.chunks_mut(v_dim).enumerate() {
+            let at = ((b * heads + h) * tokens + t) * v_dim;
+            out.copy_from_slice(&values[at..at + v_dim]);
+        }
+    });
+    merged
+}
+
+/// [`attention_merged`] with the two products in bf16 where [`bf16`] runs them (f32 tensors on
+/// the CPU, no gradient): the self-attention of a model whose linear layers are bf16
+/// (`--dtype bf16` on the CPU), as autocast runs it.
+pub fn attention_merged_bf16_products(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
     #[cfg(feature = "onednn")]
     if [q, k, v]
         .iter()
-        .all(|t| on_cpu_f32(t) && t.rank() >= 2 && !t.track_op())
+        .all(|t| on_cpu_f32(t) && t.rank() >= 3 && !t.track_op())
     {
-        return bf16::attention(q, k, v, scale);
+        return merged(&bf16::attention(q, k, v, scale)?);
     }
-    attention(q, k, v, scale)
+    attention_merged(q, k, v, scale)
 }
 
 /// [`attention`] from candle ops, queries in chunks so that at most `max_scores` scores exist
@@ -840,6 +894,39 @@ pub(crate) mod tests {
         assert!(max_diff(&got, &want) < 1e-5);
         let chunked = composed_attention(&q, &k, &v, 0.3, 3 * 70 * 7).unwrap();
         assert!(max_diff(&chunked, &want) < 1e-6);
+    }
+
+    #[test]
+    fn merged_attention_is_the_attention_with_its_heads_merged() {
+        let dev = Device::Cpu;
+        // 2 samples, 3 heads, 130 queries (a ragged query block), 70 keys, values of width 5.
+        let q = Var::randn(0f32, 1.0, (2, 3, 130, 8), &dev).unwrap();
+        let k = Var::randn(0f32, 1.0, (2, 3, 70, 8), &dev).unwrap();
+        let v = Var::randn(0f32, 1.0, (2, 3, 70, 5), &dev).unwrap();
+        let (q, k, v) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let heads_then_copy = |t: Tensor| t.transpose(1, 2).unwrap().reshape((2, 130, 15)).unwrap();
+        let want = heads_then_copy(attention(q, k, v, 0.3).unwrap());
+        // Recorded for the backward pass and not: the same values.
+        let got = attention_merged(q, k, v, 0.3).unwrap();
+        assert_eq!(got.dims(), &[2, 130, 15]);
+        assert_eq!(max_diff(&got, &want), 0.0);
+        let untracked = attention_merged(&q.detach(), &k.detach(), &v.detach(), 0.3).unwrap();
+        assert_eq!(max_diff(&untracked, &want), 0.0);
+        let vars: Vec<Var> = [q, k, v]
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let (qv, kv, vv) = (
+            vars[0].as_tensor(),
+            vars[1].as_tensor(),
+            vars[2].as_tensor(),
+        );
+        assert_same_gradients(
+            attention_merged(qv, kv, vv, 0.3).unwrap(),
+            heads_then_copy(composed_attention(qv, kv, vv, 0.3, MAX_SCORES).unwrap()),
+            &vars.iter().collect::<Vec<_>>(),
+            1e-4,
+        );
     }
 
     #[test]

@@ -48,13 +48,6 @@ impl Attention {
         kernels::split_heads(xs, batch, self.num_heads)
     }
 
-    /// `[batch, heads, tokens, head_dim]` -> `[batch * tokens, dim]`.
-    fn merge_heads(xs: &Tensor) -> Result<Tensor> {
-        let (batch, heads, tokens, head_dim) = xs.dims4()?;
-        xs.transpose(1, 2)?
-            .reshape((batch * tokens, heads * head_dim))
-    }
-
     /// Linear projection then the query RMSNorm (used for keys as well, as upstream).
     fn project_normed(&self, proj: &Linear, xs: &Tensor) -> Result<Tensor> {
         let x = proj.forward(xs)?;
@@ -89,12 +82,12 @@ impl Attention {
         let v = self.heads(&self.v.forward(xs)?, batch)?;
         let out = if self.q.is_bf16() {
             // Linear layers in bf16 on the CPU: the long-context products in bf16 too.
-            let head_dim = q.dim(candle_core::D::Minus1)?;
-            kernels::attention_bf16_products(&q, &k, &v, 1.0 / (head_dim as f64).sqrt())?
+            let scale = 1.0 / (q.dim(candle_core::D::Minus1)? as f64).sqrt();
+            token_rows(&kernels::attention_merged_bf16_products(&q, &k, &v, scale)?)?
         } else {
             scaled_dot_product_attention(&q, &k, &v)?
         };
-        self.o.forward(&Self::merge_heads(&out)?)
+        self.o.forward(&out)
     }
 
     /// The keys and values a frame's tokens attend to in cross-attention, from its embedded
@@ -121,8 +114,7 @@ impl Attention {
         for frames in samples {
             for (&len, kv) in frame_tokens.iter().zip(*frames) {
                 let q_f = self.heads(&q.narrow(0, start, len)?, 1)?;
-                let out = scaled_dot_product_attention(&q_f, &kv.k, &kv.v)?;
-                outs.push(Self::merge_heads(&out)?);
+                outs.push(scaled_dot_product_attention(&q_f, &kv.k, &kv.v)?);
                 start += len;
             }
         }
@@ -137,8 +129,20 @@ pub struct KeysValues {
     v: Tensor,
 }
 
-/// `softmax(q k^T / sqrt(head_dim)) v` on `[1, heads, tokens, head_dim]`, the softmax in f32.
+/// `softmax(q k^T / sqrt(head_dim)) v` on `[batch, heads, tokens, head_dim]`, the softmax in
+/// f32, with the heads merged back: `[batch * tokens, heads * head_dim]`.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let head_dim = q.dim(candle_core::D::Minus1)?;
-    kernels::attention(q, k, v, 1.0 / (head_dim as f64).sqrt())
+    token_rows(&kernels::attention_merged(
+        q,
+        k,
+        v,
+        1.0 / (head_dim as f64).sqrt(),
+    )?)
+}
+
+/// `[batch, tokens, dim]` as `[batch * tokens, dim]`.
+fn token_rows(xs: &Tensor) -> Result<Tensor> {
+    let (batch, tokens, dim) = xs.dims3()?;
+    xs.reshape((batch * tokens, dim))
 }

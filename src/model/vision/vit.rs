@@ -86,9 +86,7 @@ impl Block {
             .reshape((b, t, 3, heads, h / heads))?;
         let part = |i: usize| qkv.i((.., .., i))?.transpose(1, 2);
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let attended = kernels::attention(&q, &k, &v, ((h / heads) as f64).powf(-0.5))?
-            .transpose(1, 2)?
-            .reshape((b, t, h))?;
+        let attended = kernels::attention_merged(&q, &k, &v, ((h / heads) as f64).powf(-0.5))?;
         let xs = (xs + self.o.forward(&attended)?)?;
         let hidden = kernels::activate(&self.fc1.forward(&self.norm2.forward(&xs)?)?, act)?;
         xs + self.fc2.forward(&hidden)?
