@@ -694,12 +694,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// Random RoPE angle tables (f64 cos and sin) for 10 tokens of head width 8.
+    fn angle_tables(dev: &Device) -> (Tensor, Tensor) {
+        let angles = Tensor::randn(0f64, 2.0, (10, 4), dev).unwrap();
+        (angles.cos().unwrap(), angles.sin().unwrap())
+    }
+
     #[test]
     fn rope_matches_candle_in_f64_with_its_gradient() {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, (1, 3, 10, 8), &dev).unwrap();
-        let angles = Tensor::randn(0f64, 2.0, (10, 4), &dev).unwrap();
-        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let (cos, sin) = angle_tables(&dev);
         let want = candle_nn::rotary_emb::rope_i(&x.to_dtype(DType::F64).unwrap(), &cos, &sin)
             .unwrap()
             .to_dtype(DType::F32)
@@ -719,8 +724,7 @@ pub(crate) mod tests {
         let dev = Device::Cpu;
         // Two samples of 10 tokens, 3 heads of 8: heads split off the rows, not copied.
         let x = Var::randn(0f32, 1.0, (20, 24), &dev).unwrap();
-        let angles = Tensor::randn(0f64, 2.0, (10, 4), &dev).unwrap();
-        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let (cos, sin) = angle_tables(&dev);
         let view = split_heads(x.as_tensor(), 2, 3).unwrap();
         assert!(!view.is_contiguous());
         let got = rope_interleaved(&view, &cos, &sin).unwrap();
@@ -741,8 +745,7 @@ pub(crate) mod tests {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, (20, 24), &dev).unwrap();
         let w = Var::randn(1f32, 0.3, 24, &dev).unwrap();
-        let angles = Tensor::randn(0f64, 2.0, (10, 4), &dev).unwrap();
-        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let (cos, sin) = angle_tables(&dev);
         let got = rms_norm_rope(x.as_tensor(), w.as_tensor(), 1e-6, &cos, &sin, 2, 3).unwrap();
         let normed = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap();
         let heads = split_heads(&normed, 2, 3).unwrap().contiguous().unwrap();
