@@ -30,11 +30,16 @@ mod blas_core;
 pub mod blocks;
 #[cfg(feature = "openblas")]
 mod conv;
+// exp, param_grad and row_sums serve the norms and activations in every build and the OpenBLAS
+// kernels (attention, products) besides: without that feature, part of each has no caller.
+#[cfg_attr(not(feature = "openblas"), allow(dead_code))]
 mod exp;
 mod norm;
+#[cfg_attr(not(feature = "openblas"), allow(dead_code))]
 pub mod param_grad;
 mod residual;
 mod rope;
+#[cfg_attr(not(feature = "openblas"), allow(dead_code))]
 mod row_sums;
 #[cfg(feature = "openblas")]
 mod sgemm;
@@ -126,6 +131,7 @@ pub fn autocast_bf16<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether this thread is inside [`autocast_bf16`].
+#[cfg(feature = "openblas")]
 fn autocast_active() -> bool {
     #[cfg(feature = "onednn")]
     return bf16_train::active();
@@ -375,6 +381,7 @@ pub struct PreNorm<'a> {
 /// `None` where the fused kernel does not apply (not f32 on the CPU, gradients, a build
 /// without OpenBLAS) and the caller composes it from candle ops. A bf16 weight (`--dtype
 /// bf16`) multiplies bf16 bands of an f32 input, as PyTorch's CPU autocast does.
+#[cfg_attr(not(feature = "openblas"), allow(unused_variables))]
 pub fn conv2d(
     xs: &Tensor,
     weight: &Tensor,

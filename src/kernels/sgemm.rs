@@ -109,6 +109,7 @@ impl Operand {
     }
 
     /// The strides of each matrix along its rows and its columns.
+    #[cfg_attr(not(feature = "onednn"), allow(dead_code))]
     pub fn strides(&self) -> (usize, usize) {
         if self.transposed {
             (1, self.ld)
