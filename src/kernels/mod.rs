@@ -466,28 +466,24 @@ pub fn split_heads(xs: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
         .transpose(1, 2)
 }
 
-/// The self-attention's queries or keys from their projection `xs [batch * tokens, dim]`:
-/// [`rms_norm`] with `weight`, [`split_heads`], then [`rope_interleaved`] by `cos`/`sin`, as one
-/// op on f32 CPU tensors with f64 tables.
-pub fn rms_norm_rope(
+/// Queries or keys from their projection `xs [batch * tokens, dim]`: [`rms_norm`] with
+/// `weight`, [`split_heads`], then, given `rotation` (`cos`, `sin`), [`rope_interleaved`]; one
+/// op on f32 CPU tensors (with f64 tables).
+pub fn rms_norm_heads(
     xs: &Tensor,
     weight: &Tensor,
     eps: f64,
-    cos: &Tensor,
-    sin: &Tensor,
+    rotation: Option<(&Tensor, &Tensor)>,
     batch: usize,
     heads: usize,
 ) -> Result<Tensor> {
-    if on_cpu_f32(xs)
-        && on_cpu_f32(weight)
-        && cos.dtype() == DType::F64
-        && sin.dtype() == DType::F64
-    {
+    let f64_tables =
+        rotation.is_none_or(|(c, s)| c.dtype() == DType::F64 && s.dtype() == DType::F64);
+    if on_cpu_f32(xs) && on_cpu_f32(weight) && f64_tables {
         let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
-        let op = rope::NormedRope {
+        let op = rope::NormedHeads {
             norm: norm::RmsNorm { eps: eps as f32 },
-            cos: cos.clone(),
-            sin: sin.clone(),
+            rotation: rotation.map(|(cos, sin)| (cos.clone(), sin.clone())),
             batch,
             heads,
         };
@@ -497,8 +493,11 @@ pub fn rms_norm_rope(
             xs.apply_op2_no_bwd(&weight, &op)
         };
     }
-    let normed = rms_norm(xs, weight, eps)?;
-    rope_interleaved(&split_heads(&normed, batch, heads)?, cos, sin)
+    let normed = split_heads(&rms_norm(xs, weight, eps)?, batch, heads)?;
+    match rotation {
+        Some((cos, sin)) => rope_interleaved(&normed, cos, sin),
+        None => Ok(normed),
+    }
 }
 
 /// Rotary position embedding of `xs [.., tokens, head_dim]`: adjacent pairs rotated by the
@@ -748,22 +747,28 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn normed_rope_is_the_three_ops_in_one() {
+    fn normed_heads_are_the_ops_one_after_another() {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, (20, 24), &dev).unwrap();
         let w = Var::randn(1f32, 0.3, 24, &dev).unwrap();
         let (cos, sin) = angle_tables(&dev);
-        let got = rms_norm_rope(x.as_tensor(), w.as_tensor(), 1e-6, &cos, &sin, 2, 3).unwrap();
-        let normed = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap();
+        let (xs, ws) = (x.as_tensor(), w.as_tensor());
+        let normed = rms_norm(xs, ws, 1e-6).unwrap();
         let heads = split_heads(&normed, 2, 3).unwrap().contiguous().unwrap();
+        // Unrotated (the cross-attention's queries, the context's keys), then rotated.
+        let got = rms_norm_heads(xs, ws, 1e-6, None, 2, 3).unwrap();
+        assert_eq!(got.dims(), &[2, 3, 10, 8]);
+        assert_eq!(max_diff(&got, &heads), 0.0);
+        assert_same_gradients(got, heads.clone(), &[&x, &w], 1e-5);
+        let got = rms_norm_heads(xs, ws, 1e-6, Some((&cos, &sin)), 2, 3).unwrap();
         let want = rope_interleaved(&heads, &cos, &sin).unwrap();
         assert_eq!(got.dims(), &[2, 3, 10, 8]);
         assert_eq!(max_diff(&got, &want), 0.0);
         assert_same_gradients(got, want, &[&x, &w], 1e-5);
         // Tables too short for the tokens, heads that do not divide the width.
         let short = cos.narrow(0, 0, 9).unwrap();
-        assert!(rms_norm_rope(x.as_tensor(), w.as_tensor(), 1e-6, &short, &sin, 2, 3).is_err());
-        assert!(rms_norm_rope(x.as_tensor(), w.as_tensor(), 1e-6, &cos, &sin, 2, 5).is_err());
+        assert!(rms_norm_heads(xs, ws, 1e-6, Some((&short, &sin)), 2, 3).is_err());
+        assert!(rms_norm_heads(xs, ws, 1e-6, None, 2, 5).is_err());
     }
 
     #[test]

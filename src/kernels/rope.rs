@@ -3,8 +3,8 @@
 //! rotating and converting back does (the reference rotates in complex128), without the two
 //! f64 copies of the tensor. It has a backward pass (the rotation by the opposite angle), so
 //! training keeps only its input instead of the composed form's dozen intermediates. It reads
-//! heads split off a projection in place, and the self-attention's queries and keys take their
-//! RMSNorm in the same pass ([`NormedRope`]): the candle graph of a training step keeps every
+//! heads split off a projection in place, and queries and keys take their RMSNorm in the same
+//! pass ([`NormedHeads`]): the candle graph of a training step keeps every
 //! op's output until its backward pass ends, so each op less is a tensor less held (at full size,
 //! 1024 tokens: 765 MiB of the 3.7 GiB of activations).
 
@@ -123,23 +123,23 @@ impl CustomOp3 for Rope {
     }
 }
 
-/// The self-attention's queries or keys in one pass from their projection `x [batch * tokens,
-/// dim]`: RMSNorm over `dim` (as [`RmsNorm`]), split into `heads` and each head's vectors
-/// rotated as [`Rope`] does, into `[batch, heads, tokens, head_dim]` with the same bits as the
-/// three ops one after another. Training keeps only `x`, not the normalised projection nor its
-/// rotated copy besides the output; the backward pass recomputes the norm. The angle tables
-/// (`[tokens, head_dim / 2]`, f64) are constants of the op.
-pub struct NormedRope {
+/// Queries or keys in one pass from their projection `x [batch * tokens, dim]`: RMSNorm over
+/// `dim` (as [`RmsNorm`]), split into `heads` and, given angle tables (`[tokens, head_dim / 2]`,
+/// f64, constants of the op), each head's vectors rotated as [`Rope`] does, into
+/// `[batch, heads, tokens, head_dim]` with the same bits as the ops one after another. Training
+/// keeps only `x`, not the normalised projection nor a copy of it besides the output; the
+/// backward pass recomputes the norm.
+pub struct NormedHeads {
     pub norm: RmsNorm,
-    pub cos: Tensor,
-    pub sin: Tensor,
+    /// `cos` and `sin` of the rotation (the self-attention's), if any.
+    pub rotation: Option<(Tensor, Tensor)>,
     pub batch: usize,
     pub heads: usize,
 }
 
-impl CustomOp2 for NormedRope {
+impl CustomOp2 for NormedHeads {
     fn name(&self) -> &'static str {
-        "rms-norm-rope"
+        "rms-norm-heads"
     }
 
     fn cpu_fwd(
@@ -154,25 +154,29 @@ impl CustomOp2 for NormedRope {
         let (batch, heads) = (self.batch, self.heads);
         let (rows, dim) = match l1.dims() {
             &[rows, dim] => (rows, dim),
-            dims => candle_core::bail!("rms-norm-rope: x {dims:?} is not [rows, dim]"),
+            dims => candle_core::bail!("rms-norm-heads: x {dims:?} is not [rows, dim]"),
         };
         let head_dim = dim.checked_div(heads).unwrap_or(0);
         let tokens = rows.checked_div(batch).unwrap_or(0);
         let half = head_dim / 2;
-        let (cos, sin) = (f64_values(&self.cos)?, f64_values(&self.sin)?);
+        let tables = match &self.rotation {
+            Some((cos, sin)) => Some((f64_values(cos)?, f64_values(sin)?)),
+            None => None,
+        };
+        let tables_fit = tables.as_ref().is_none_or(|(cos, sin)| {
+            head_dim % 2 == 0 && cos.len() >= tokens * half && sin.len() >= tokens * half
+        });
         if weight.len() != dim
             || head_dim == 0
             || head_dim * heads != dim
-            || head_dim % 2 != 0
             || tokens * batch != rows
-            || cos.len() < tokens * half
-            || sin.len() < tokens * half
+            || !tables_fit
         {
             candle_core::bail!(
-                "rms-norm-rope: x {:?}, weight {:?}, {batch} samples of {heads} heads, tables {:?}",
+                "rms-norm-heads: x {:?}, weight {:?}, {batch} samples of {heads} heads, tables {:?}",
                 l1.dims(),
                 l2.dims(),
-                self.cos.dims()
+                self.rotation.as_ref().map(|(cos, _)| cos.dims())
             )
         }
         let shape = Shape::from((batch, heads, tokens, head_dim));
@@ -192,20 +196,29 @@ impl CustomOp2 for NormedRope {
                 for (t, out) in out.chunks_mut(head_dim).enumerate() {
                     let r = b * tokens + t;
                     let (x, inv) = (&x[r * dim + h * head_dim..][..head_dim], inverse_rms[r]);
-                    let angles = t * half..(t + 1) * half;
-                    rotate(
-                        |i| x[i] * inv * w[i],
-                        &cos[angles.clone()],
-                        &sin[angles],
-                        out,
-                    );
+                    match &tables {
+                        Some((cos, sin)) => {
+                            let angles = t * half..(t + 1) * half;
+                            rotate(
+                                |i| x[i] * inv * w[i],
+                                &cos[angles.clone()],
+                                &sin[angles],
+                                out,
+                            );
+                        }
+                        None => {
+                            for ((y, &x), &w) in out.iter_mut().zip(x).zip(w) {
+                                *y = x * inv * w;
+                            }
+                        }
+                    }
                 }
             });
         Ok((CpuStorage::F32(out), shape))
     }
 
-    /// The gradient rotated back (by the opposite angle), merged into token-major rows, then
-    /// RMSNorm's backward pass.
+    /// The gradient rotated back (by the opposite angle) if it was rotated, merged into
+    /// token-major rows, then RMSNorm's backward pass.
     fn bwd(
         &self,
         x: &Tensor,
@@ -213,11 +226,13 @@ impl CustomOp2 for NormedRope {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let back = grad
-            .contiguous()?
-            .apply_op3_no_bwd(&self.cos, &self.sin.neg()?, &Rope)?
-            .transpose(1, 2)?
-            .reshape(x.shape())?;
+        let heads = match &self.rotation {
+            Some((cos, sin)) => grad
+                .contiguous()?
+                .apply_op3_no_bwd(cos, &sin.neg()?, &Rope)?,
+            None => grad.clone(),
+        };
+        let back = heads.transpose(1, 2)?.reshape(x.shape())?;
         let (dx, dweight) = self.norm.backward(x, weight, &back)?;
         Ok((Some(dx), Some(dweight)))
     }

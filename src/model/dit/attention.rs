@@ -48,28 +48,21 @@ impl Attention {
         kernels::split_heads(xs, batch, self.num_heads)
     }
 
-    /// Linear projection then the query RMSNorm (used for keys as well, as upstream).
-    fn project_normed(&self, proj: &Linear, xs: &Tensor) -> Result<Tensor> {
-        let x = proj.forward(xs)?;
-        match &self.norm_q {
-            Some(norm) => norm.forward(&x),
-            None => Ok(x),
-        }
-    }
-
-    /// The self-attention's queries or keys of `batch` samples: projection, the query RMSNorm
-    /// (keys too, as upstream), heads rotated by `rope`.
-    fn rotated_heads(
+    /// Queries or keys of `batch` samples from `xs [batch * tokens, dim]`: the projection, the
+    /// query RMSNorm (keys take it too, as upstream) where the model has it, split into heads
+    /// and rotated by `rope` when given: `[batch, heads, tokens, head_dim]`.
+    fn normed_heads(
         &self,
         proj: &Linear,
         xs: &Tensor,
         batch: usize,
-        rope: &RopeTables,
+        rope: Option<&RopeTables>,
     ) -> Result<Tensor> {
         let x = proj.forward(xs)?;
-        match &self.norm_q {
-            Some(norm) => rope.apply_normed(&x, norm, batch, self.num_heads),
-            None => rope.apply(&self.heads(&x, batch)?),
+        match (&self.norm_q, rope) {
+            (Some(norm), _) => norm.forward_heads(&x, batch, self.num_heads, rope),
+            (None, Some(rope)) => rope.apply(&self.heads(&x, batch)?),
+            (None, None) => self.heads(&x, batch),
         }
     }
 
@@ -77,8 +70,8 @@ impl Attention {
     /// after sample): each sample's tokens attend to all of that sample's tokens, rotated by
     /// `rope`.
     pub fn self_attention(&self, xs: &Tensor, batch: usize, rope: &RopeTables) -> Result<Tensor> {
-        let q = self.rotated_heads(&self.q, xs, batch, rope)?;
-        let k = self.rotated_heads(&self.k, xs, batch, rope)?;
+        let q = self.normed_heads(&self.q, xs, batch, Some(rope))?;
+        let k = self.normed_heads(&self.k, xs, batch, Some(rope))?;
         let v = self.heads(&self.v.forward(xs)?, batch)?;
         let out = if self.q.is_bf16() {
             // Linear layers in bf16 on the CPU: the long-context products in bf16 too.
@@ -94,7 +87,7 @@ impl Attention {
     /// context `[rows, dim]`; they stay the same for every sampling step.
     pub fn context_keys_values(&self, context: &Tensor) -> Result<KeysValues> {
         Ok(KeysValues {
-            k: self.heads(&self.project_normed(&self.k, context)?, 1)?,
+            k: self.normed_heads(&self.k, context, 1, None)?,
             v: self.heads(&self.v.forward(context)?, 1)?,
         })
     }
@@ -108,12 +101,12 @@ impl Attention {
         frame_tokens: &[usize],
         samples: &[&[KeysValues]],
     ) -> Result<Tensor> {
-        let q = self.project_normed(&self.q, xs)?;
+        let q = self.normed_heads(&self.q, xs, samples.len(), None)?;
         let mut outs = Vec::with_capacity(samples.len() * frame_tokens.len());
-        let mut start = 0;
-        for frames in samples {
+        for (b, frames) in samples.iter().enumerate() {
+            let mut start = 0;
             for (&len, kv) in frame_tokens.iter().zip(*frames) {
-                let q_f = self.heads(&q.narrow(0, start, len)?, 1)?;
+                let q_f = q.narrow(0, b, 1)?.narrow(2, start, len)?;
                 outs.push(scaled_dot_product_attention(&q_f, &kv.k, &kv.v)?);
                 start += len;
             }

@@ -2,6 +2,7 @@
 //! tanh-approximated GELU, RMSNorm computed in f32, the affine-free LayerNorm and the adaLN
 //! modulation `x * (1 + scale) + shift`.
 
+use super::rope::RopeTables;
 use crate::kernels;
 use crate::model::linear::{linear, Linear};
 use candle_core::{Module, Result, Tensor};
@@ -49,14 +50,17 @@ impl RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-}
-
-impl Module for RmsNorm {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        kernels::rms_norm(xs, &self.weight, NORM_EPS)
+    /// The norm of the rows of `xs [batch * tokens, dim]`, split into `heads`:
+    /// `[batch, heads, tokens, dim / heads]`, rotated by `rope` when given (one op on the CPU).
+    pub fn forward_heads(
+        &self,
+        xs: &Tensor,
+        batch: usize,
+        heads: usize,
+        rope: Option<&RopeTables>,
+    ) -> Result<Tensor> {
+        let rotation = rope.map(RopeTables::tables);
+        kernels::rms_norm_heads(xs, &self.weight, NORM_EPS, rotation, batch, heads)
     }
 }
 
@@ -86,7 +90,9 @@ mod tests {
         };
         // rms of (3, 4) = sqrt(12.5); outputs (3, 4) / rms * (1, 2).
         let x = Tensor::new(&[[3f32, 4.0]], &dev).unwrap();
-        let y = norm.forward(&x).unwrap().flatten_all().unwrap();
+        let y = norm.forward_heads(&x, 1, 1, None).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 1, 2]);
+        let y = y.flatten_all().unwrap();
         let r = (12.5f32 + 1e-6).sqrt();
         close(&y.to_vec1::<f32>().unwrap(), &[3.0 / r, 8.0 / r], 1e-6);
     }

@@ -5,7 +5,6 @@
 //! y, x in the three parts. Angles, cosines and sines are computed in f64 as upstream; the
 //! rotation itself runs in f64 too except on Metal, which has no f64 (there f32).
 
-use super::layers::{RmsNorm, NORM_EPS};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 
@@ -97,24 +96,9 @@ impl RopeTables {
         crate::kernels::rope_interleaved(xs, &self.cos, &self.sin)
     }
 
-    /// `norm` of the projection `xs [batch * tokens, dim]`, split into `heads` and rotated:
-    /// `[batch, heads, tokens, head_dim]` (one op on the CPU).
-    pub fn apply_normed(
-        &self,
-        xs: &Tensor,
-        norm: &RmsNorm,
-        batch: usize,
-        heads: usize,
-    ) -> candle_core::Result<Tensor> {
-        crate::kernels::rms_norm_rope(
-            xs,
-            norm.weight(),
-            NORM_EPS,
-            &self.cos,
-            &self.sin,
-            batch,
-            heads,
-        )
+    /// The `cos` and `sin` tables, `[tokens, head_dim / 2]`.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
     }
 }
 
