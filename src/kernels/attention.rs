@@ -2,8 +2,9 @@
 //! queries, the block's scores are computed into a buffer that stays in cache, turned into
 //! probabilities in place and multiplied into the values, in parallel over heads and blocks.
 //! The full score matrix (64 Mi floats for one 2048-token sample of 16 heads) never exists.
-//! Recorded under [`super::autocast_bf16`] (training with `USE_AMP`), the products of both
-//! passes take bf16 operands, as PyTorch's autocast runs the attention.
+//! With `--dtype bf16`, and recorded under [`super::autocast_bf16`] (training with `USE_AMP`),
+//! the products of both passes take bf16 operands, as PyTorch's autocast runs the attention:
+//! each head's keys and values rounded once ([`super::bf16::attention_head`]).
 
 use super::exp::{exp, map_in_place, reduce};
 use super::sgemm::{gemm, readable, Operand};
@@ -15,18 +16,21 @@ use rayon::prelude::*;
 const QUERY_BLOCK: usize = 64;
 
 /// `softmax(q k^T * scale) v`, see [`super::attention`]; with `merged`, the heads (the last
-/// leading dimension) merged back into token-major rows, see [`super::attention_merged`]. With
-/// `backward`, the op records itself for backpropagation and keeps only q, k, v and the output:
-/// the backward pass recomputes each head's probabilities (training at 1024 tokens otherwise
-/// holds 64 MiB of scores and their softmax intermediates per block).
+/// leading dimension) merged back into token-major rows, see [`super::attention_merged`]. The
+/// products take bf16 operands with `bf16_products` (`--dtype bf16`), or when the op is recorded
+/// inside [`super::autocast_bf16`]. Recorded for backpropagation (an operand tracks
+/// gradients), the op keeps only q, k, v and the output: the backward pass recomputes each
+/// head's probabilities (training at 1024 tokens otherwise holds 64 MiB of scores and their
+/// softmax intermediates per block).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
     merged: bool,
-    backward: bool,
+    bf16_products: bool,
 ) -> Result<Tensor> {
+    let backward = [q, k, v].iter().any(|t| t.track_op());
     let (q, k, v) = (readable(q)?, readable(k)?, readable(v)?);
     if merged && q.rank() < 3 {
         candle_core::bail!(
@@ -34,31 +38,22 @@ pub fn attention(
             q.dims()
         )
     }
+    let op = Attention {
+        scale,
+        bf16: bf16_products || (backward && super::autocast_active()),
+        merged,
+    };
     if backward {
-        let bf16 = super::autocast_active();
-        q.apply_op3(
-            &k,
-            &v,
-            Attention {
-                scale,
-                bf16,
-                merged,
-            },
-        )
+        q.apply_op3(&k, &v, op)
     } else {
-        let op = Attention {
-            scale,
-            bf16: false,
-            merged,
-        };
         q.apply_op3_no_bwd(&k, &v, &op)
     }
 }
 
 struct Attention {
     scale: f64,
-    /// Recorded inside [`super::autocast_bf16`]: the products of both passes take bf16
-    /// operands (accumulating in f32), as PyTorch's autocast runs the attention.
+    /// The products of both passes take bf16 operands (accumulating in f32), as PyTorch's
+    /// autocast runs the attention.
     bf16: bool,
     /// The output `[.., tokens, heads * v_dim]` rather than `[.., heads, tokens, v_dim]`: what
     /// the output projection reads, without a merged copy besides it in a training graph.
@@ -243,6 +238,14 @@ impl CustomOp3 for Attention {
 #[cfg(feature = "onednn")]
 fn rounded_matrix(values: &[f32], op: &Operand, i: usize) -> Vec<half::bf16> {
     let ((rs, cs), at) = (op.strides(), op.matrix(i));
+    if cs == 1 && op.cols > 0 {
+        // Rows in memory (heads split off token-major rows among them): rounded a row at a time.
+        let mut out = vec![half::bf16::ZERO; op.rows * op.cols];
+        for (r, row) in out.chunks_mut(op.cols).enumerate() {
+            super::bf16::round_into(row, &values[at + r * rs..][..op.cols]);
+        }
+        return out;
+    }
     (0..op.rows)
         .flat_map(|r| (0..op.cols).map(move |c| at + r * rs + c * cs))
         .map(|at| super::bf16::round(values[at]))

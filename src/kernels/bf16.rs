@@ -157,7 +157,7 @@ pub(super) fn to_bf16(values: &[f32]) -> Vec<bf16> {
     out
 }
 
-/// Queries per block of [`attention`]: a block's scores (128 x 2048 floats at 512 px) stay in
+/// Queries per block of [`attention_head`]: a block's scores (128 x 2048 floats at 512 px) stay in
 /// a core's L2 cache; 64 measured a little slower, 256 slower still.
 const QUERY_BLOCK: usize = 128;
 
@@ -216,59 +216,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     Tensor::from_vec(out, (m, n), &Device::Cpu)
 }
 
-/// `softmax(q k^T * scale) v` for f32 `q [.., n_q, d]`, `k [.., n_k, d]`, `v [.., n_k, d_v]` on
-/// the CPU, the two products in bf16: as [`super::attention`], each head's keys and values
-/// rounded to bf16 once, then for each block of queries their scores, the softmax's
-/// exponentials in f32, and the weighted values, divided by the sums at the end.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let flat = |t: &Tensor| -> Result<Tensor> {
-        let r = t.rank();
-        t.reshape(((), t.dim(r - 2)?, t.dim(r - 1)?))?.contiguous()
-    };
-    let (fq, fk, fv) = (flat(q)?, flat(k)?, flat(v)?);
-    let (heads, q_len, d) = fq.dims3()?;
-    let (k_heads, k_len, k_d) = fk.dims3()?;
-    let (v_heads, v_len, v_dim) = fv.dims3()?;
-    if k_heads != heads || v_heads != heads || k_d != d || v_len != k_len {
-        candle_core::bail!(
-            "bf16 attention: q {:?}, k {:?}, v {:?} do not fit together",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        )
-    }
-    let out = super::read_f32("bf16 attention", [&fq, &fk, &fv], |[qs, ks, vs]| {
-        let (ks, vs) = (to_bf16(ks), to_bf16(vs));
-        let mut out = vec![0f32; heads * q_len * v_dim];
-        if !out.is_empty() && k_len > 0 {
-            out.par_chunks_mut(q_len * v_dim)
-                .enumerate()
-                .try_for_each(|(h, out)| {
-                    // The scores' product reads k transposed, the values' v as it is.
-                    let keys_t = Bf16Matrix {
-                        values: &ks[h * k_len * d..(h + 1) * k_len * d],
-                        k: d,
-                        n: k_len,
-                        strides: (1, d),
-                    };
-                    let head_values = Bf16Matrix {
-                        values: &vs[h * k_len * v_dim..(h + 1) * k_len * v_dim],
-                        k: k_len,
-                        n: v_dim,
-                        strides: (v_dim, 1),
-                    };
-                    let queries = &qs[h * q_len * d..(h + 1) * q_len * d];
-                    attention_head(queries, (d, 1), keys_t, head_values, scale, out)
-                })?;
-        }
-        Ok(out)
-    })?;
-    let mut dims = q.dims()[..q.rank() - 1].to_vec();
-    dims.push(v_dim);
-    Tensor::from_vec(out, dims, &Device::Cpu)
-}
-
-/// One head of [`attention`]: `softmax(queries keys_t * scale) values` into `out`
+/// One head of the attention with bf16 products (`attention.rs`): `softmax(queries keys_t * scale) values` into `out`
 /// (`[n_q, d_v]` row-major), `queries` f32 with strides `q_strides` along queries and
 /// features, the keys (transposed) and values in bf16; in parallel over blocks of queries,
 /// each block's scores in a buffer that stays in cache.
@@ -383,7 +331,7 @@ mod tests {
         let q = wave(2 * 150 * 16, 0.11, &[1, 2, 150, 16]);
         let k = wave(2 * 70 * 16, 0.07, &[1, 2, 70, 16]);
         let v = wave(2 * 70 * 24, 0.05, &[1, 2, 70, 24]);
-        let got = match attention(&q, &k, &v, 0.25) {
+        let got = match super::super::attention_merged_bf16_products(&q, &k, &v, 0.25) {
             Ok(got) => got,
             Err(e) => {
                 assert!(!cpu_has_bf16(), "{e}");
@@ -396,8 +344,8 @@ mod tests {
             rounded(&k).unwrap(),
             rounded(&v).unwrap(),
         );
-        let want = super::super::attention(&q16, &k16, &v16, 0.25).unwrap();
-        assert_eq!(got.dims(), [1, 2, 150, 24]);
+        let want = super::super::attention_merged(&q16, &k16, &v16, 0.25).unwrap();
+        assert_eq!(got.dims(), [1, 150, 48]);
         let diff = max_abs_diff(&got, &want);
         // The probabilities are rounded to bf16 before the second product (8 bits).
         assert!(diff < 1e-2, "{diff}");

@@ -320,8 +320,10 @@ mod tests {
             let out = if amp { autocast_bf16(out) } else { out() }.unwrap();
             (out * &g).unwrap().sum_all().unwrap().backward().unwrap()
         };
-        let inference = super::super::bf16::attention(&q, &k, &v, 0.4).unwrap();
-        let recorded = autocast_bf16(|| super::super::attention(&q, &k, &v, 0.4)).unwrap();
+        // Inference with `--dtype bf16` (nothing tracked) and the recorded op, heads merged.
+        let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+        let inference = super::super::attention_merged_bf16_products(&qd, &kd, &vd, 0.4).unwrap();
+        let recorded = autocast_bf16(|| super::super::attention_merged(&q, &k, &v, 0.4)).unwrap();
         assert_eq!(max_abs_diff(&recorded, &inference), 0.0);
         // q read transposed and k, v through a strided view: the same values.
         let q_t = Var::from_tensor(&q.t().unwrap().contiguous().unwrap()).unwrap();
@@ -329,7 +331,7 @@ mod tests {
             Var::from_tensor(&Tensor::cat(&[k.as_tensor(), k.as_tensor()], 3).unwrap()).unwrap();
         let strided = autocast_bf16(|| {
             let k_view = kv.narrow(3, 8, 8)?;
-            super::super::attention(&q_t.t()?, &k_view, &v, 0.4)
+            super::super::attention_merged(&q_t.t()?, &k_view, &v, 0.4)
         })
         .unwrap();
         assert_eq!(max_abs_diff(&strided, &inference), 0.0);

@@ -219,8 +219,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     #[cfg(feature = "openblas")]
     if [q, k, v].iter().all(|t| on_cpu_f32(t) && t.rank() >= 2) {
-        let backward = [q, k, v].iter().any(|t| t.track_op());
-        return attention::attention(q, k, v, scale, false, backward);
+        return attention::attention(q, k, v, scale, false, false);
     }
     composed_attention(q, k, v, scale, MAX_SCORES)
 }
@@ -231,8 +230,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 pub fn attention_merged(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     #[cfg(feature = "openblas")]
     if [q, k, v].iter().all(|t| on_cpu_f32(t) && t.rank() >= 3) {
-        let backward = [q, k, v].iter().any(|t| t.track_op());
-        return attention::attention(q, k, v, scale, true, backward);
+        return attention::attention(q, k, v, scale, true, false);
     }
     merged(&attention(q, k, v, scale)?)
 }
@@ -287,7 +285,7 @@ pub fn attention_merged_bf16_products(
         .iter()
         .all(|t| on_cpu_f32(t) && t.rank() >= 3 && !t.track_op())
     {
-        return merged(&bf16::attention(q, k, v, scale)?);
+        return attention::attention(q, k, v, scale, true, true);
     }
     attention_merged(q, k, v, scale)
 }
