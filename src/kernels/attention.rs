@@ -234,6 +234,24 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// `[.., heads, tokens, v_dim]` values (row-major) as `[.., tokens, heads * v_dim]`, in
+/// parallel over the output rows.
+fn merge_heads(values: &[f32], heads: usize, tokens: usize, v_dim: usize) -> Vec<f32> {
+    let mut merged = vec![0f32; values.len()];
+    let row = heads * v_dim;
+    if row == 0 || tokens == 0 {
+        return merged;
+    }
+    merged.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
+        let (b, t) = (r / tokens, r % tokens);
+        for (h, out) in out.chunks_mut(v_dim).enumerate() {
+            let at = ((b * heads + h) * tokens + t) * v_dim;
+            out.copy_from_slice(&values[at..at + v_dim]);
+        }
+    });
+    merged
+}
+
 /// Matrix `i` of `op` over `values`, rounded to bf16 into a row-major buffer.
 #[cfg(feature = "onednn")]
 fn rounded_matrix(values: &[f32], op: &Operand, i: usize) -> Vec<half::bf16> {
@@ -277,7 +295,7 @@ impl Attention {
         let mut merged_dims = dims[..r - 3].to_vec();
         merged_dims.extend([tokens, heads * v_dim]);
         (
-            CpuStorage::F32(super::merge_heads(&out, heads, tokens, v_dim)),
+            CpuStorage::F32(merge_heads(&out, heads, tokens, v_dim)),
             Shape::from(merged_dims),
         )
     }

@@ -11,7 +11,6 @@
 //! CPU adds the bf16 products of [`bf16`] (oneDNN, default `onednn` feature).
 
 use candle_core::{DType, Device, Result, Tensor};
-use rayon::prelude::*;
 
 pub use activation::Activation;
 #[cfg(feature = "openblas")]
@@ -235,40 +234,16 @@ pub fn attention_merged(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     merged(&attention(q, k, v, scale)?)
 }
 
-/// `[.., heads, tokens, d]` as `[.., tokens, heads * d]` (a copy, in parallel on the CPU).
+/// `[.., heads, tokens, d]` as `[.., tokens, heads * d]` (a copy): the merge where the fused op
+/// does not run.
 fn merged(xs: &Tensor) -> Result<Tensor> {
     let r = xs.rank();
     if r < 3 {
         candle_core::bail!("attention output {:?} has no head dimension", xs.dims())
     }
-    let (heads, tokens, d) = (xs.dim(r - 3)?, xs.dim(r - 2)?, xs.dim(r - 1)?);
     let mut dims = xs.dims()[..r - 3].to_vec();
-    dims.extend([tokens, heads * d]);
-    if on_cpu_f32(xs) && !xs.track_op() {
-        let values = read_f32("merge heads", [xs], |[v]| {
-            Ok(merge_heads(v, heads, tokens, d))
-        })?;
-        return Tensor::from_vec(values, dims, xs.device());
-    }
+    dims.extend([xs.dim(r - 2)?, xs.dim(r - 3)? * xs.dim(r - 1)?]);
     xs.transpose(r - 3, r - 2)?.reshape(dims)
-}
-
-/// `[.., heads, tokens, v_dim]` values (row-major) as `[.., tokens, heads * v_dim]`, in
-/// parallel over the output rows.
-fn merge_heads(values: &[f32], heads: usize, tokens: usize, v_dim: usize) -> Vec<f32> {
-    let mut merged = vec![0f32; values.len()];
-    let row = heads * v_dim;
-    if row == 0 || tokens == 0 {
-        return merged;
-    }
-    merged.par_chunks_mut(row).enumerate().for_each(|(r, out)| {
-        let (b, t) = (r / tokens, r % tokens);
-        for (h, out) in out.chunks_mut(v_dim).enumerate() {
-            let at = ((b * heads + h) * tokens + t) * v_dim;
-            out.copy_from_slice(&values[at..at + v_dim]);
-        }
-    });
-    merged
 }
 
 /// [`attention_merged`] with the two products in bf16 where [`bf16`] runs them (f32 tensors on

@@ -10,7 +10,7 @@
 
 use super::contiguous;
 use super::norm::RmsNorm;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Rotates `x [.., tokens, head_dim]` by `cos`/`sin` `[tokens, head_dim / 2]` (f64), into a
@@ -151,70 +151,13 @@ impl CustomOp2 for NormedHeads {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous::<f32>(self.name(), s1, l1)?;
         let weight = contiguous::<f32>(self.name(), s2, l2)?;
-        let (batch, heads) = (self.batch, self.heads);
-        let (rows, dim) = match l1.dims() {
-            &[rows, dim] => (rows, dim),
-            dims => candle_core::bail!("rms-norm-heads: x {dims:?} is not [rows, dim]"),
-        };
-        let head_dim = dim.checked_div(heads).unwrap_or(0);
-        let tokens = rows.checked_div(batch).unwrap_or(0);
-        let half = head_dim / 2;
-        let tables = match &self.rotation {
-            Some((cos, sin)) => Some((f64_values(cos)?, f64_values(sin)?)),
-            None => None,
-        };
-        let tables_fit = tables.as_ref().is_none_or(|(cos, sin)| {
-            head_dim % 2 == 0 && cos.len() >= tokens * half && sin.len() >= tokens * half
-        });
-        if weight.len() != dim
-            || head_dim == 0
-            || head_dim * heads != dim
-            || tokens * batch != rows
-            || !tables_fit
-        {
-            candle_core::bail!(
-                "rms-norm-heads: x {:?}, weight {:?}, {batch} samples of {heads} heads, tables {:?}",
-                l1.dims(),
-                l2.dims(),
-                self.rotation.as_ref().map(|(cos, _)| cos.dims())
-            )
+        let (x_dims, weight_dims) = (l1.dims(), l2.dims());
+        match &self.rotation {
+            Some((cos, sin)) => with_tables(cos, sin, |tables| {
+                self.forward(x, weight, x_dims, weight_dims, Some(tables))
+            }),
+            None => self.forward(x, weight, x_dims, weight_dims, None),
         }
-        let shape = Shape::from((batch, heads, tokens, head_dim));
-        if rows == 0 {
-            return Ok((CpuStorage::F32(Vec::new()), shape));
-        }
-        let inverse_rms: Vec<f32> = x
-            .par_chunks(dim)
-            .map(|r| self.norm.inverse_rms(r))
-            .collect();
-        let mut out = vec![0f32; rows * dim];
-        out.par_chunks_mut(tokens * head_dim)
-            .enumerate()
-            .for_each(|(m, out)| {
-                let (b, h) = (m / heads, m % heads);
-                let w = &weight[h * head_dim..(h + 1) * head_dim];
-                for (t, out) in out.chunks_mut(head_dim).enumerate() {
-                    let r = b * tokens + t;
-                    let (x, inv) = (&x[r * dim + h * head_dim..][..head_dim], inverse_rms[r]);
-                    match &tables {
-                        Some((cos, sin)) => {
-                            let angles = t * half..(t + 1) * half;
-                            rotate(
-                                |i| x[i] * inv * w[i],
-                                &cos[angles.clone()],
-                                &sin[angles],
-                                out,
-                            );
-                        }
-                        None => {
-                            for ((y, &x), &w) in out.iter_mut().zip(x).zip(w) {
-                                *y = x * inv * w;
-                            }
-                        }
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(out), shape))
     }
 
     /// The gradient rotated back (by the opposite angle) if it was rotated, merged into
@@ -238,7 +181,92 @@ impl CustomOp2 for NormedHeads {
     }
 }
 
-/// The values of an f64 angle table.
-fn f64_values(t: &Tensor) -> Result<Vec<f64>> {
-    t.flatten_all()?.to_vec1::<f64>()
+impl NormedHeads {
+    /// The forward pass on the values of `x` and `weight`, with the angle tables' values.
+    fn forward(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        x_dims: &[usize],
+        weight_dims: &[usize],
+        tables: Option<(&[f64], &[f64])>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, heads) = (self.batch, self.heads);
+        let (rows, dim) = match x_dims {
+            &[rows, dim] => (rows, dim),
+            dims => candle_core::bail!("rms-norm-heads: x {dims:?} is not [rows, dim]"),
+        };
+        let head_dim = dim.checked_div(heads).unwrap_or(0);
+        let tokens = rows.checked_div(batch).unwrap_or(0);
+        let half = head_dim / 2;
+        let tables_fit = tables.is_none_or(|(cos, sin)| {
+            head_dim % 2 == 0 && cos.len() >= tokens * half && sin.len() >= tokens * half
+        });
+        if weight.len() != dim
+            || head_dim == 0
+            || head_dim * heads != dim
+            || tokens * batch != rows
+            || !tables_fit
+        {
+            candle_core::bail!(
+                "rms-norm-heads: x {:?}, weight {:?}, {batch} samples of {heads} heads, tables {:?}",
+                x_dims,
+                weight_dims,
+                self.rotation.as_ref().map(|(cos, _)| cos.dims())
+            )
+        }
+        let shape = Shape::from((batch, heads, tokens, head_dim));
+        if rows == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), shape));
+        }
+        let inverse_rms: Vec<f32> = x
+            .par_chunks(dim)
+            .map(|r| self.norm.inverse_rms(r))
+            .collect();
+        let mut out = vec![0f32; rows * dim];
+        out.par_chunks_mut(tokens * head_dim)
+            .enumerate()
+            .for_each(|(m, out)| {
+                let (b, h) = (m / heads, m % heads);
+                let w = &weight[h * head_dim..(h + 1) * head_dim];
+                for (t, out) in out.chunks_mut(head_dim).enumerate() {
+                    let r = b * tokens + t;
+                    let (x, inv) = (&x[r * dim + h * head_dim..][..head_dim], inverse_rms[r]);
+                    match tables {
+                        Some((cos, sin)) => {
+                            let angles = t * half..(t + 1) * half;
+                            rotate(
+                                |i| x[i] * inv * w[i],
+                                &cos[angles.clone()],
+                                &sin[angles],
+                                out,
+                            );
+                        }
+                        None => {
+                            for ((y, &x), &w) in out.iter_mut().zip(x).zip(w) {
+                                *y = x * inv * w;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// Runs `f` on the values of the f64 CPU angle tables `cos` and `sin`, read in place.
+fn with_tables<R>(
+    cos: &Tensor,
+    sin: &Tensor,
+    f: impl FnOnce((&[f64], &[f64])) -> Result<R>,
+) -> Result<R> {
+    let ((cos_storage, cos_layout), (sin_storage, sin_layout)) =
+        (cos.storage_and_layout(), sin.storage_and_layout());
+    let (Storage::Cpu(c), Storage::Cpu(s)) = (&*cos_storage, &*sin_storage) else {
+        candle_core::bail!("rms-norm-heads: the angle tables are not on the CPU")
+    };
+    f((
+        contiguous::<f64>("rms-norm-heads", c, cos_layout)?,
+        contiguous::<f64>("rms-norm-heads", s, sin_layout)?,
+    ))
 }
