@@ -16,6 +16,7 @@
 mod common;
 
 use ace::model::dit::Config;
+use ace::model::segments;
 use ace::sampler::LinearSchedule;
 use ace::train::model::{diffusion_loss, Encoded};
 use ace::train::optimizer::{AdamW, AdamWParams};
@@ -153,13 +154,15 @@ fn run(config: &str, steps: usize, amp: bool) -> anyhow::Result<(Vec<f64>, f64)>
                 std::slice::from_ref(&noise),
             )
         };
-        let loss = if amp {
-            ace::kernels::autocast_bf16(forward)?
+        let recorded = || segments::record(forward);
+        let (loss, segments) = if amp {
+            ace::kernels::autocast_bf16(recorded)
         } else {
-            forward()?
+            recorded()
         };
+        let loss = loss?;
         let t1 = Instant::now();
-        let named = weights.backward(loss)?;
+        let named = weights.backward(loss, segments)?;
         let t2 = Instant::now();
         opt.step(weights.trainable(), &named)?;
         eprintln!(

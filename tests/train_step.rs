@@ -1,9 +1,11 @@
 //! One training step against the reference (`expected/train_step.*`): the loss on a
 //! grayscale-conversion pair at a fixed timestep and noise, the gradients of seven DiT tensors,
 //! their values after one AdamW step, and the loss after it; in f32, and with the linear
-//! layers' products in bf16 (`USE_AMP`) against the same f32 reference.
+//! layers' products in bf16 (`USE_AMP`) against the same f32 reference. The backward pass runs
+//! block by block as training runs it (`segments`), and again in one pass to compare.
 
 use ace::config::AceConfig;
+use ace::model::segments::{self, Segments};
 use ace::train::dataset::Example;
 use ace::train::model::{diffusion_loss, Frozen};
 use ace::train::optimizer::{AdamW, AdamWParams};
@@ -49,6 +51,9 @@ struct Tolerances {
     gradient: f32,
     /// Of the weights after the step, absolute.
     weight: f32,
+    /// Of the gradients backpropagated block by block against those of one pass over the
+    /// whole graph, relative to each tensor's largest.
+    block_by_block: f32,
 }
 
 #[test]
@@ -59,6 +64,7 @@ fn one_training_step_matches_the_reference() {
             loss: 1e-4,
             gradient: 1e-4,
             weight: 1e-5,
+            block_by_block: 1e-5,
         },
     );
 }
@@ -82,6 +88,7 @@ fn one_mixed_precision_step_stays_near_the_reference() {
             loss: 1e-2,
             gradient: 1e-1,
             weight: 2.01e-3,
+            block_by_block: 1e-2,
         },
     );
 }
@@ -140,7 +147,8 @@ fn one_step(amp: bool, tol: Tolerances) {
     let noise = expected["noise"].reshape(shape.as_slice()).unwrap();
     let t = json["t"].as_u64().unwrap() as usize;
 
-    let loss = |w: &DitWeights| {
+    // Recorded as training runs it (`cut`): cut at the blocks, backpropagated block by block.
+    let loss = |w: &DitWeights, cut: bool| {
         let forward = || {
             diffusion_loss(
                 &w.model().unwrap(),
@@ -152,13 +160,20 @@ fn one_step(amp: bool, tol: Tolerances) {
             )
             .unwrap()
         };
+        let run = || {
+            if cut {
+                segments::record(forward)
+            } else {
+                (forward(), Segments::default())
+            }
+        };
         if amp {
-            ace::kernels::autocast_bf16(forward)
+            ace::kernels::autocast_bf16(run)
         } else {
-            forward()
+            run()
         }
     };
-    let before = loss(&weights);
+    let (before, segments) = loss(&weights, true);
     let want_before = json["loss_before"].as_f64().unwrap() as f32;
     let got_before = before.to_scalar::<f32>().unwrap();
     assert!(
@@ -166,7 +181,7 @@ fn one_step(amp: bool, tol: Tolerances) {
         "loss before {got_before} vs {want_before}"
     );
 
-    let named = weights.backward(before).unwrap();
+    let named = weights.backward(before, segments).unwrap();
     let watched: Vec<String> = json["watched"]
         .as_array()
         .unwrap()
@@ -181,6 +196,27 @@ fn one_step(amp: bool, tol: Tolerances) {
             "gradient of {name}: relative error {err}"
         );
     }
+
+    // Backpropagated in one pass over the whole graph instead: the same gradients, every one
+    // of them, up to the order in which the parts of a gradient that several blocks (`t0`) or
+    // the loss and `t0` (`t`) read add up; with bf16 products that order shows at the
+    // rounding of the summed gradient to bf16 (2^-8 relative).
+    let (again, whole) = loss(&weights, false);
+    let whole = weights.backward(again, whole).unwrap();
+    assert_eq!(
+        whole.keys().collect::<Vec<_>>(),
+        named.keys().collect::<Vec<_>>()
+    );
+    let mut worst = 0f32;
+    for (name, g) in &whole {
+        let err = relative(&named[name], g);
+        worst = worst.max(err);
+        assert!(
+            err <= tol.block_by_block,
+            "gradient of {name} block by block: relative error {err} against one pass"
+        );
+    }
+    eprintln!("gradients block by block against one pass: relative error at most {worst:e}");
 
     let o = &json["optimizer"];
     let mut opt = AdamW::new(AdamWParams {
@@ -204,7 +240,7 @@ fn one_step(amp: bool, tol: Tolerances) {
         );
     }
 
-    let after = loss(&weights).to_scalar::<f32>().unwrap();
+    let after = loss(&weights, true).0.to_scalar::<f32>().unwrap();
     let want_after = json["loss_after"].as_f64().unwrap() as f32;
     eprintln!("loss before {got_before} (want {want_before}), after {after} (want {want_after})");
     assert!(

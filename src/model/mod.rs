@@ -10,6 +10,7 @@ pub mod linear;
 pub mod lora;
 pub mod mapped;
 pub mod recorder;
+pub mod segments;
 pub mod text;
 pub mod vae;
 pub mod vision;

@@ -22,6 +22,7 @@ use super::optimizer::{clip_grad_norm, grad_norm, AdamW};
 use super::plot;
 use super::weights::DitWeights;
 use crate::kernels;
+use crate::model::segments;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -246,15 +247,18 @@ impl Run<'_> {
                     &noises,
                 )
             };
-            let loss = if self.amp {
-                kernels::autocast_bf16(forward)?
+            let recorded = || segments::record(forward);
+            let (loss, segments) = if self.amp {
+                kernels::autocast_bf16(recorded)
             } else {
-                forward()?
+                recorded()
             };
+            let loss = loss?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             self.finite(value, "the loss")?;
             loss_sum += value;
-            self.weights.accumulate((loss / stage.accu_step as f64)?)?;
+            self.weights
+                .accumulate((loss / stage.accu_step as f64)?, segments)?;
         }
         let mut grads = self.weights.take_gradients()?;
         let norm = match stage.grad_clip {

@@ -8,6 +8,7 @@ use super::lora::{Adapters, LoraSpec};
 use crate::kernels::param_grad::{self, GradBuffer};
 use crate::model::checkpoint;
 use crate::model::dit::{self, layout, DitAce};
+use crate::model::segments::Segments;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
@@ -107,27 +108,31 @@ impl DitWeights {
         &self.trainable
     }
 
-    /// Backpropagates `loss` and adds the gradients of the trained weights onto those of the
-    /// earlier micro-batches since [`DitWeights::take_gradients`] (the linear layers' weights
-    /// in place, in their buffers). The loss is taken by value: candle keeps every
-    /// intermediate of the forward pass alive for as long as the loss tensor lives (its
-    /// graph), so it goes as soon as the gradients are out, before anything else (the next
+    /// Backpropagates `loss`, segment by segment as its forward pass was cut under
+    /// [`record`](crate::model::segments::record) (the DiT's blocks; `Segments::default()` for one pass), and adds
+    /// the gradients of the trained weights onto those of the earlier micro-batches since
+    /// [`DitWeights::take_gradients`] (the linear layers' weights in place, in their buffers).
+    /// The loss and the segments are taken by value: candle keeps every intermediate of a
+    /// graph alive for as long as its root lives, so each segment goes as soon as its
+    /// gradients are out, before the next one's arrive and before anything else (the next
     /// micro-batch, the optimizer's moments) allocates. After an error, take the gradients to
     /// start afresh.
-    pub fn accumulate(&mut self, loss: Tensor) -> Result<()> {
-        let store = loss.backward()?;
-        drop(loss);
-        for (name, var) in &self.trainable {
-            // Detached: a gradient computed from tracked tensors carries their graph too.
-            if let Some(g) = store.get(var.as_tensor()).map(Tensor::detach) {
-                let sum = match self.stored.remove(name) {
-                    Some(earlier) => (earlier + g)?,
-                    None => g,
-                };
-                self.stored.insert(name.clone(), sum);
+    pub fn accumulate(&mut self, loss: Tensor, segments: Segments) -> Result<()> {
+        let trainable = &self.trainable;
+        let stored = &mut self.stored;
+        segments.backward(loss, |store| {
+            for (name, var) in trainable {
+                // Detached: a gradient computed from tracked tensors carries their graph too.
+                if let Some(g) = store.get(var.as_tensor()).map(Tensor::detach) {
+                    let sum = match stored.remove(name) {
+                        Some(earlier) => (earlier + g)?,
+                        None => g,
+                    };
+                    stored.insert(name.clone(), sum);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The gradients gathered since the last take, by name; gathering starts afresh.
@@ -147,8 +152,12 @@ impl DitWeights {
 
     /// The gradients of `loss` alone: [`DitWeights::accumulate`], then
     /// [`DitWeights::take_gradients`].
-    pub fn backward(&mut self, loss: Tensor) -> Result<BTreeMap<String, Tensor>> {
-        self.accumulate(loss)?;
+    pub fn backward(
+        &mut self,
+        loss: Tensor,
+        segments: Segments,
+    ) -> Result<BTreeMap<String, Tensor>> {
+        self.accumulate(loss, segments)?;
         self.take_gradients()
     }
 

@@ -26,6 +26,7 @@ pub use prepared::Prepared;
 
 use crate::model::checkpoint;
 use crate::model::cpu_bf16::{self, Products};
+use crate::model::segments;
 use crate::{Error, Result};
 use attention::KeysValues;
 use block::DitBlock;
@@ -235,11 +236,13 @@ impl DitAce {
         let frame_tokens: Vec<usize> = first.grid.iter().map(|(h, w)| h * w).collect();
         let tokens: usize = frame_tokens.iter().sum();
         let t = self.t_embedder.forward(&[t], self.dtype, &self.device)?;
-        let t0 = self.t_block.forward(&t)?;
+        // Training backpropagates block by block (`segments`): each block's output is cut,
+        // and so is `t0`, which every block reads.
+        let t0 = segments::cut(&self.t_block.forward(&t)?)?;
         for (b, block) in self.blocks.iter().enumerate() {
             let cross_kv: Vec<&[KeysValues]> =
                 group.iter().map(|s| s.cross_kv[b].as_slice()).collect();
-            xs = block.forward(&xs, &t0, &first.rope, &frame_tokens, &cross_kv)?;
+            xs = segments::cut(&block.forward(&xs, &t0, &first.rope, &frame_tokens, &cross_kv)?)?;
         }
         let out = self.final_layer.forward(&xs, &t)?;
         (0..group.len())

@@ -8,6 +8,7 @@
 use super::attention::KeysValues;
 use super::rope::RopeTables;
 use super::{DitAce, Sample};
+use crate::model::segments;
 use crate::{Error, Result};
 use candle_core::{Module, Tensor};
 
@@ -118,11 +119,13 @@ impl DitAce {
                 edit_tokens.push(self.x_embedder.forward(&x)?.broadcast_add(&indicator(f)?)?);
             }
             let context = self.context_input(index, f, &sample.contexts[f])?;
-            contexts.push(
-                self.y_embedder
+            // Cut for training (`segments`): every block's keys and values come from it.
+            contexts.push(segments::cut(
+                &self
+                    .y_embedder
                     .forward(&context)?
                     .broadcast_add(&indicator(f)?)?,
-            );
+            )?);
         }
         let cross_kv = self
             .blocks
