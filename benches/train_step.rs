@@ -1,17 +1,18 @@
-//! Time per training step and peak memory of the tiny and the full-size DiT (random weights,
-//! one 512 px text-to-image example: 1024 tokens, 40 context rows, batch 1, f32, CPU): the
-//! diffusion loss, its backward pass and one AdamW update, as `ace train` runs them. Every step
-//! is timed on its own, seven of the tiny DiT and three of the full-size one: the first makes
-//! AdamW's moments, the first two touch memory for the first time (the second is the first to
-//! hold the moments and the gradients at once), and the steps after them are what a training
-//! run repeats ("steady"); the child prints each step's split and the pages it touched for the
-//! first time (minor page faults), which cost several microseconds each on some VMs. Where the CPU has bf16 instructions the full size runs again with
-//! `USE_AMP` (bf16 products, `kernels::autocast_bf16`) against the reference under
-//! `torch.autocast("cpu", dtype=torch.bfloat16)`; ACE_BENCH_AMP=0 skips it. Each size
-//! runs in its own process (peak memory is per process), ours and then the PyTorch reference
-//! (`scripts/bench_train_reference.py`: scepter's ACE backbone, MSE loss, torch.optim.AdamW),
-//! and the ratios are printed. `cargo bench --bench train_step`; two threads unless
-//! RAYON_NUM_THREADS says otherwise; ACE_BENCH_REFERENCE=0 skips the reference.
+//! Time per training step and peak memory of the tiny and the full-size DiT (random weights, one
+//! 512 px text-to-image example: 1024 tokens, 40 context rows, batch 1, f32, CPU): the diffusion
+//! loss, its backward pass (block by block, `segments`) and one AdamW update, as `ace train` runs
+//! them. Every step is timed on its own, seven of the tiny DiT and three of the full-size one: the
+//! first makes AdamW's moments, the first two touch memory for the first time (the second is the
+//! first to run the forward and backward passes beside the moments), and the steps after them are
+//! what a training run repeats ("steady"); the child prints each step's split and the pages it
+//! touched for the first time (minor page faults), which cost several microseconds each on some
+//! VMs. Where the CPU has bf16 instructions the full size runs again with `USE_AMP` (bf16 products,
+//! `kernels::autocast_bf16`) against the reference under `torch.autocast("cpu",
+//! dtype=torch.bfloat16)`; ACE_BENCH_AMP=0 skips it. Each size runs in its own process (peak memory
+//! is per process), ours and then the PyTorch reference (`scripts/bench_train_reference.py`:
+//! scepter's ACE backbone, MSE loss, torch.optim.AdamW), and the ratios are printed. `cargo bench
+//! --bench train_step`; two threads unless RAYON_NUM_THREADS says otherwise; ACE_BENCH_REFERENCE=0
+//! skips the reference.
 
 mod common;
 
