@@ -39,12 +39,13 @@ impl ModelSource {
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct LoadOptions {
     /// Weight dtype of the DiT and the VAE: f32, bf16, f16 (a GPU only) or auto (bf16 on a CUDA
-    /// GPU or a CPU with AVX512-BF16/AMX, else f32). bf16 on the CPU: the DiT's linear layers
-    /// and the VAE's convolutions in bf16, the rest in f32.
+    /// GPU or a CPU with AVX512-BF16/AMX, else f32). bf16 on the CPU: the DiT's linear layers,
+    /// the VAE's convolutions and the T5's products in bf16, the rest in f32.
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: String,
     /// Weight dtype of the T5 text encoder: f32, bf16 or f16 (default: the config's T5_DTYPE,
-    /// bf16 for the released models). On the CPU its products run in f32 from these weights.
+    /// bf16 for the released models). On the CPU its products run in f32 from these weights
+    /// (in bf16 under `--dtype bf16`).
     #[arg(long, value_name = "DTYPE")]
     pub text_dtype: Option<String>,
     /// Encode every prompt with the T5 instead of looking it up in the prompt-embedding cache
@@ -147,13 +148,15 @@ pub fn load_model(
     let device = ace::device::open(global.device)?;
     let dtype = model_dtype(&opts.dtype, &device)?;
     let text = phases.run("text", || -> Result<_> {
+        // `--dtype bf16` on the CPU: the T5's products in bf16 too, as autocast runs them.
         let text = text_embedder(
             cfg,
             &files,
             &device,
             text_dtype,
             prompt_cache(opts.no_prompt_cache),
-        )?;
+        )?
+        .with_bf16_products(ace::model::cpu_bf16::applies(&device, dtype));
         encode_prompts_first(cfg, &text, prompts)?;
         Ok(text)
     })?;

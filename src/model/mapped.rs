@@ -128,15 +128,7 @@ impl MappedTensor {
     /// Rows `start..end` of a matrix widened to f32 into `out` (`(end - start) * columns`
     /// values), for products that read a large weight a block at a time.
     pub fn rows_into(&self, start: usize, end: usize, out: &mut [f32]) -> Result<()> {
-        let &[n_rows, columns] = self.shape.as_slice() else {
-            return Err(self.error(format!("expected a matrix, found shape {:?}", self.shape)));
-        };
-        if start > end || end > n_rows || out.len() != (end - start) * columns {
-            return Err(self.error(format!(
-                "rows {start}..{end} into {} values of a {n_rows}x{columns} matrix",
-                out.len()
-            )));
-        }
+        let columns = self.check_rows(start, end, out.len())?;
         match &self.storage {
             Storage::Loaded(t) => {
                 let rows = t.narrow(0, start, end - start)?.to_dtype(DType::F32)?;
@@ -168,6 +160,40 @@ impl MappedTensor {
             }
         }
         Ok(())
+    }
+
+    /// Rows `start..end` of a matrix in bf16 into `out`, for the bf16 products: as the file
+    /// holds them when it holds bf16, else widened to f32 and rounded to nearest even.
+    pub fn rows_into_bf16(&self, start: usize, end: usize, out: &mut [half::bf16]) -> Result<()> {
+        if let (DType::BF16, Storage::Mapped { file, offset, .. }) = (self.dtype, &self.storage) {
+            let columns = self.check_rows(start, end, out.len())?;
+            let at = offset + start * columns * 2;
+            let bytes = &file.map[at..at + out.len() * 2];
+            for (d, s) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = half::bf16::from_bits(u16::from_le_bytes([s[0], s[1]]));
+            }
+            return Ok(());
+        }
+        let mut wide = vec![0f32; out.len()];
+        self.rows_into(start, end, &mut wide)?;
+        for (d, v) in out.iter_mut().zip(&wide) {
+            *d = half::bf16::from_f32(*v);
+        }
+        Ok(())
+    }
+
+    /// The number of columns of this matrix, once rows `start..end` are known to be `values`
+    /// values of it.
+    fn check_rows(&self, start: usize, end: usize, values: usize) -> Result<usize> {
+        let &[n_rows, columns] = self.shape.as_slice() else {
+            return Err(self.error(format!("expected a matrix, found shape {:?}", self.shape)));
+        };
+        if start > end || end > n_rows || values != (end - start) * columns {
+            return Err(self.error(format!(
+                "rows {start}..{end} into {values} values of a {n_rows}x{columns} matrix"
+            )));
+        }
+        Ok(columns)
     }
 
     /// Drops this tensor's pages from the process's memory (the kernel's page cache keeps
@@ -412,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn half_precision_widens_exactly_and_rows_read_alone() {
+    fn half_precision_widens_exactly_and_rows_read_alone_in_f32_or_bf16() {
         let dir = tempfile::tempdir().unwrap();
         let dev = Device::Cpu;
         let values = Tensor::new(&[[1.5f32, -2.0, 3.25], [0.1, 1e-3, -7.0e4]], &dev).unwrap();
@@ -439,6 +465,13 @@ mod tests {
             m.rows_into(1, 2, &mut second).unwrap();
             assert_eq!(second, want[1]);
             assert!(m.rows_into(1, 3, &mut second).is_err());
+            // In bf16: the stored bits, or the f16 values rounded.
+            let mut second = vec![half::bf16::ZERO; 3];
+            m.rows_into_bf16(1, 2, &mut second).unwrap();
+            let want_bf16: Vec<half::bf16> =
+                want[1].iter().map(|&v| half::bf16::from_f32(v)).collect();
+            assert_eq!(second, want_bf16, "{name}");
+            assert!(m.rows_into_bf16(0, 2, &mut second).is_err());
             let err = m.rows(&[2], &dev).unwrap_err().to_string();
             assert!(
                 err.contains("row 2") && err.contains("w.safetensors"),

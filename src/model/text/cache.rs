@@ -32,6 +32,11 @@ pub struct PromptKey {
     pub weights: String,
     /// The dtype of the stored states (what the products ran in).
     pub states: String,
+    /// The dtype the products ran in where it is not that of the states: `bf16` for bf16
+    /// products with f32 states (`--dtype bf16` on the CPU); absent, and then not part of the
+    /// digest, otherwise, so that the entries written before this field still serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub products: Option<String>,
 }
 
 impl PromptKey {
@@ -208,6 +213,7 @@ mod tests {
             ids: ids.to_vec(),
             weights: "f32".into(),
             states: "f32".into(),
+            products: None,
         }
     }
 
@@ -229,10 +235,16 @@ mod tests {
             got.to_vec2::<f32>().unwrap(),
             states.to_vec2::<f32>().unwrap()
         );
-        // Another dtype, length or encoder is another entry.
+        // Keys without `products` serialise as before it existed (the same digests).
+        assert!(!serde_json::to_string(&k).unwrap().contains("products"));
+        // Another dtype, products' dtype, length or encoder is another entry.
         for other in [
             PromptKey {
                 states: "bf16".into(),
+                ..k.clone()
+            },
+            PromptKey {
+                products: Some("bf16".into()),
                 ..k.clone()
             },
             PromptKey {

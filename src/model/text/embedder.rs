@@ -45,6 +45,8 @@ pub struct TextEmbedder {
     clean: Clean,
     encoder_dir: PathBuf,
     dtype: DType,
+    /// Whether the T5's linear layers multiply in bf16 on the CPU (`--dtype bf16`).
+    bf16_products: bool,
     device: Device,
     cache: Option<PromptCache>,
     identity: OnceLock<Option<String>>,
@@ -74,6 +76,7 @@ impl TextEmbedder {
             clean,
             encoder_dir: encoder_dir.to_path_buf(),
             dtype,
+            bf16_products: false,
             device: device.clone(),
             cache,
             identity: OnceLock::new(),
@@ -81,6 +84,13 @@ impl TextEmbedder {
             report: Mutex::default(),
             counted: Mutex::default(),
         })
+    }
+
+    /// With `on`, the T5 runs its linear layers' products in bf16 on the CPU (`--dtype bf16`;
+    /// [`T5Encoder::with_bf16_products`]), its states cached apart from those of f32 products.
+    pub fn with_bf16_products(mut self, on: bool) -> Self {
+        self.bf16_products = on && self.device.is_cpu();
+        self
     }
 
     /// The fixed token length (`LENGTH`).
@@ -150,6 +160,7 @@ impl TextEmbedder {
             ids: ids.to_vec(),
             weights: self.dtype.as_str().to_string(),
             states: self.states_dtype().as_str().to_string(),
+            products: self.bf16_products.then(|| DType::BF16.as_str().to_string()),
         })
     }
 
@@ -206,7 +217,8 @@ impl TextEmbedder {
         drop(counted);
         let start = Instant::now();
         if !missing.is_empty() {
-            let encoder = T5Encoder::open(&self.encoder_dir, &self.device, self.dtype)?;
+            let encoder = T5Encoder::open(&self.encoder_dir, &self.device, self.dtype)?
+                .with_bf16_products(self.bf16_products)?;
             let sequences: Vec<&[u32]> = missing.iter().map(Vec::as_slice).collect();
             let states = encoder.encode(&sequences)?;
             drop(encoder);
@@ -406,14 +418,18 @@ mod tests {
         (texts, want)
     }
 
+    /// Of bf16 weights against the golden states, relative to the largest state. The
+    /// reference's T5_DTYPE bfloat16 rounds every weight to bf16 (a relative change of at most
+    /// 2^-9). The tiny random encoder amplifies the rounding: its unscaled attention logits
+    /// have a spread of about 8, so the softmax is sharp. Measured: 0.108 of the largest state
+    /// with f32 products (0.024-0.055 on average against states of mean 0.8).
+    const BF16_TOLERANCE: f32 = 0.15;
+
     #[test]
     fn bf16_weights_stay_within_their_tolerance_of_the_golden_states() {
-        // The reference's T5_DTYPE bfloat16 rounds every weight to bf16 (a relative change of
-        // at most 2^-9); the products here still run in f32, and give exactly what f32 weights
-        // stored as bf16 give. The tiny random encoder amplifies the rounding: its unscaled
-        // attention logits have a spread of about 8, so the softmax is sharp. Measured: 0.108
-        // of the largest state (0.024-0.055 on average against states of mean 0.8).
-        const TOLERANCE: f32 = 0.15;
+        // The products here still run in f32, and give exactly what f32 weights stored as bf16
+        // give.
+        const TOLERANCE: f32 = BF16_TOLERANCE;
         let (texts, want) = golden_texts();
         let bf16 = embedder(&tiny_encoder(), DType::BF16, None);
         let mut worst = 0f32;
@@ -424,6 +440,50 @@ mod tests {
         assert!(worst <= TOLERANCE, "bf16 T5: relative error {worst}");
         assert!(worst > 0.0, "bf16 weights must change the states a little");
         eprintln!("text: bf16 weights, worst relative error {worst:e}");
+    }
+
+    #[test]
+    fn bf16_products_stay_within_the_bf16_tolerance_and_are_cached_apart() {
+        if let Err(why) = crate::kernels::cpu_bf16_support() {
+            eprintln!("{why}: bf16 products not tested");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PromptCache::open(dir.path()).unwrap();
+        let (texts, want) = golden_texts();
+        let f32_products = embedder(&tiny_encoder(), DType::BF16, Some(cache.clone()))
+            .encode(&texts)
+            .unwrap();
+        let bf16 =
+            embedder(&tiny_encoder(), DType::BF16, Some(cache.clone())).with_bf16_products(true);
+        let states = bf16.encode(&texts).unwrap();
+        assert_eq!(
+            bf16.report().cached,
+            0,
+            "states of f32 products are not served"
+        );
+        let (mut worst, mut moved) = (0f32, 0f32);
+        for ((got, want), wide) in states.iter().zip(&want).zip(&f32_products) {
+            assert_eq!(got.dtype(), DType::F32);
+            worst = worst.max(relative_error(got, want));
+            moved = moved.max(relative_error(got, wide));
+        }
+        eprintln!(
+            "text: bf16 products, worst relative error {worst:e} ({moved:e} from f32 products)"
+        );
+        assert!(
+            worst <= BF16_TOLERANCE,
+            "bf16 products: relative error {worst}"
+        );
+        assert!(
+            moved > 0.0,
+            "rounding the inputs to bf16 must change the states a little"
+        );
+        let again = embedder(&tiny_encoder(), DType::BF16, Some(cache)).with_bf16_products(true);
+        for (a, b) in again.encode(&texts).unwrap().iter().zip(&states) {
+            assert_eq!(relative_error(a, b), 0.0);
+        }
+        assert_eq!(again.report().cached, texts.len());
     }
 
     #[test]

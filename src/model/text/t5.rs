@@ -79,6 +79,8 @@ pub struct T5Encoder {
     final_layer_norm: MappedTensor,
     /// The dtype the weights are used in (`T5_DTYPE`): weights stored wider are rounded to it.
     dtype: DType,
+    /// Whether the linear layers multiply in bf16 on the CPU ([`T5Encoder::with_bf16_products`]).
+    bf16_products: bool,
     device: Device,
 }
 
@@ -225,8 +227,23 @@ impl T5Encoder {
             blocks,
             final_layer_norm,
             dtype,
+            bf16_products: false,
             device: device.clone(),
         })
+    }
+
+    /// With `on`, the linear layers multiply in bf16 on the CPU (`--dtype bf16`, as PyTorch's
+    /// CPU autocast runs them): weights read in bf16 (as a bf16 file holds them, else rounded),
+    /// inputs rounded to bf16, f32 accumulation; the attention, norms and activations stay
+    /// f32. Needs bf16 instructions ([`kernels::cpu_bf16_support`]). On a GPU the weight dtype
+    /// already is the compute dtype, and this changes nothing.
+    pub fn with_bf16_products(mut self, on: bool) -> Result<Self> {
+        if on && self.device.is_cpu() {
+            kernels::cpu_bf16_support()
+                .map_err(|why| Error::invalid("T5 encoder with bf16 products", why))?;
+            self.bf16_products = true;
+        }
+        Ok(self)
     }
 
     /// The model configuration.
@@ -256,28 +273,42 @@ impl T5Encoder {
     }
 
     /// `x @ W^T` for each sequence's rows, each product on its own so that a sequence's
-    /// states do not depend on the others encoded with it. On the CPU the weight is widened to
-    /// f32 a block of rows at a time and never whole; elsewhere it is loaded once for all.
+    /// states do not depend on the others encoded with it. On the CPU the weight is read a
+    /// block of rows at a time and never whole (widened to f32, or in bf16 with bf16
+    /// products); elsewhere it is loaded once for all.
     fn project(&self, xs: &[Tensor], w: &MappedTensor) -> Result<Vec<Tensor>> {
         #[cfg(feature = "openblas")]
         if self.device.is_cpu() {
+            use kernels::blocks::{products_by_weight_blocks, WeightRows};
             let &[n, k] = w.shape() else {
                 return Err(Error::invalid(
                     "T5 weight",
                     format!("{}: not a matrix", w.name()),
                 ));
             };
+            let failed = |e: Error| candle_core::Error::Msg(e.to_string());
+            #[cfg(feature = "onednn")]
+            if self.bf16_products {
+                let rows = |start: usize, end: usize, out: &mut [half::bf16]| {
+                    w.rows_into_bf16(start, end, out).map_err(failed)
+                };
+                return Ok(products_by_weight_blocks(
+                    xs,
+                    n,
+                    k,
+                    WeightRows::Bf16(&rows),
+                )?);
+            }
             let round = w.dtype() != self.dtype;
             let dtype = self.dtype;
             let rows = |start: usize, end: usize, out: &mut [f32]| -> candle_core::Result<()> {
-                w.rows_into(start, end, out)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                w.rows_into(start, end, out).map_err(failed)?;
                 if round {
                     round_to(out, dtype);
                 }
                 Ok(())
             };
-            return Ok(kernels::blocks::products_by_weight_blocks(xs, n, k, &rows)?);
+            return Ok(products_by_weight_blocks(xs, n, k, WeightRows::F32(&rows))?);
         }
         let w = self.weight(w)?;
         xs.iter()
