@@ -4,6 +4,7 @@
 use crate::model_source::ModelSource;
 use crate::Outcome;
 use ace::model::checkpoint;
+use ace::model::cpu_bf16::{self, Products};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -41,8 +42,9 @@ pub struct DownloadArgs {
 pub struct InfoArgs {
     #[command(flatten)]
     pub source: ModelSource,
-    /// Weight dtype of the DiT and VAE the memory figures are for: f32, bf16 or f16 (the T5 is
-    /// streamed from its files a block at a time, in its stored dtype).
+    /// Weight dtype of the DiT and VAE the memory figures are for: f32, bf16 or f16 (bf16 on
+    /// the CPU: the linear layers' and convolutions' weights in bf16, the rest in f32; the T5
+    /// is streamed from its files a block at a time, in its stored dtype).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: String,
     /// Print one JSON document instead of a table.
@@ -53,7 +55,7 @@ pub struct InfoArgs {
 pub fn run(args: Args, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
     match args.command {
         ModelCommand::Download(a) => download(a, global),
-        ModelCommand::Info(a) => info(a),
+        ModelCommand::Info(a) => info(a, global),
     }
 }
 
@@ -107,20 +109,27 @@ struct Component {
     memory_bytes: u64,
 }
 
-fn info(args: InfoArgs) -> anyhow::Result<Outcome> {
+fn info(args: InfoArgs, global: &crate::cli::Global) -> anyhow::Result<Outcome> {
     let (cfg, _) = args.source.load()?;
     let files =
         crate::model_source::model_files(&cfg, args.source.model_dir.as_deref(), "--model-dir")?;
     let dtype: candle_core::DType = args.dtype.parse().map_err(|_| {
         anyhow::anyhow!("invalid dtype '{}' (expected f32, bf16 or f16)", args.dtype)
     })?;
+    // bf16 on the CPU holds only the product weights in bf16 (`cpu_bf16`).
+    let device = ace::device::open(global.device)?;
     let components = [
-        ("dit", &files.dit),
-        ("vae", &files.vae),
-        ("text_encoder", &files.text_encoder),
+        ("dit", &files.dit, Products::Linear),
+        ("vae", &files.vae, Products::Convolution),
+        ("text_encoder", &files.text_encoder, Products::Linear),
     ]
     .into_iter()
-    .map(|(component, path)| describe(component, path, dtype))
+    .map(|(component, path, products)| {
+        let held = |e: &checkpoint::Entry| {
+            cpu_bf16::held_dtype(&device, dtype, products, &e.name, e.shape.len())
+        };
+        describe(component, path, &held)
+    })
     .collect::<anyhow::Result<Vec<_>>>()?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -172,10 +181,11 @@ fn info(args: InfoArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// One component's files; `held` gives the dtype each of its tensors is held in.
 fn describe(
     component: &'static str,
     path: &Path,
-    dtype: candle_core::DType,
+    held: &dyn Fn(&checkpoint::Entry) -> candle_core::DType,
 ) -> anyhow::Result<Component> {
     let entries = checkpoint::inventory(path)?;
     if entries.is_empty() {
@@ -208,7 +218,10 @@ fn describe(
         memory_bytes: if component == "text_encoder" {
             largest_block(&entries)
         } else {
-            parameters * dtype.size_in_bytes() as u64
+            entries
+                .iter()
+                .map(|e| e.shape.iter().product::<usize>() as u64 * held(e).size_in_bytes() as u64)
+                .sum()
         },
     })
 }

@@ -38,11 +38,35 @@ pub enum Products {
 impl Products {
     /// Whether `t`, named `name`, is one of these weights.
     fn takes(self, name: &str, t: &Tensor) -> bool {
-        let rank = match self {
+        self.takes_rank(name, t.rank())
+    }
+
+    /// Whether a weight named `name` of rank `rank` is one of these.
+    fn takes_rank(self, name: &str, rank: usize) -> bool {
+        let products_rank = match self {
             Products::Linear => 2,
             Products::Convolution => 4,
         };
-        name.ends_with(".weight") && t.rank() == rank
+        name.ends_with(".weight") && rank == products_rank
+    }
+}
+
+/// The dtype a model of `products` loaded in `dtype` on `device` holds its weight `name` of
+/// rank `rank` in: where [`applies`], bf16 for the product weights and f32 for the rest; else
+/// `dtype`.
+pub fn held_dtype(
+    device: &Device,
+    dtype: DType,
+    products: Products,
+    name: &str,
+    rank: usize,
+) -> DType {
+    if !applies(device, dtype) {
+        dtype
+    } else if products.takes_rank(name, rank) {
+        DType::BF16
+    } else {
+        DType::F32
     }
 }
 
@@ -126,6 +150,25 @@ mod tests {
         assert!(vb.get((2, 3), "fc.weight").is_err());
         assert!(vb.get(3, "missing").is_err());
         assert!(applies(&dev, DType::BF16) && !applies(&dev, DType::F32));
+        for (name, rank, want) in [
+            ("fc.weight", 2, DType::BF16),
+            ("fc.bias", 1, DType::F32),
+            ("norm.weight", 1, DType::F32),
+            ("table", 2, DType::F32),
+        ] {
+            assert_eq!(
+                held_dtype(&dev, DType::BF16, Products::Linear, name, rank),
+                want
+            );
+            assert_eq!(
+                held_dtype(&dev, DType::F32, Products::Linear, name, rank),
+                DType::F32
+            );
+        }
+        assert_eq!(
+            held_dtype(&dev, DType::BF16, Products::Convolution, "conv.weight", 4),
+            DType::BF16
+        );
         assert_eq!(activations(&dev, DType::BF16), DType::F32);
         assert_eq!(activations(&dev, DType::F16), DType::F16);
     }
