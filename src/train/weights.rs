@@ -109,9 +109,10 @@ impl DitWeights {
     }
 
     /// Backpropagates `loss`, segment by segment as its forward pass was cut under
-    /// [`record`](crate::model::segments::record) (the DiT's blocks; `Segments::default()` for one pass), and adds
-    /// the gradients of the trained weights onto those of the earlier micro-batches since
-    /// [`DitWeights::take_gradients`] (the linear layers' weights in place, in their buffers).
+    /// [`record`](crate::model::segments::record) (the DiT's blocks; `Segments::default()`
+    /// for one pass), and adds the gradients of the trained weights onto those of the earlier
+    /// micro-batches since [`DitWeights::take_gradients`] (the linear layers' weights in place,
+    /// in their buffers).
     /// The loss and the segments are taken by value: candle keeps every intermediate of a
     /// graph alive for as long as its root lives, so each segment goes as soon as its
     /// gradients are out, before the next one's arrive and before anything else (the next
