@@ -2,11 +2,13 @@
 //! grayscale-conversion pair at a fixed timestep and noise, the gradients of seven DiT tensors,
 //! their values after one AdamW step, and the loss after it; in f32, and with the linear
 //! layers' products in bf16 (`USE_AMP`) against the same f32 reference. The backward pass runs
-//! block by block as training runs it (`segments`), and again in one pass to compare.
+//! block by block as training runs it (`segments`), and again in one pass to compare; so do a
+//! batch of two timesteps and LoRA adapters.
 
 use ace::config::AceConfig;
 use ace::model::segments::{self, Segments};
 use ace::train::dataset::Example;
+use ace::train::lora::LoraSpec;
 use ace::train::model::{diffusion_loss, Frozen};
 use ace::train::optimizer::{AdamW, AdamWParams};
 use ace::train::weights::DitWeights;
@@ -247,4 +249,81 @@ fn one_step(amp: bool, tol: Tolerances) {
         ((after - want_after) / want_after).abs() <= tol.loss,
         "loss after {after} vs {want_after}"
     );
+}
+
+/// Block by block and in one pass give the same gradients for a batch whose two examples run
+/// through the blocks as groups of their own (two timesteps, so the cuts of both interleave)
+/// and for LoRA adapters (only some of the blocks' layers trained).
+#[test]
+fn block_by_block_gradients_equal_one_pass_for_a_batch_and_for_lora() {
+    let dev = Device::Cpu;
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("expected/train_step.json")).unwrap(),
+    )
+    .unwrap();
+    let cfg = AceConfig::load(&fixture("model/ace_tiny.yaml")).unwrap();
+    let files = cfg.model_files(None).unwrap();
+    let frozen = Frozen::load(&cfg, &files, cfg.max_seq_len().unwrap(), &dev, &[], None).unwrap();
+    let source = fixture(json["source"].as_str().unwrap());
+    let example = frozen
+        .encode(&Example {
+            id: "edit".into(),
+            task: String::new(),
+            instruction: "make {image} brighter".into(),
+            inputs: vec![source.clone()],
+            masks: vec![None],
+            target: source,
+        })
+        .unwrap();
+    let batch = [example.clone(), example];
+    let noises: Vec<Tensor> = (0..2)
+        .map(|_| Tensor::randn(0f32, 1.0, batch[0].target.dims(), &dev).unwrap())
+        .collect();
+    let lora = LoraSpec {
+        rank: 2,
+        alpha: 2.0,
+        targets: vec!["attn.q".into(), "mlp.fc2".into()],
+    };
+    for lora in [None, Some(&lora)] {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut weights =
+            DitWeights::load(&cfg.dit_config().unwrap(), &files.dit, lora, &mut rng, &dev).unwrap();
+        let mut gradients = |cut: bool| {
+            let model = weights.model().unwrap();
+            let forward = || {
+                diffusion_loss(
+                    &model,
+                    frozen.text_position_embeddings(),
+                    frozen.schedule(),
+                    &batch,
+                    &[100, 700],
+                    &noises,
+                )
+                .unwrap()
+            };
+            let (loss, segments) = if cut {
+                segments::record(forward)
+            } else {
+                (forward(), Segments::default())
+            };
+            weights.backward(loss, segments).unwrap()
+        };
+        let (block_by_block, one_pass) = (gradients(true), gradients(false));
+        assert!(one_pass
+            .values()
+            .any(|g| values(g).iter().any(|v| *v != 0.0)));
+        assert_eq!(
+            block_by_block.keys().collect::<Vec<_>>(),
+            one_pass.keys().collect::<Vec<_>>()
+        );
+        for (name, want) in &one_pass {
+            let scale = values(want).iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = absolute(&block_by_block[name], want);
+            assert!(
+                err <= 1e-5 * scale.max(1e-6),
+                "{name} (LoRA: {}): {err} apart, largest {scale}",
+                lora.is_some()
+            );
+        }
+    }
 }
