@@ -8,7 +8,9 @@
 //! touched for the first time (minor page faults), which cost several microseconds each on some
 //! VMs. Where the CPU has bf16 instructions the full size runs again with `USE_AMP` (bf16 products,
 //! `kernels::autocast_bf16`) against the reference under `torch.autocast("cpu",
-//! dtype=torch.bfloat16)`; ACE_BENCH_AMP=0 skips it. Each size runs in its own process (peak memory
+//! dtype=torch.bfloat16)`; ACE_BENCH_AMP=0 skips it. Last, the official training configs' setting:
+//! `USE_GRAD_CHECKPOINT` (each block run again in the backward pass), with `USE_AMP` where it runs,
+//! on both sides; ACE_BENCH_CHECKPOINT=0 skips it. Each size runs in its own process (peak memory
 //! is per process), ours and then the PyTorch reference (`scripts/bench_train_reference.py`:
 //! scepter's ACE backbone, MSE loss, torch.optim.AdamW), and the ratios are printed. `cargo bench
 //! --bench train_step`; two threads unless RAYON_NUM_THREADS says otherwise; ACE_BENCH_REFERENCE=0
@@ -52,7 +54,11 @@ fn main() -> anyhow::Result<()> {
         let size = args.get(i + 1).map(String::as_str).unwrap_or("");
         let steps = if size == "tiny" { 7 } else { 3 };
         let amp = args.iter().any(|a| a == "--amp");
-        let (seconds, peak) = run(if size == "tiny" { TINY } else { FULL }, steps, amp)?;
+        let mut config = if size == "tiny" { TINY } else { FULL }.to_string();
+        if args.iter().any(|a| a == "--checkpoint") {
+            config.push_str("USE_GRAD_CHECKPOINT: True\n");
+        }
+        let (seconds, peak) = run(&config, steps, amp)?;
         let seconds: Vec<String> = seconds.iter().map(f64::to_string).collect();
         println!("{peak} {}", seconds.join(" "));
         return Ok(());
@@ -65,18 +71,29 @@ fn main() -> anyhow::Result<()> {
     common::print_machine();
     let threads = candle_core::utils::get_num_threads();
     let reference = std::env::var("ACE_BENCH_REFERENCE").as_deref() != Ok("0");
-    let mut runs = vec![("tiny", false), ("full", false)];
-    match ace::kernels::cpu_bf16_support() {
-        _ if std::env::var("ACE_BENCH_AMP").as_deref() == Ok("0") => {}
-        Ok(()) => runs.push(("full", true)),
-        Err(why) => println!("USE_AMP (bf16 products) not measured: {why}"),
+    // (size, USE_AMP, USE_GRAD_CHECKPOINT)
+    let mut runs = vec![("tiny", false, false), ("full", false, false)];
+    let amp = match ace::kernels::cpu_bf16_support() {
+        _ if std::env::var("ACE_BENCH_AMP").as_deref() == Ok("0") => false,
+        Ok(()) => true,
+        Err(why) => {
+            println!("USE_AMP (bf16 products) not measured: {why}");
+            false
+        }
+    };
+    if amp {
+        runs.push(("full", true, false));
     }
-    for (size, amp) in runs {
+    // The official training configs' setting: USE_GRAD_CHECKPOINT, with USE_AMP where it runs.
+    if std::env::var("ACE_BENCH_CHECKPOINT").as_deref() != Ok("0") {
+        runs.push(("full", amp, true));
+    }
+    for (size, amp, checkpoint) in runs {
         let mut child = Command::new(&args[0]);
         child.args(["--size", size]);
-        if amp {
-            child.arg("--amp");
-        }
+        let flags = [(amp, "--amp"), (checkpoint, "--checkpoint")];
+        let flags: Vec<&str> = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
+        child.args(&flags);
         let out = child.output()?;
         anyhow::ensure!(
             out.status.success(),
@@ -97,14 +114,15 @@ fn main() -> anyhow::Result<()> {
             seconds: seconds.to_vec(),
             peak_mib: peak / 1024.0,
         };
-        let label = if amp {
-            format!("{size} DiT, USE_AMP")
-        } else {
-            format!("{size} DiT")
-        };
+        let mut label = format!("{size} DiT");
+        for (on, name) in [(amp, "USE_AMP"), (checkpoint, "USE_GRAD_CHECKPOINT")] {
+            if on {
+                label = format!("{label}, {name}");
+            }
+        }
         println!("ace, {label}, {threads} threads: {ours}");
         if reference {
-            compare(size, amp, &label, threads, &ours)?;
+            compare(size, &flags, &label, threads, &ours)?;
         }
     }
     Ok(())
@@ -212,14 +230,18 @@ impl std::fmt::Display for Steps {
     }
 }
 
-/// Runs the reference for `size` (under bf16 autocast when `amp`) and prints its numbers and
-/// the ratios.
-fn compare(size: &str, amp: bool, label: &str, threads: usize, ours: &Steps) -> anyhow::Result<()> {
+/// Runs the reference for `size` with the child's `flags` (`--amp`: under bf16 autocast;
+/// `--checkpoint`: the blocks recomputed) and prints its numbers and the ratios.
+fn compare(
+    size: &str,
+    flags: &[&str],
+    label: &str,
+    threads: usize,
+    ours: &Steps,
+) -> anyhow::Result<()> {
     let threads = threads.to_string();
     let mut args = vec!["--size", size, "--threads", &threads];
-    if amp {
-        args.push("--amp");
-    }
+    args.extend(flags);
     let Some(v) = common::run_reference("bench_train_reference.py", &args)? else {
         return Ok(());
     };

@@ -8,12 +8,14 @@ for the full size (ACE-0.6B); the first two touch memory for the first time (Ada
 moments in the first), the ones after are what a training run repeats.
 
 With --amp the forward pass and the loss run under torch.autocast("cpu", dtype=torch.bfloat16)
-(the reference's USE_AMP on the CPU), backward and AdamW as PyTorch runs them after it.
+(the reference's USE_AMP on the CPU), backward and AdamW as PyTorch runs them after it. With
+--checkpoint the backbone has USE_GRAD_CHECKPOINT: True and is called with gc_seg=0, as ACE's
+training forward calls it: checkpoint_sequential over the blocks, one segment each.
 
 Prints one JSON line: {"step_seconds" (a list), "peak_rss_mib", "threads"}.
 Needs `pip install torch einops` and `pip install --no-deps scepter` (see
 bench_dit_reference.py for the CPU stand-in of flash-attn).
-Usage: scripts/bench_train_reference.py --size tiny|full [--threads 2] [--amp]
+Usage: scripts/bench_train_reference.py --size tiny|full [--threads 2] [--amp] [--checkpoint]
 """
 import argparse
 import json
@@ -41,10 +43,11 @@ def main():
     parser.add_argument("--size", choices=SIZES, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--checkpoint", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = SIZES[args.size]
+    cfg = dict(SIZES[args.size], USE_GRAD_CHECKPOINT=args.checkpoint)
     model = ACE(cfg, logger=None).train()
     with torch.no_grad():
         for p in model.parameters():
@@ -66,7 +69,8 @@ def main():
         opt.zero_grad(set_to_none=True)
         x_t = alpha * x0 + sigma * noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp):
-            eps = model(x_t, t=t, cond=cond, mask=context_mask, text_position_embeddings=tpe)
+            eps = model(x_t, t=t, cond=cond, mask=context_mask, text_position_embeddings=tpe,
+                        gc_seg=0 if args.checkpoint else -1)
             loss = ((eps.float() - noise) ** 2).mean()
         loss.backward()
         opt.step()

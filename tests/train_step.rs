@@ -14,6 +14,7 @@ use ace::train::optimizer::{AdamW, AdamWParams};
 use ace::train::weights::DitWeights;
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn fixture(rel: &str) -> PathBuf {
@@ -252,10 +253,12 @@ fn one_step(amp: bool, tol: Tolerances) {
 }
 
 /// Block by block and in one pass give the same gradients for a batch whose two examples run
-/// through the blocks as groups of their own (two timesteps, so the cuts of both interleave)
-/// and for LoRA adapters (only some of the blocks' layers trained).
+/// through the blocks as groups of their own (two timesteps, so the cuts of both interleave),
+/// for LoRA adapters (only some of the blocks' layers trained) and with each block run again
+/// in the backward pass (`USE_GRAD_CHECKPOINT`); under bf16 products the recomputed blocks give
+/// the very gradients of the kept ones.
 #[test]
-fn block_by_block_gradients_equal_one_pass_for_a_batch_and_for_lora() {
+fn block_by_block_gradients_equal_one_pass_for_a_batch_lora_and_recomputed_blocks() {
     let dev = Device::Cpu;
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("expected/train_step.json")).unwrap(),
@@ -284,46 +287,71 @@ fn block_by_block_gradients_equal_one_pass_for_a_batch_and_for_lora() {
         alpha: 2.0,
         targets: vec!["attn.q".into(), "mlp.fc2".into()],
     };
-    for lora in [None, Some(&lora)] {
+    // The gradients of the batch's loss, recorded block by block or not, blocks recomputed or
+    // not, products in bf16 or not.
+    let gradients = |lora: Option<&LoraSpec>, cut: bool, recomputed: bool, amp: bool| {
+        let mut dit = cfg.dit_config().unwrap();
+        dit.use_grad_checkpoint = recomputed;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let mut weights =
-            DitWeights::load(&cfg.dit_config().unwrap(), &files.dit, lora, &mut rng, &dev).unwrap();
-        let mut gradients = |cut: bool| {
-            let model = weights.model().unwrap();
-            let forward = || {
-                diffusion_loss(
-                    &model,
-                    frozen.text_position_embeddings(),
-                    frozen.schedule(),
-                    &batch,
-                    &[100, 700],
-                    &noises,
-                )
-                .unwrap()
-            };
-            let (loss, segments) = if cut {
+        let mut weights = DitWeights::load(&dit, &files.dit, lora, &mut rng, &dev).unwrap();
+        let model = weights.model().unwrap();
+        let forward = || {
+            diffusion_loss(
+                &model,
+                frozen.text_position_embeddings(),
+                frozen.schedule(),
+                &batch,
+                &[100, 700],
+                &noises,
+            )
+            .unwrap()
+        };
+        let run = || {
+            if cut {
                 segments::record(forward)
             } else {
                 (forward(), Segments::default())
-            };
-            weights.backward(loss, segments).unwrap()
+            }
         };
-        let (block_by_block, one_pass) = (gradients(true), gradients(false));
-        assert!(one_pass
-            .values()
-            .any(|g| values(g).iter().any(|v| *v != 0.0)));
+        let (loss, segments) = if amp {
+            ace::kernels::autocast_bf16(run)
+        } else {
+            run()
+        };
+        weights.backward(loss, segments).unwrap()
+    };
+    let agree = |got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>, what: &str| {
+        assert!(want.values().any(|g| values(g).iter().any(|v| *v != 0.0)));
         assert_eq!(
-            block_by_block.keys().collect::<Vec<_>>(),
-            one_pass.keys().collect::<Vec<_>>()
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
         );
-        for (name, want) in &one_pass {
+        for (name, want) in want {
             let scale = values(want).iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = absolute(&block_by_block[name], want);
+            let err = absolute(&got[name], want);
             assert!(
                 err <= 1e-5 * scale.max(1e-6),
-                "{name} (LoRA: {}): {err} apart, largest {scale}",
-                lora.is_some()
+                "{name} ({what}): {err} apart, largest {scale}"
             );
         }
+    };
+    let one_pass = gradients(None, false, false, false);
+    agree(
+        &gradients(None, true, false, false),
+        &one_pass,
+        "block by block",
+    );
+    agree(&gradients(None, true, true, false), &one_pass, "recomputed");
+    agree(
+        &gradients(Some(&lora), true, true, false),
+        &gradients(Some(&lora), false, false, false),
+        "LoRA",
+    );
+    if ace::kernels::cpu_bf16_support().is_ok() {
+        agree(
+            &gradients(None, true, true, true),
+            &gradients(None, true, false, true),
+            "recomputed under bf16 products",
+        );
     }
 }

@@ -129,9 +129,8 @@ pub fn autocast_bf16<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Whether this thread is inside [`autocast_bf16`].
-#[cfg(feature = "openblas")]
-fn autocast_active() -> bool {
+/// Whether this thread is inside [`autocast_bf16`] (never in builds without oneDNN).
+pub fn autocast_active() -> bool {
     #[cfg(feature = "onednn")]
     return bf16_train::active();
     #[cfg(not(feature = "onednn"))]

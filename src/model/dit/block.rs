@@ -102,6 +102,7 @@ mod tests {
             y_channels: 8,
             max_seq_len: 8,
             qk_norm: true,
+            use_grad_checkpoint: false,
         };
         let mut block = DitBlock::new(&cfg, VarBuilder::zeros(DType::F32, &dev)).unwrap();
         block.scale_shift_table = Tensor::arange(0f32, 72.0, &dev)

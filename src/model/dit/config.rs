@@ -35,6 +35,11 @@ pub struct Config {
     /// RMSNorm on queries and keys.
     #[serde(rename = "QK_NORM", default)]
     pub qk_norm: bool,
+    /// Training runs each block's forward pass again in the backward pass instead of keeping
+    /// its activations (upstream `checkpoint_sequential` over the blocks, one segment each; its
+    /// last block runs plainly). Inference ignores it.
+    #[serde(rename = "USE_GRAD_CHECKPOINT", default)]
+    pub use_grad_checkpoint: bool,
 }
 
 fn default_patch_size() -> usize {

@@ -125,6 +125,7 @@ mod tests {
             y_channels: 8,
             max_seq_len: 16,
             qk_norm: true,
+            use_grad_checkpoint: false,
         }
     }
 

@@ -237,12 +237,27 @@ impl DitAce {
         let tokens: usize = frame_tokens.iter().sum();
         let t = self.t_embedder.forward(&[t], self.dtype, &self.device)?;
         // Training backpropagates block by block (`segments`): each block's output is cut,
-        // and so is `t0`, which every block reads.
+        // and so is `t0`, which every block reads. With `USE_GRAD_CHECKPOINT` a block is run
+        // again in the backward pass instead of keeping its activations, but for the last, as
+        // upstream's `checkpoint_sequential` runs its last segment.
         let t0 = segments::cut(&self.t_block.forward(&t)?)?;
         for (b, block) in self.blocks.iter().enumerate() {
-            let cross_kv: Vec<&[KeysValues]> =
-                group.iter().map(|s| s.cross_kv[b].as_slice()).collect();
-            xs = segments::cut(&block.forward(&xs, &t0, &first.rope, &frame_tokens, &cross_kv)?)?;
+            let recomputed =
+                self.cfg.use_grad_checkpoint && b + 1 < self.blocks.len() && segments::recording();
+            xs = if recomputed {
+                let (block, x, t0) = (block.clone(), xs, t0.clone());
+                let (rope, frame_tokens) = (first.rope.clone(), frame_tokens.clone());
+                let cross_kv: Vec<Vec<KeysValues>> =
+                    group.iter().map(|s| s.cross_kv[b].clone()).collect();
+                segments::recomputed(move || {
+                    let cross_kv: Vec<&[KeysValues]> = cross_kv.iter().map(Vec::as_slice).collect();
+                    block.forward(&x, &t0, &rope, &frame_tokens, &cross_kv)
+                })?
+            } else {
+                let cross_kv: Vec<&[KeysValues]> =
+                    group.iter().map(|s| s.cross_kv[b].as_slice()).collect();
+                segments::cut(&block.forward(&xs, &t0, &first.rope, &frame_tokens, &cross_kv)?)?
+            };
         }
         let out = self.final_layer.forward(&xs, &t)?;
         (0..group.len())
