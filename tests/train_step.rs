@@ -46,6 +46,23 @@ fn absolute(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
+/// The loss `forward` computes, with its graph cut at the blocks as training records it when
+/// `cut` (else in one piece), under bf16 autocast when `amp`.
+fn recorded(forward: impl FnOnce() -> Tensor, cut: bool, amp: bool) -> (Tensor, Segments) {
+    let run = || {
+        if cut {
+            segments::record(forward)
+        } else {
+            (forward(), Segments::default())
+        }
+    };
+    if amp {
+        ace::kernels::autocast_bf16(run)
+    } else {
+        run()
+    }
+}
+
 /// How close a step must come to the reference's.
 struct Tolerances {
     /// Of the losses before and after the step, relative.
@@ -163,18 +180,7 @@ fn one_step(amp: bool, tol: Tolerances) {
             )
             .unwrap()
         };
-        let run = || {
-            if cut {
-                segments::record(forward)
-            } else {
-                (forward(), Segments::default())
-            }
-        };
-        if amp {
-            ace::kernels::autocast_bf16(run)
-        } else {
-            run()
-        }
+        recorded(forward, cut, amp)
     };
     let (before, segments) = loss(&weights, true);
     let want_before = json["loss_before"].as_f64().unwrap() as f32;
@@ -306,18 +312,7 @@ fn block_by_block_gradients_equal_one_pass_for_a_batch_lora_and_recomputed_block
             )
             .unwrap()
         };
-        let run = || {
-            if cut {
-                segments::record(forward)
-            } else {
-                (forward(), Segments::default())
-            }
-        };
-        let (loss, segments) = if amp {
-            ace::kernels::autocast_bf16(run)
-        } else {
-            run()
-        };
+        let (loss, segments) = recorded(forward, cut, amp);
         weights.backward(loss, segments).unwrap()
     };
     let agree = |got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>, what: &str| {

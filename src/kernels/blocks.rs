@@ -120,36 +120,51 @@ pub fn products_by_weight_blocks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
-    #[test]
-    fn block_products_equal_whole_products_and_do_not_depend_on_the_batch() {
+    /// The products of `weight` (the rows of `w`, `n x k`) with inputs of several row counts
+    /// against `x @ w^T`, the inputs rounded to bf16 first when `rounded`; each input's the
+    /// same bits alone as with the others.
+    fn products_match(weight: WeightRows, w: &Tensor, rounded: bool) {
         let dev = Device::Cpu;
-        let (n, k) = (300, 1000);
-        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let rows = |start: usize, end: usize, out: &mut [f32]| -> Result<()> {
-            out.copy_from_slice(&values[start * k..end * k]);
-            Ok(())
-        };
+        let (n, k) = w.dims2().unwrap();
         let xs: Vec<Tensor> = [3, 7, 1]
             .iter()
             .map(|&r| Tensor::randn(0f32, 1.0, (r, k), &dev).unwrap())
             .collect();
-        let together = products_by_weight_blocks(&xs, n, k, WeightRows::F32(&rows)).unwrap();
+        let together = products_by_weight_blocks(&xs, n, k, weight).unwrap();
         for (x, got) in xs.iter().zip(&together) {
-            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let read = if rounded {
+                x.to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            } else {
+                x.clone()
+            };
+            let want = read.matmul(&w.t().unwrap()).unwrap();
             let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-3);
-            let alone =
-                products_by_weight_blocks(std::slice::from_ref(x), n, k, WeightRows::F32(&rows))
-                    .unwrap();
+            let alone = products_by_weight_blocks(std::slice::from_ref(x), n, k, weight).unwrap();
             assert_eq!(
                 alone[0].to_vec2::<f32>().unwrap(),
                 got.to_vec2::<f32>().unwrap(),
                 "the same bits alone and with others"
             );
         }
-        assert!(products_by_weight_blocks(&xs, n, k + 1, WeightRows::F32(&rows)).is_err());
+        assert!(products_by_weight_blocks(&xs, n, k + 1, weight).is_err());
+    }
+
+    #[test]
+    fn block_products_equal_whole_products_and_do_not_depend_on_the_batch() {
+        let (n, k) = (300, 1000);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let rows = |start: usize, end: usize, out: &mut [f32]| -> Result<()> {
+            out.copy_from_slice(&values[start * k..end * k]);
+            Ok(())
+        };
+        products_match(WeightRows::F32(&rows), &w, false);
     }
 
     #[cfg(feature = "onednn")]
@@ -159,40 +174,20 @@ mod tests {
             eprintln!("no bf16 instructions on this CPU: bf16 blocks not tested");
             return;
         }
-        let dev = Device::Cpu;
         let (n, k) = (300, 1000);
-        let w = Tensor::randn(0f32, 1.0, (n, k), &dev)
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)
             .unwrap()
-            .to_dtype(candle_core::DType::BF16)
+            .to_dtype(DType::BF16)
             .unwrap();
         let values = w.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
         let rows = |start: usize, end: usize, out: &mut [half::bf16]| -> Result<()> {
             out.copy_from_slice(&values[start * k..end * k]);
             Ok(())
         };
-        let xs: Vec<Tensor> = [3, 7, 1]
-            .iter()
-            .map(|&r| Tensor::randn(0f32, 1.0, (r, k), &dev).unwrap())
-            .collect();
-        let together = products_by_weight_blocks(&xs, n, k, WeightRows::Bf16(&rows)).unwrap();
-        let w = w.to_dtype(candle_core::DType::F32).unwrap();
-        for (x, got) in xs.iter().zip(&together) {
-            let rounded = x
-                .to_dtype(candle_core::DType::BF16)
-                .unwrap()
-                .to_dtype(candle_core::DType::F32)
-                .unwrap();
-            let want = rounded.matmul(&w.t().unwrap()).unwrap();
-            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-3);
-            let alone =
-                products_by_weight_blocks(std::slice::from_ref(x), n, k, WeightRows::Bf16(&rows))
-                    .unwrap();
-            assert_eq!(
-                alone[0].to_vec2::<f32>().unwrap(),
-                got.to_vec2::<f32>().unwrap(),
-                "the same bits alone and with others"
-            );
-        }
+        products_match(
+            WeightRows::Bf16(&rows),
+            &w.to_dtype(DType::F32).unwrap(),
+            true,
+        );
     }
 }
