@@ -531,3 +531,34 @@ fn use_amp_trains_in_bf16_or_says_why_not() {
     assert!(err.contains("USE_AMP") && err.contains("float32"), "{err}");
     assert_eq!(fallback, plain);
 }
+
+/// `USE_GRAD_CHECKPOINT: True` (each DiT block but the last run again in the backward pass
+/// instead of keeping its activations) trains the very same weights as keeping them.
+#[test]
+fn grad_checkpointing_trains_the_same_weights_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(dir.path());
+    let train = |name: &str, checkpoint: bool| {
+        let path = write_config(dir.path(), name, "train.csv", 2, "");
+        let mut cfg: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg["SOLVER"]["MODEL"]["DIFFUSION_MODEL"]["USE_GRAD_CHECKPOINT"] = Value::from(checkpoint);
+        std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+        ace()
+            .arg("train")
+            .arg("--config")
+            .arg(&path)
+            .assert()
+            .success();
+        let work = dir.path().join(format!("work-{name}"));
+        let weights = std::fs::read(work.join("checkpoints/step-000002/dit.safetensors")).unwrap();
+        (curve(&work), weights)
+    };
+    let (kept, kept_weights) = train("kept", false);
+    let (recomputed, recomputed_weights) = train("recomputed", true);
+    assert_eq!(recomputed, kept);
+    assert!(
+        recomputed_weights == kept_weights,
+        "the checkpointed run's weights differ"
+    );
+}
