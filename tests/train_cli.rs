@@ -94,6 +94,15 @@ fn write_config(dir: &Path, name: &str, list: &str, steps: u64, extra: &str) -> 
     path
 }
 
+/// [`write_config`] of two steps over `train.csv`, then changed by `edit`.
+fn write_edited_config(dir: &Path, name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let path = write_config(dir, name, "train.csv", 2, "");
+    let mut cfg: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
 fn log(work: &Path) -> Vec<Json> {
     std::fs::read_to_string(work.join("train_log.jsonl"))
         .unwrap()
@@ -450,17 +459,15 @@ fn stages_run_in_turn_and_the_encoding_cache_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     make_dataset(dir.path());
     let staged = |name: &str, cache: bool| {
-        let path = write_config(dir.path(), name, "train.csv", 2, "");
-        let mut cfg: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        if cache {
-            cfg["SOLVER"]["TRAIN_DATA"]["CACHE_DIR"] = Value::from("cache");
-        }
-        cfg["STAGES"] = serde_yaml::from_str(
-            "- MAX_STEPS: 2\n- MAX_STEPS: 2\n  ACCU_STEP: 1\n  OPTIMIZER:\n    LEARNING_RATE: 5e-4\n",
-        )
-        .unwrap();
-        std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+        let path = write_edited_config(dir.path(), name, |cfg| {
+            if cache {
+                cfg["SOLVER"]["TRAIN_DATA"]["CACHE_DIR"] = Value::from("cache");
+            }
+            cfg["STAGES"] = serde_yaml::from_str(
+                "- MAX_STEPS: 2\n- MAX_STEPS: 2\n  ACCU_STEP: 1\n  OPTIMIZER:\n    LEARNING_RATE: 5e-4\n",
+            )
+            .unwrap();
+        });
         ace()
             .arg("train")
             .arg("--config")
@@ -539,11 +546,10 @@ fn grad_checkpointing_trains_the_same_weights_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     make_dataset(dir.path());
     let train = |name: &str, checkpoint: bool| {
-        let path = write_config(dir.path(), name, "train.csv", 2, "");
-        let mut cfg: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        cfg["SOLVER"]["MODEL"]["DIFFUSION_MODEL"]["USE_GRAD_CHECKPOINT"] = Value::from(checkpoint);
-        std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+        let path = write_edited_config(dir.path(), name, |cfg| {
+            cfg["SOLVER"]["MODEL"]["DIFFUSION_MODEL"]["USE_GRAD_CHECKPOINT"] =
+                Value::from(checkpoint);
+        });
         ace()
             .arg("train")
             .arg("--config")

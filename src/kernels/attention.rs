@@ -201,7 +201,7 @@ impl CustomOp3 for Attention {
         let (_, m, dv) = fv.dims3()?;
         let shape = HeadShape { n, m, d, dv };
         let (dq, dk, dvs) =
-            super::read_f32(self.name(), [&fq, &fk, &fv, &fo, &fg], |[q, k, v, o, g]| {
+            super::read(self.name(), [&fq, &fk, &fv, &fo, &fg], |[q, k, v, o, g]| {
                 let mut dq = vec![0f32; heads * n * d];
                 let mut dk = vec![0f32; heads * m * d];
                 let mut dvs = vec![0f32; heads * m * dv];

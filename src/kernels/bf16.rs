@@ -216,10 +216,10 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     Tensor::from_vec(out, (m, n), &Device::Cpu)
 }
 
-/// One head of the attention with bf16 products (`attention.rs`): `softmax(queries keys_t * scale) values` into `out`
-/// (`[n_q, d_v]` row-major), `queries` f32 with strides `q_strides` along queries and
-/// features, the keys (transposed) and values in bf16; in parallel over blocks of queries,
-/// each block's scores in a buffer that stays in cache.
+/// One head of the attention with bf16 products (`attention.rs`): `softmax(queries keys_t *
+/// scale) values` into `out` (`[n_q, d_v]` row-major), `queries` f32 with strides
+/// `q_strides` along queries and features, the keys (transposed) and values in bf16; in
+/// parallel over blocks of queries, each block's scores in a buffer that stays in cache.
 pub(super) fn attention_head(
     queries: &[f32],
     q_strides: (usize, usize),

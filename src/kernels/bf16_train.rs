@@ -12,7 +12,7 @@
 use super::activation::Activation;
 use super::bf16::{product, rows_per_task, rows_product, to_bf16, Bf16Matrix};
 use super::param_grad::{self, GradBuffer};
-use super::{read_f32, row_sums};
+use super::{read, row_sums};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
@@ -134,7 +134,7 @@ impl CustomOp3 for AutocastLinear {
         let (rows, k) = x.dims2()?;
         let (n, _) = w.dims2()?;
         let grad = grad.contiguous()?;
-        let (dx, inputs) = read_f32(self.name(), [x, w, &grad], |[xs, ws, g]| {
+        let (dx, inputs) = read(self.name(), [x, w, &grad], |[xs, ws, g]| {
             let mut dx = vec![0f32; rows * k];
             let w = to_bf16(ws);
             // `W [n, k]` as it is.
@@ -161,7 +161,7 @@ impl CustomOp3 for AutocastLinear {
             w.shape(),
             w.device(),
             |out, accumulate| {
-                read_f32(self.name(), [&grad], |[g]| {
+                read(self.name(), [&grad], |[g]| {
                     weight_gradient(g, n, &inputs, k, accumulate, out)
                 })
             },

@@ -62,12 +62,13 @@ fn contiguous<'a, T: candle_core::WithDType>(
     }
 }
 
-/// Runs `f` on the elements of the f32 CPU tensors `ts` (contiguous copies first where they are
-/// not), for the backward passes; `op` names the op in the errors.
-fn read_f32<const N: usize, R>(
+/// Runs `f` on the elements of the CPU tensors `ts` of dtype `T` (contiguous copies first where
+/// they are not; contiguous ones are read in place), for the backward passes and the ops'
+/// constant tables; `op` names the op in the errors.
+fn read<T: candle_core::WithDType, const N: usize, R>(
     op: &str,
     ts: [&Tensor; N],
-    f: impl FnOnce([&[f32]; N]) -> Result<R>,
+    f: impl FnOnce([&[T]; N]) -> Result<R>,
 ) -> Result<R> {
     let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
     let held: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
@@ -76,7 +77,7 @@ fn read_f32<const N: usize, R>(
         let candle_core::Storage::Cpu(cpu) = &**storage else {
             candle_core::bail!("{op} takes CPU tensors")
         };
-        *slice = contiguous::<f32>(op, cpu, layout)?;
+        *slice = contiguous::<T>(op, cpu, layout)?;
     }
     f(slices)
 }

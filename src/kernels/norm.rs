@@ -9,7 +9,7 @@
 //! input, with the parameters' gradients summed on the way (`row_sums`).
 
 use super::row_sums::map_rows_and_sum;
-use super::{contiguous, read_f32};
+use super::{contiguous, read};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -68,7 +68,7 @@ impl CustomOp3 for ModulatedLayerNorm {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dim = x.dim(D::Minus1)?;
-        let (dx, sums) = read_f32(self.name(), [x, grad, scale], |[xs, g, scale]| {
+        let (dx, sums) = read(self.name(), [x, grad, scale], |[xs, g, scale]| {
             let mut dx = vec![0f32; xs.len()];
             let sums = map_rows_and_sum(&mut dx, dim, 2 * dim, |r, dx, acc| {
                 let (x, g) = (&xs[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);
@@ -168,7 +168,7 @@ impl RmsNorm {
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let dim = x.dim(D::Minus1)?;
-        let (dx, dweight) = read_f32("rms-norm", [x, grad, weight], |[xs, g, w]| {
+        let (dx, dweight) = read("rms-norm", [x, grad, weight], |[xs, g, w]| {
             let mut dx = vec![0f32; xs.len()];
             let dweight = map_rows_and_sum(&mut dx, dim, dim, |r, dx, dweight| {
                 let (x, g) = (&xs[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);

@@ -5,7 +5,7 @@
 //! of the broadcast gate.
 
 use super::contiguous;
-use super::read_f32;
+use super::read;
 use super::row_sums::map_rows_and_sum;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -68,7 +68,7 @@ impl CustomOp3 for GatedResidual {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dim = gate.elem_count();
-        let (dh, dgate) = read_f32(self.name(), [grad, h, gate], |[d, hs, gate]| {
+        let (dh, dgate) = read::<f32, 3, _>(self.name(), [grad, h, gate], |[d, hs, gate]| {
             let mut dh = vec![0f32; d.len()];
             let dgate = map_rows_and_sum(&mut dh, dim, dim, |r, dh, dgate| {
                 let rows = r * dim..(r + 1) * dim;

@@ -10,7 +10,7 @@
 
 use super::contiguous;
 use super::norm::RmsNorm;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rotates `x [.., tokens, head_dim]` by `cos`/`sin` `[tokens, head_dim / 2]` (f64), into a
@@ -153,8 +153,8 @@ impl CustomOp2 for NormedHeads {
         let weight = contiguous::<f32>(self.name(), s2, l2)?;
         let (x_dims, weight_dims) = (l1.dims(), l2.dims());
         match &self.rotation {
-            Some((cos, sin)) => with_tables(cos, sin, |tables| {
-                self.forward(x, weight, x_dims, weight_dims, Some(tables))
+            Some((cos, sin)) => super::read::<f64, 2, _>(self.name(), [cos, sin], |[c, s]| {
+                self.forward(x, weight, x_dims, weight_dims, Some((c, s)))
             }),
             None => self.forward(x, weight, x_dims, weight_dims, None),
         }
@@ -252,21 +252,4 @@ impl NormedHeads {
             });
         Ok((CpuStorage::F32(out), shape))
     }
-}
-
-/// Runs `f` on the values of the f64 CPU angle tables `cos` and `sin`, read in place.
-fn with_tables<R>(
-    cos: &Tensor,
-    sin: &Tensor,
-    f: impl FnOnce((&[f64], &[f64])) -> Result<R>,
-) -> Result<R> {
-    let ((cos_storage, cos_layout), (sin_storage, sin_layout)) =
-        (cos.storage_and_layout(), sin.storage_and_layout());
-    let (Storage::Cpu(c), Storage::Cpu(s)) = (&*cos_storage, &*sin_storage) else {
-        candle_core::bail!("rms-norm-heads: the angle tables are not on the CPU")
-    };
-    f((
-        contiguous::<f64>("rms-norm-heads", c, cos_layout)?,
-        contiguous::<f64>("rms-norm-heads", s, sin_layout)?,
-    ))
 }

@@ -39,7 +39,7 @@ pub fn column_sums_into(g: &Tensor, accumulate: bool, out: &mut [f32]) -> Result
     if out.len() != dim {
         candle_core::bail!("column sums: {dim} columns into a buffer of {}", out.len())
     }
-    super::read_f32("column sums", [g], |[rows]| {
+    super::read("column sums", [g], |[rows]| {
         sum_rows_with(rows.len() / dim.max(1), dim, out, accumulate, |r, acc| {
             for (a, v) in acc.iter_mut().zip(&rows[r * dim..(r + 1) * dim]) {
                 *a += v;

@@ -73,13 +73,8 @@ impl Attention {
         let q = self.normed_heads(&self.q, xs, batch, Some(rope))?;
         let k = self.normed_heads(&self.k, xs, batch, Some(rope))?;
         let v = self.heads(&self.v.forward(xs)?, batch)?;
-        let out = if self.q.is_bf16() {
-            // Linear layers in bf16 on the CPU: the long-context products in bf16 too.
-            let scale = 1.0 / (q.dim(candle_core::D::Minus1)? as f64).sqrt();
-            token_rows(&kernels::attention_merged_bf16_products(&q, &k, &v, scale)?)?
-        } else {
-            scaled_dot_product_attention(&q, &k, &v)?
-        };
+        // Linear layers in bf16 on the CPU: the long-context products in bf16 too.
+        let out = scaled_dot_product_attention(&q, &k, &v, self.q.is_bf16())?;
         self.o.forward(&out)
     }
 
@@ -107,7 +102,7 @@ impl Attention {
             let mut start = 0;
             for (&len, kv) in frame_tokens.iter().zip(*frames) {
                 let q_f = q.narrow(0, b, 1)?.narrow(2, start, len)?;
-                outs.push(scaled_dot_product_attention(&q_f, &kv.k, &kv.v)?);
+                outs.push(scaled_dot_product_attention(&q_f, &kv.k, &kv.v, false)?);
                 start += len;
             }
         }
@@ -123,19 +118,20 @@ pub struct KeysValues {
 }
 
 /// `softmax(q k^T / sqrt(head_dim)) v` on `[batch, heads, tokens, head_dim]`, the softmax in
-/// f32, with the heads merged back: `[batch * tokens, heads * head_dim]`.
-pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let head_dim = q.dim(candle_core::D::Minus1)?;
-    token_rows(&kernels::attention_merged(
-        q,
-        k,
-        v,
-        1.0 / (head_dim as f64).sqrt(),
-    )?)
-}
-
-/// `[batch, tokens, dim]` as `[batch * tokens, dim]`.
-fn token_rows(xs: &Tensor) -> Result<Tensor> {
-    let (batch, tokens, dim) = xs.dims3()?;
-    xs.reshape((batch * tokens, dim))
+/// f32, with the heads merged back: `[batch * tokens, heads * head_dim]`; the two products in
+/// bf16 with `bf16_products` where the CPU kernels run them.
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bf16_products: bool,
+) -> Result<Tensor> {
+    let scale = 1.0 / (q.dim(candle_core::D::Minus1)? as f64).sqrt();
+    let out = if bf16_products {
+        kernels::attention_merged_bf16_products(q, k, v, scale)?
+    } else {
+        kernels::attention_merged(q, k, v, scale)?
+    };
+    let (batch, tokens, dim) = out.dims3()?;
+    out.reshape((batch * tokens, dim))
 }
